@@ -1,0 +1,51 @@
+//! `AnyAnchor`: one type for every anchor family, so mixed families share one `StitchedNet`.
+
+use burn::{module::Module, tensor::{backend::Backend, Tensor}};
+use snnet_core::{Anchor, AnchorCosts, AnchorLayout, Features};
+
+use crate::vit::Vit;
+
+/// An anchor of any supported family.
+#[derive(Module, Debug)]
+pub enum AnyAnchor<B: Backend> {
+    /// Vision Transformer / DeiT.
+    Vit(Vit<B>),
+}
+
+impl<B: Backend> Anchor<B> for AnyAnchor<B> {
+    fn layout(&self) -> &AnchorLayout {
+        match self {
+            AnyAnchor::Vit(m) => m.layout(),
+        }
+    }
+
+    fn costs(&self) -> AnchorCosts {
+        match self {
+            AnyAnchor::Vit(m) => m.costs(),
+        }
+    }
+
+    fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
+        match self {
+            AnyAnchor::Vit(m) => m.embed(images),
+        }
+    }
+
+    fn block(&self, x: Features<B>, index: usize) -> Features<B> {
+        match self {
+            AnyAnchor::Vit(m) => m.block(x, index),
+        }
+    }
+
+    fn transition(&self, x: Features<B>, into_stage: usize) -> Features<B> {
+        match self {
+            AnyAnchor::Vit(m) => m.transition(x, into_stage),
+        }
+    }
+
+    fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
+        match self {
+            AnyAnchor::Vit(m) => m.head(x, final_norm),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Anchor families for SN-Net stitching, and the description file that names them.
+//!
+//! Each family implements [`snnet_core::Anchor`] with timm's module structure and parameter names,
+//! so a timm state dict maps onto it key for key (Linear weights transposed).
+
+pub mod description;
+pub mod error;
+pub mod family;
+pub mod vit;
+
+pub use description::{AnchorSpec, Architecture, Description, PRESETS};
+pub use error::{Error, Result};
+pub use family::AnyAnchor;
+pub use vit::{Vit, VitConfig};

@@ -1,0 +1,344 @@
+//! Vision Transformer (ViT/DeiT) with timm's structure and parameter names.
+
+use burn::{
+    module::{Module, Param},
+    nn::{conv::Conv2d, conv::Conv2dConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    tensor::{activation, backend::Backend, Tensor},
+};
+use serde::{Deserialize, Serialize};
+use snnet_core::{Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, PartCost, StageLayout};
+
+use crate::error::{Error, Result};
+
+/// Architecture of a ViT, with timm's constructor argument names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    /// Input resolution (square).
+    #[serde(default = "default_img_size")]
+    pub img_size: usize,
+    /// Patch size (square).
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    /// Input channels.
+    #[serde(default = "default_in_chans")]
+    pub in_chans: usize,
+    /// Width.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// MLP hidden width as a multiple of `embed_dim` (timm: `int(embed_dim * mlp_ratio)`).
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    /// Bias on the qkv projection.
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    /// Classes of the head.
+    #[serde(default = "default_num_classes")]
+    pub num_classes: usize,
+    /// LayerNorm epsilon (timm ViT: 1e-6).
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_img_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    16
+}
+fn default_in_chans() -> usize {
+    3
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_num_classes() -> usize {
+    1000
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+impl VitConfig {
+    /// A ViT at 224×224, patch 16, MLP ratio 4, 1000 classes (the DeiT recipe).
+    pub fn new(embed_dim: usize, depth: usize, num_heads: usize) -> Self {
+        Self {
+            img_size: 224,
+            patch_size: 16,
+            in_chans: 3,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            num_classes: 1000,
+            layer_norm_eps: 1e-6,
+        }
+    }
+
+    /// timm `deit_tiny_patch16_224`.
+    pub fn deit_tiny_patch16_224() -> Self {
+        Self::new(192, 12, 3)
+    }
+
+    /// timm `deit_small_patch16_224`.
+    pub fn deit_small_patch16_224() -> Self {
+        Self::new(384, 12, 6)
+    }
+
+    /// timm `deit_base_patch16_224`.
+    pub fn deit_base_patch16_224() -> Self {
+        Self::new(768, 12, 12)
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| Err(Error::InvalidConfig { field: field.into(), reason });
+        for (field, v) in [
+            ("img_size", self.img_size),
+            ("patch_size", self.patch_size),
+            ("in_chans", self.in_chans),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("num_classes", self.num_classes),
+        ] {
+            if v == 0 {
+                return bad(field, "must be at least 1".into());
+            }
+        }
+        if self.img_size % self.patch_size != 0 {
+            return bad("patch_size", format!("{} does not divide img_size {}", self.patch_size, self.img_size));
+        }
+        if self.embed_dim % self.num_heads != 0 {
+            return bad("num_heads", format!("{} does not divide embed_dim {}", self.num_heads, self.embed_dim));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden() == 0 {
+            return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
+        }
+        Ok(())
+    }
+
+    fn hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    fn grid(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+
+    /// Tokens per image, class token included.
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+
+    /// The anchor layout: one stage of `depth` blocks at width `embed_dim`.
+    pub fn layout(&self, name: &str) -> AnchorLayout {
+        AnchorLayout {
+            name: name.to_string(),
+            input: [self.in_chans, self.img_size, self.img_size],
+            num_classes: self.num_classes,
+            stages: vec![StageLayout {
+                depth: self.depth,
+                channels: self.embed_dim,
+                rows_per_image: self.tokens(),
+                grid: [self.grid(), self.grid()],
+                kind: FeatureKind::Tokens,
+            }],
+        }
+    }
+
+    /// Per-part costs by fvcore's convention (spec §8).
+    pub fn costs(&self) -> AnchorCosts {
+        let (c, n, h) = (self.embed_dim as u64, self.tokens() as u64, self.hidden() as u64);
+        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u64;
+        let patches = n - 1;
+        let conv_params = c * patch_in + c;
+        let embed = PartCost { flops: patches * patch_in * c, params: conv_params + c + n * c, params_official: conv_params };
+        let qkv_bias = if self.qkv_bias { 3 * c } else { 0 };
+        let block = PartCost::new(
+            10 * n * c + 3 * n * c * c + 2 * n * n * c + n * c * c + 2 * n * c * h,
+            4 * c + 3 * c * c + qkv_bias + c * c + c + 2 * c * h + h + c,
+        );
+        let k = self.num_classes as u64;
+        AnchorCosts {
+            embed,
+            blocks: vec![block; self.depth],
+            transitions: vec![PartCost::default()],
+            head: PartCost::new(c * k, c * k + k),
+            final_norm: PartCost::new(5 * n * c, 2 * c),
+        }
+    }
+
+    /// Builds the model with random weights (timm's scheme: truncated-normal-like std 0.02 for
+    /// tokens and Linear weights, zero biases, unit LayerNorms).
+    pub fn init<B: Backend>(&self, name: &str, device: &B::Device) -> Result<Vit<B>> {
+        self.validate()?;
+        let c = self.embed_dim;
+        let std = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o).with_bias(bias).with_initializer(std.clone()).init::<B>(device)
+        };
+        let norm = || LayerNormConfig::new(c).with_epsilon(self.layer_norm_eps).init::<B>(device);
+        let blocks = (0..self.depth)
+            .map(|_| Block {
+                norm1: norm(),
+                attn: Attention { qkv: linear(c, 3 * c, self.qkv_bias), proj: linear(c, c, true), num_heads: self.num_heads },
+                norm2: norm(),
+                mlp: Mlp { fc1: linear(c, self.hidden(), true), fc2: linear(self.hidden(), c, true) },
+            })
+            .collect();
+        Ok(Vit {
+            cls_token: std.init([1, 1, c], device),
+            pos_embed: std.init([1, self.tokens(), c], device),
+            patch_embed: PatchEmbed {
+                proj: Conv2dConfig::new([self.in_chans, c], [self.patch_size, self.patch_size])
+                    .with_stride([self.patch_size, self.patch_size])
+                    .init(device),
+            },
+            blocks,
+            norm: norm(),
+            head: linear(c, self.num_classes, true),
+            layout: self.layout(name),
+            config: self.clone(),
+        })
+    }
+}
+
+/// Patch embedding: a strided convolution (`patch_embed.proj`).
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    /// `Conv2d(in_chans, embed_dim, patch, stride=patch)`.
+    pub proj: Conv2d<B>,
+}
+
+/// Multi-head self-attention with a fused qkv projection (`attn.qkv`, `attn.proj`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[C] → [3C]` projection.
+    pub qkv: Linear<B>,
+    /// Output projection.
+    pub proj: Linear<B>,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `[b, n, c] → [b, n, c]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, c] = x.dims();
+        let (h, d) = (self.num_heads, c / self.num_heads);
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]);
+        let (q, k, v) = (part(0), part(1), part(2));
+        let attn = activation::softmax(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5), 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]);
+        self.proj.forward(out)
+    }
+}
+
+/// The MLP (`mlp.fc1`, GELU, `mlp.fc2`).
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Expansion.
+    pub fc1: Linear<B>,
+    /// Projection back.
+    pub fc2: Linear<B>,
+}
+
+/// A pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention.
+    pub norm1: LayerNorm<B>,
+    /// Attention.
+    pub attn: Attention<B>,
+    /// Norm before the MLP.
+    pub norm2: LayerNorm<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        let y = self.mlp.fc2.forward(activation::gelu(self.mlp.fc1.forward(self.norm2.forward(x.clone()))));
+        x + y
+    }
+}
+
+/// A ViT anchor. Field names are timm's state-dict keys.
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    /// Class token `[1, 1, C]`.
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// Position embedding `[1, N, C]`.
+    pub pos_embed: Param<Tensor<B, 3>>,
+    /// Patch embedding.
+    pub patch_embed: PatchEmbed<B>,
+    /// Blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final norm.
+    pub norm: LayerNorm<B>,
+    /// Classifier.
+    pub head: Linear<B>,
+    #[module(skip)]
+    layout: AnchorLayout,
+    #[module(skip)]
+    config: VitConfig,
+}
+
+impl<B: Backend> Vit<B> {
+    /// The architecture.
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    fn tokens(x: Features<B>) -> Tensor<B, 3> {
+        match x {
+            Features::Tokens(t) => t,
+            Features::Map(m) => Features::Map(m).into_tokens(),
+        }
+    }
+}
+
+impl<B: Backend> Anchor<B> for Vit<B> {
+    fn layout(&self) -> &AnchorLayout {
+        &self.layout
+    }
+
+    fn costs(&self) -> AnchorCosts {
+        self.config.costs()
+    }
+
+    fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
+        let x = self.patch_embed.proj.forward(images);
+        let [b, c, gh, gw] = x.dims();
+        let x = x.reshape([b, c, gh * gw]).swap_dims(1, 2);
+        let cls = self.cls_token.val().expand([b as i64, 1, c as i64]);
+        Features::Tokens(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val())
+    }
+
+    fn block(&self, x: Features<B>, index: usize) -> Features<B> {
+        Features::Tokens(self.blocks[index].forward(Self::tokens(x)))
+    }
+
+    fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
+        let x = Self::tokens(x);
+        let [b, _, c] = x.dims();
+        // LayerNorm is per token, so normalising only the class token equals timm's norm-then-slice.
+        let cls = x.narrow(1, 0, 1);
+        let cls = if final_norm { self.norm.forward(cls) } else { cls };
+        self.head.forward(cls.reshape([b, c]))
+    }
+}

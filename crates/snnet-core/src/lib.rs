@@ -1,0 +1,29 @@
+//! The SN-Net stitching engine, generic over burn backends.
+//!
+//! - [`Anchor`]: what a model family implements (layout, stem, blocks, transitions, head, costs);
+//! - [`StitchSpace`]: every route and stitching layer, enumerated in the official order;
+//! - [`StitchedNet`]: the anchors plus stitching layers; forward through any route, least-squares
+//!   initialisation, weight files;
+//! - [`cost`], [`select`]: FLOPs/parameters per route, Pareto frontiers and budgets.
+
+pub mod anchor;
+pub mod cost;
+pub mod error;
+pub mod features;
+pub mod layout;
+pub mod lstsq;
+pub mod net;
+pub mod select;
+pub mod space;
+pub mod stitching_layer;
+pub mod weights;
+
+pub use anchor::Anchor;
+pub use cost::RouteCost;
+pub use error::{Error, Result};
+pub use features::Features;
+pub use layout::{AnchorCosts, AnchorLayout, FeatureKind, PartCost, StageLayout};
+pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StitchedNet};
+pub use select::{pareto_frontier, select, Budget, Goal, RouteMetrics};
+pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
+pub use stitching_layer::StitchingLayer;

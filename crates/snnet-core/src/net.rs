@@ -1,0 +1,430 @@
+//! `StitchedNet`: a family of anchors, the stitching layers between them, and every route through them.
+
+use std::{collections::HashMap, path::Path, time::Instant};
+
+use burn::{
+    module::Module,
+    tensor::{backend::Backend, ElementConversion, Tensor},
+};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    anchor::Anchor,
+    cost::{route_cost, RouteCost},
+    error::{Error, Result},
+    features::Features,
+    layout::{AnchorCosts, AnchorLayout},
+    lstsq::{accumulate_cross, solve, NormalEquations},
+    space::{Route, SpaceSettings, StitchSpace},
+    stitching_layer::StitchingLayer,
+    weights::{export_tensors, first_difference, import_tensors, read_safetensors, write_safetensors},
+};
+
+/// Version of snnet's weight-file metadata.
+pub const FORMAT_VERSION: &str = "1";
+
+/// Switches between the official implementation's behaviour and our corrections (docs/design.md,
+/// "Official behaviour"). The defaults reproduce what released checkpoints depend on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// Apply the end anchor's final norm on stitched routes. Official DeiT skips it (spec §9 B1):
+    /// `false` (default) reproduces that; `true` corrects it (then retrain).
+    pub final_norm_on_stitched: bool,
+}
+
+/// The network's identity as stored in weight files: anchor layouts, space settings, behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkDescription {
+    /// Layout of each anchor, in order.
+    pub anchors: Vec<AnchorLayout>,
+    /// Space settings.
+    pub space: SpaceSettings,
+    /// Behaviour switches.
+    pub behaviour: Behaviour,
+}
+
+/// Where a feature is taken inside an anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Boundary {
+    /// Input of a block (after any stage transition).
+    Input(usize),
+    /// Output of a block.
+    Output(usize),
+}
+
+/// Progress of least-squares initialisation.
+#[derive(Clone, Copy, Debug)]
+pub struct LsProgress {
+    /// Calibration images processed.
+    pub images_done: usize,
+    /// Calibration images in total.
+    pub images_total: usize,
+}
+
+/// What least-squares initialisation did, per stitching layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LsLayerReport {
+    /// Official key of the layer.
+    pub key: String,
+    /// Positions averaged.
+    pub positions: usize,
+    /// Smallest number of singular values kept over its positions.
+    pub min_rank: usize,
+    /// Largest condition number (of the kept part) over its positions.
+    pub max_condition: f64,
+}
+
+/// Summary of a least-squares initialisation.
+#[derive(Clone, Debug, Serialize)]
+pub struct LsReport {
+    /// Calibration images used.
+    pub images: usize,
+    /// Seconds spent running anchors and accumulating normal equations.
+    pub seconds_features: f64,
+    /// Seconds spent solving.
+    pub seconds_solve: f64,
+    /// Per-layer details.
+    pub layers: Vec<LsLayerReport>,
+}
+
+/// Anchors stitched into one network with many routes, switchable at run time.
+#[derive(Module, Debug)]
+pub struct StitchedNet<B: Backend, A> {
+    /// The anchors, in order (`anchors.{i}.…` in weight files).
+    pub anchors: Vec<A>,
+    /// Stitching layers in [`StitchSpace::layers`] order (`stitch_layers.…` in weight files).
+    pub stitch_layers: Vec<StitchingLayer<B>>,
+    #[module(skip)]
+    space: StitchSpace,
+    #[module(skip)]
+    layouts: Vec<AnchorLayout>,
+    #[module(skip)]
+    route_costs: Vec<RouteCost>,
+    #[module(skip)]
+    behaviour: Behaviour,
+    #[module(skip)]
+    selected: usize,
+}
+
+impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
+    /// Stitches `anchors` with fresh stitching layers (PyTorch's default Linear init).
+    pub fn new(anchors: Vec<A>, settings: &SpaceSettings, behaviour: Behaviour, device: &B::Device) -> Result<Self> {
+        let layouts: Vec<AnchorLayout> = anchors.iter().map(|a| a.layout().clone()).collect();
+        let space = StitchSpace::build(&layouts, settings)?;
+        let stitch_layers = space
+            .layers
+            .iter()
+            .map(|s| StitchingLayer::new(s.in_channels, s.out_channels, s.out_kind, device))
+            .collect();
+        let costs: Vec<AnchorCosts> = anchors.iter().map(|a| a.costs()).collect();
+        let route_costs = space
+            .routes
+            .iter()
+            .map(|r| route_cost(r, &layouts, &costs, &space.layers, behaviour.final_norm_on_stitched))
+            .collect();
+        Ok(Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0 })
+    }
+
+    /// The stitch space.
+    pub fn space(&self) -> &StitchSpace {
+        &self.space
+    }
+
+    /// Anchor layouts.
+    pub fn layouts(&self) -> &[AnchorLayout] {
+        &self.layouts
+    }
+
+    /// Behaviour switches.
+    pub fn behaviour(&self) -> &Behaviour {
+        &self.behaviour
+    }
+
+    /// Number of routes.
+    pub fn num_routes(&self) -> usize {
+        self.space.num_routes()
+    }
+
+    /// The route with official id `id`.
+    pub fn route(&self, id: usize) -> Result<&Route> {
+        self.space.route(id)
+    }
+
+    /// FLOPs and parameters of every route, indexed by route id.
+    pub fn costs(&self) -> &[RouteCost] {
+        &self.route_costs
+    }
+
+    /// Selects the route used by [`forward_selected`](Self::forward_selected) (the official
+    /// `reset_stitch_id`). Switching is free: nothing is reloaded or allocated.
+    pub fn select(&mut self, id: usize) -> Result<()> {
+        self.space.route(id)?;
+        self.selected = id;
+        Ok(())
+    }
+
+    /// The selected route id.
+    pub fn selected(&self) -> usize {
+        self.selected
+    }
+
+    /// Runs the selected route.
+    pub fn forward_selected(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
+        self.forward(images, self.selected)
+    }
+
+    /// Runs route `id` on images `[batch, channels, height, width]`, giving logits `[batch, classes]`.
+    pub fn forward(&self, images: Tensor<B, 4>, id: usize) -> Result<Tensor<B, 2>> {
+        let route = self.space.route(id)?;
+        self.check_input(&images, route.comb_id[0])?;
+        Ok(self.forward_route(images, route))
+    }
+
+    fn check_input(&self, images: &Tensor<B, 4>, anchor: usize) -> Result<()> {
+        let [b, c, h, w] = images.dims();
+        let [ec, eh, ew] = self.layouts[anchor].input;
+        if [c, h, w] != [ec, eh, ew] || b == 0 {
+            return Err(Error::Shape {
+                what: format!("input images of anchor {anchor} (`{}`)", self.layouts[anchor].name),
+                expected: vec![b.max(1), ec, eh, ew],
+                actual: vec![b, c, h, w],
+            });
+        }
+        Ok(())
+    }
+
+    fn forward_route(&self, images: Tensor<B, 4>, route: &Route) -> Tensor<B, 2> {
+        if route.is_anchor() {
+            return self.anchors[route.comb_id[0]].forward(images);
+        }
+        let mut x: Option<Features<B>> = None;
+        for (i, seg) in route.segments.iter().enumerate() {
+            let anchor = &self.anchors[seg.anchor];
+            let input = match x.take() {
+                None => anchor.embed(images.clone()),
+                Some(f) => self.stitch_layers[route.slots[i - 1]].forward(f),
+            };
+            x = Some(anchor.blocks(input, seg.blocks.clone()));
+        }
+        let last = route.segments.last().expect("a route has segments").anchor;
+        self.anchors[last].head(x.expect("a route runs blocks"), self.behaviour.final_norm_on_stitched)
+    }
+
+    /// Least-squares initialisation of every stitching layer from a calibration batch (spec §1.4).
+    ///
+    /// Each anchor runs once over the images (in chunks of `chunk` images, bounding memory); the
+    /// normal equations of every position are accumulated in f64; each layer is set to the mean of
+    /// the pseudo-inverse solutions of the positions that share it. Features are taken in inference
+    /// mode (no drop-path), a deliberate, documented deviation from the official training-mode init.
+    pub fn init_least_squares(
+        &mut self,
+        images: Tensor<B, 4>,
+        chunk: usize,
+        mut progress: impl FnMut(LsProgress),
+    ) -> Result<LsReport> {
+        let total = images.dims()[0];
+        if total == 0 {
+            return Err(Error::LeastSquares("the calibration batch is empty".into()));
+        }
+        let chunk = chunk.max(1);
+        let t0 = Instant::now();
+        // What each anchor must provide, and the normal equations to accumulate.
+        let mut needed: Vec<Vec<Boundary>> = vec![Vec::new(); self.anchors.len()];
+        let mut grams: HashMap<(usize, usize), NormalEquations> = HashMap::new();
+        // (slot, position index) -> (front key, end anchor, end block, cross)
+        let mut crosses: Vec<(usize, (usize, usize), usize, usize, Mat<f64>)> = Vec::new();
+        for (s, slot) in self.space.layers.iter().enumerate() {
+            for &pos in &slot.positions {
+                let (jg, kg) = slot.global_position(&self.layouts, pos);
+                for (a, b) in [(slot.front, Boundary::Output(jg)), (slot.end, Boundary::Input(kg))] {
+                    if !needed[a].contains(&b) {
+                        needed[a].push(b);
+                    }
+                }
+                grams.entry((slot.front, jg)).or_insert_with(|| NormalEquations::new(slot.in_channels));
+                crosses.push((s, (slot.front, jg), slot.end, kg, Mat::zeros(slot.in_channels + 1, slot.out_channels)));
+            }
+        }
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk).min(total);
+            let batch = images.clone().narrow(0, start, end - start);
+            if !is_finite(&batch) {
+                return Err(Error::NonFinite(format!("calibration images {start}..{end}")));
+            }
+            let mut feats: HashMap<(usize, Boundary), Vec<f32>> = HashMap::new();
+            for (a, wanted) in needed.iter().enumerate() {
+                if !wanted.is_empty() {
+                    self.check_input(&batch, a)?;
+                    self.collect_features(a, batch.clone(), wanted, &mut feats)?;
+                }
+            }
+            for (&(a, jg), normal) in grams.iter_mut() {
+                let xa = normal.add_rows(&feats[&(a, Boundary::Output(jg))]);
+                for (_, front, e, kg, cross) in crosses.iter_mut() {
+                    if *front == (a, jg) {
+                        accumulate_cross(cross, &xa, &feats[&(*e, Boundary::Input(*kg))]);
+                    }
+                }
+            }
+            start = end;
+            progress(LsProgress { images_done: end, images_total: total });
+        }
+        let seconds_features = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut layers = Vec::new();
+        for (s, slot) in self.space.layers.iter().enumerate() {
+            let mine: Vec<_> = crosses.iter().filter(|c| c.0 == s).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (cin, cout) = (slot.in_channels, slot.out_channels);
+            let (mut w, mut b) = (vec![0f64; cout * cin], vec![0f64; cout]);
+            let (mut min_rank, mut max_condition) = (usize::MAX, 0f64);
+            for (_, front, _, _, cross) in &mine {
+                let sol = solve(&grams[front], cross)
+                    .map_err(|e| Error::LeastSquares(format!("stitching layer `{}`: {e}", slot.key())))?;
+                w.iter_mut().zip(&sol.weight).for_each(|(a, v)| *a += v);
+                b.iter_mut().zip(&sol.bias).for_each(|(a, v)| *a += v);
+                min_rank = min_rank.min(sol.rank);
+                max_condition = max_condition.max(sol.condition);
+            }
+            let n = mine.len() as f64;
+            let w: Vec<f32> = w.iter().map(|v| (v / n) as f32).collect();
+            let b: Vec<f32> = b.iter().map(|v| (v / n) as f32).collect();
+            self.stitch_layers[s].set_affine(&w, &b);
+            layers.push(LsLayerReport { key: slot.key(), positions: mine.len(), min_rank, max_condition });
+        }
+        Ok(LsReport { images: total, seconds_features, seconds_solve: t1.elapsed().as_secs_f64(), layers })
+    }
+
+    /// Runs anchor `a` on `images` and stores the rows of every wanted boundary.
+    fn collect_features(
+        &self,
+        a: usize,
+        images: Tensor<B, 4>,
+        wanted: &[Boundary],
+        out: &mut HashMap<(usize, Boundary), Vec<f32>>,
+    ) -> Result<()> {
+        let anchor = &self.anchors[a];
+        let layout = &self.layouts[a];
+        let last = wanted
+            .iter()
+            .map(|b| match *b {
+                Boundary::Input(i) => i,
+                Boundary::Output(i) => i,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut store = |b: Boundary, x: &Features<B>| -> Result<()> {
+            if wanted.contains(&b) {
+                let rows = x.clone().into_rows();
+                let data = rows.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| {
+                    Error::LeastSquares(format!("cannot read features of anchor {a}: {e:?}"))
+                })?;
+                if data.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::NonFinite(format!("features of anchor {a} (`{}`) at {b:?}", layout.name)));
+                }
+                out.insert((a, b), data);
+            }
+            Ok(())
+        };
+        let mut x = anchor.embed(images);
+        for i in 0..=last {
+            if i > 0 && layout.stage_of(i) != layout.stage_of(i - 1) {
+                x = anchor.transition(x, layout.stage_of(i));
+            }
+            store(Boundary::Input(i), &x)?;
+            x = anchor.block(x, i);
+            store(Boundary::Output(i), &x)?;
+        }
+        Ok(())
+    }
+
+    /// The description stored in weight files.
+    pub fn description(&self) -> NetworkDescription {
+        NetworkDescription { anchors: self.layouts.clone(), space: self.space.settings.clone(), behaviour: self.behaviour.clone() }
+    }
+
+    /// Maps burn's path of a stitching layer (`stitch_layers.{slot}.…`) to its official key.
+    fn official_key(&self, path: &str) -> String {
+        official_key_of(&self.space, path)
+    }
+
+    /// Every parameter under its official key, in PyTorch orientation (1×1 conv shape for
+    /// stitching layers on maps).
+    pub fn named_tensors(&self) -> Vec<(String, crate::weights::NamedTensor)> {
+        let mut tensors = export_tensors::<B, _>(self, &|p| self.official_key(p));
+        for slot in self.space.layers.iter().filter(|s| s.in_kind == crate::layout::FeatureKind::Map) {
+            let key = format!("{}.transform.weight", slot.key());
+            if let Some((_, t)) = tensors.iter_mut().find(|(k, _)| *k == key) {
+                t.shape.extend([1, 1]);
+            }
+        }
+        tensors
+    }
+
+    /// Writes an snnet weight file: official key layout, PyTorch orientation, and the network
+    /// description plus `extra` entries in the safetensors metadata.
+    pub fn save(&self, path: &Path, extra: HashMap<String, String>) -> Result<()> {
+        let mut meta = extra;
+        meta.insert("format".into(), "snnet".into());
+        meta.insert("format_version".into(), FORMAT_VERSION.into());
+        meta.insert("snnet.network".into(), serde_json::to_string(&self.description()).expect("serialisable"));
+        write_safetensors(path, &self.named_tensors(), meta)
+    }
+
+    /// Loads an snnet weight file. A file whose stored description differs from this network is
+    /// refused with the first difference; missing, mis-shaped and unexpected tensors are errors.
+    /// Returns the network and the file's metadata.
+    pub fn load(self, path: &Path) -> Result<(Self, HashMap<String, String>)> {
+        let shown = path.display().to_string();
+        let (mut tensors, meta) = read_safetensors(path)?;
+        if let Some(version) = meta.get("format_version") {
+            if version != FORMAT_VERSION {
+                return Err(Error::WeightFile {
+                    path: shown,
+                    reason: format!("format version {version}, this snnet reads version {FORMAT_VERSION}"),
+                });
+            }
+        }
+        if let Some(stored) = meta.get("snnet.network") {
+            let file: serde_json::Value = serde_json::from_str(stored).map_err(|e| Error::WeightFile {
+                path: shown.clone(),
+                reason: format!("corrupt `snnet.network` metadata: {e}"),
+            })?;
+            let net = serde_json::to_value(self.description()).expect("serialisable");
+            if let Some(difference) = first_difference("", &file, &net) {
+                return Err(Error::DescriptionMismatch { path: shown, difference });
+            }
+        }
+        let space = self.space.clone();
+        let net = import_tensors::<B, _>(self, &mut tensors, &|p: &str| official_key_of(&space, p), &shown)?;
+        if !tensors.is_empty() {
+            let keys: Vec<_> = tensors.keys().take(5).cloned().collect();
+            return Err(Error::WeightFile {
+                path: shown,
+                reason: format!("{} unexpected tensor(s) not in this network, e.g. {}", tensors.len(), keys.join(", ")),
+            });
+        }
+        Ok((net, meta))
+    }
+}
+
+fn official_key_of(space: &StitchSpace, path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("stitch_layers.") {
+        if let Some((slot, tail)) = rest.split_once('.') {
+            if let Some(layer) = slot.parse::<usize>().ok().and_then(|s| space.layers.get(s)) {
+                return format!("{}.{tail}", layer.key());
+            }
+        }
+    }
+    path.to_string()
+}
+
+fn is_finite<B: Backend>(t: &Tensor<B, 4>) -> bool {
+    let bad = t.clone().is_nan().int().sum() + t.clone().is_inf().int().sum();
+    bad.into_scalar().elem::<i64>() == 0
+}

@@ -1,0 +1,419 @@
+//! The stitch space: every route through a family of anchors and the stitching layers they share.
+//!
+//! Pure data, no tensors. Built by the official strategies in the official order so that route ids
+//! (`cfg_id`) and stitching-layer keys match the official SN-Net implementation exactly.
+
+mod strategies;
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+pub use strategies::{
+    combinations, nearest_map, paired_stitching, unpaired_stitching, PairedStitching, PairedVariant,
+    Position,
+};
+
+use crate::{
+    error::{Error, Result},
+    layout::{AnchorLayout, FeatureKind},
+};
+
+/// How the space is enumerated. The defaults are the official DeiT settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaceSettings {
+    /// Window size of the paired sliding window (official 2).
+    pub kernel_size: usize,
+    /// Window stride (official 1).
+    pub stride: usize,
+    /// Stitch only consecutive anchors, one stitch per route (official `true`). `false` adds every
+    /// anchor pair and the multi-anchor chains (DeiT-Ti/S/B: 732 routes).
+    pub nearest_stitching: bool,
+    /// `None`: stitch across all blocks (DeiT). `Some(stages)`: stage-wise stitching of the listed
+    /// stages (Swin `[0, 1, 2]`, ResNet `[1, 2]`, LeViT `[0, 1]`).
+    pub stitched_stages: Option<Vec<usize>>,
+    /// Which positions the paired window keeps (DeiT `all`, Swin/LeViT `forward`, ResNet
+    /// `forward_no_entry`).
+    pub paired_variant: PairedVariant,
+}
+
+impl Default for SpaceSettings {
+    fn default() -> Self {
+        Self::deit()
+    }
+}
+
+impl SpaceSettings {
+    /// Official DeiT settings: kernel 2, stride 1, nearest stitching, all blocks.
+    pub fn deit() -> Self {
+        Self {
+            kernel_size: 2,
+            stride: 1,
+            nearest_stitching: true,
+            stitched_stages: None,
+            paired_variant: PairedVariant::All,
+        }
+    }
+
+    /// Official Swin settings: stages 0–2, forward pairs.
+    pub fn swin() -> Self {
+        Self { stitched_stages: Some(vec![0, 1, 2]), paired_variant: PairedVariant::Forward, ..Self::deit() }
+    }
+
+    /// Official ResNet-family settings (ResNet-18/50, ResNet-18 → Swin-T): stages 1–2.
+    pub fn resnet() -> Self {
+        Self {
+            stitched_stages: Some(vec![1, 2]),
+            paired_variant: PairedVariant::ForwardNoEntry,
+            ..Self::deit()
+        }
+    }
+
+    /// Official LeViT settings: stages 0–1, forward pairs.
+    pub fn levit() -> Self {
+        Self { stitched_stages: Some(vec![0, 1]), paired_variant: PairedVariant::Forward, ..Self::deit() }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |setting: &str, reason: &str| {
+            Err(Error::InvalidSettings { setting: setting.into(), reason: reason.into() })
+        };
+        if self.kernel_size == 0 {
+            return bad("kernel_size", "must be at least 1");
+        }
+        if self.stride == 0 {
+            return bad("stride", "must be at least 1");
+        }
+        if self.stitched_stages.is_some() && !self.nearest_stitching {
+            return bad(
+                "nearest_stitching",
+                "stage-wise stitching only joins consecutive anchors; `false` is not supported with `stitched_stages`",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A contiguous run of one anchor's blocks inside a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// The anchor.
+    pub anchor: usize,
+    /// Global block indices run.
+    pub blocks: Range<usize>,
+}
+
+/// One route (the official "stitch config").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Official id, dense in enumeration order.
+    pub cfg_id: usize,
+    /// Anchors traversed front to end.
+    pub comb_id: Vec<usize>,
+    /// Stage of the stitch for stage-wise spaces.
+    pub stage_id: Option<usize>,
+    /// Stitch positions `(j, k)` (within the stage for stage-wise spaces).
+    pub stitch_cfgs: Vec<Position>,
+    /// Official stitching-layer id of each stitch (within its pair and stage).
+    pub stitch_layers: Vec<usize>,
+    /// Index into [`StitchSpace::layers`] of each stitch.
+    pub slots: Vec<usize>,
+    /// The blocks each anchor runs, in order.
+    pub segments: Vec<Segment>,
+}
+
+impl Route {
+    /// A plain anchor (no stitch).
+    pub fn is_anchor(&self) -> bool {
+        self.comb_id.len() == 1
+    }
+}
+
+/// One stitching layer of the space and the positions that share it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSlot {
+    /// Position of the stage in the stitched-stage list (the key's stage level), stage-wise only.
+    pub stage_key: Option<usize>,
+    /// The stage itself, stage-wise only.
+    pub stage_id: Option<usize>,
+    /// Index of the anchor pair in the key.
+    pub pair_key: usize,
+    /// Front anchor.
+    pub front: usize,
+    /// End anchor.
+    pub end: usize,
+    /// Official layer id within the pair (and stage).
+    pub layer: usize,
+    /// Input channels (front width).
+    pub in_channels: usize,
+    /// Output channels (end width).
+    pub out_channels: usize,
+    /// Feature kind on the front side.
+    pub in_kind: FeatureKind,
+    /// Feature kind on the end side (a map→tokens layer reshapes, as ResNet → Swin does).
+    pub out_kind: FeatureKind,
+    /// Rows per image (tokens or `h·w`) at the stitch.
+    pub rows_per_image: usize,
+    /// Positions `(j, k)` that use this layer, in order of first use; least squares averages them.
+    pub positions: Vec<Position>,
+}
+
+impl LayerSlot {
+    /// Key prefix in the official state dict, e.g. `stitch_layers.1.6` or `stitch_layers.2.0.5`.
+    pub fn key(&self) -> String {
+        match self.stage_key {
+            Some(s) => format!("stitch_layers.{s}.{}.{}", self.pair_key, self.layer),
+            None => format!("stitch_layers.{}.{}", self.pair_key, self.layer),
+        }
+    }
+
+    /// Global block index of the front anchor's block `j` and end anchor's block `k` of a position.
+    pub fn global_position(&self, layouts: &[AnchorLayout], (j, k): Position) -> (usize, usize) {
+        match self.stage_id {
+            Some(s) => (layouts[self.front].stage_start(s) + j, layouts[self.end].stage_start(s) + k),
+            None => (j, k),
+        }
+    }
+}
+
+/// All routes and stitching layers of a family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StitchSpace {
+    /// The settings it was built with.
+    pub settings: SpaceSettings,
+    /// Routes, indexed by `cfg_id`.
+    pub routes: Vec<Route>,
+    /// Stitching layers in key order.
+    pub layers: Vec<LayerSlot>,
+}
+
+impl StitchSpace {
+    /// Enumerates the space of `anchors` (in the order given; it matters, spec §9 B5/B6).
+    pub fn build(anchors: &[AnchorLayout], settings: &SpaceSettings) -> Result<Self> {
+        settings.validate()?;
+        if anchors.is_empty() {
+            return Err(Error::IncompatibleAnchors("no anchors given".into()));
+        }
+        let mut builder = Builder { anchors, routes: Vec::new(), layers: Vec::new() };
+        for a in 0..anchors.len() {
+            let n = anchors[a].num_blocks();
+            builder.push_route(vec![a], None, vec![], vec![], vec![], vec![Segment { anchor: a, blocks: 0..n }]);
+        }
+        match &settings.stitched_stages {
+            None => builder.global(settings)?,
+            Some(stages) => builder.stagewise(settings, stages)?,
+        }
+        Ok(StitchSpace { settings: settings.clone(), routes: builder.routes, layers: builder.layers })
+    }
+
+    /// Number of routes.
+    pub fn num_routes(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// The route with official id `cfg_id`.
+    pub fn route(&self, cfg_id: usize) -> Result<&Route> {
+        self.routes.get(cfg_id).ok_or(Error::UnknownRoute { id: cfg_id, num_routes: self.routes.len() })
+    }
+}
+
+struct Builder<'a> {
+    anchors: &'a [AnchorLayout],
+    routes: Vec<Route>,
+    layers: Vec<LayerSlot>,
+}
+
+impl Builder<'_> {
+    fn push_route(
+        &mut self,
+        comb_id: Vec<usize>,
+        stage_id: Option<usize>,
+        stitch_cfgs: Vec<Position>,
+        stitch_layers: Vec<usize>,
+        slots: Vec<usize>,
+        segments: Vec<Segment>,
+    ) {
+        for (&slot, &pos) in slots.iter().zip(&stitch_cfgs) {
+            let positions = &mut self.layers[slot].positions;
+            if !positions.contains(&pos) {
+                positions.push(pos);
+            }
+        }
+        let cfg_id = self.routes.len();
+        self.routes.push(Route { cfg_id, comb_id, stage_id, stitch_cfgs, stitch_layers, slots, segments });
+    }
+
+    /// Adds the stitching layers of one anchor pair; returns the slot index of its layer 0.
+    fn add_slots(
+        &mut self,
+        stage: Option<(usize, usize)>,
+        pair_key: usize,
+        (front, end): (usize, usize),
+        num_layers: usize,
+    ) -> Result<usize> {
+        let (fl, el) = (&self.anchors[front], &self.anchors[end]);
+        // Width and grid at the stitch: the stage's (stage-wise) or the first stage's (global;
+        // global stitching requires one width per anchor, checked here).
+        let (fs, es) = match stage {
+            Some((_, s)) => (&fl.stages[s], &el.stages[s]),
+            None => {
+                for l in [fl, el] {
+                    if l.stages.windows(2).any(|w| w[0].channels != w[1].channels || w[0].rows_per_image != w[1].rows_per_image) {
+                        return Err(Error::IncompatibleAnchors(format!(
+                            "anchor `{}` changes width or resolution between stages; use stage-wise stitching (`stitched_stages`)",
+                            l.name
+                        )));
+                    }
+                }
+                (&fl.stages[0], &el.stages[0])
+            }
+        };
+        let where_ = stage.map(|(_, s)| format!(" at stage {s}")).unwrap_or_default();
+        if fs.rows_per_image != es.rows_per_image {
+            return Err(Error::IncompatibleAnchors(format!(
+                "anchors {front} (`{}`) and {end} (`{}`) have {} and {} tokens per image{where_}; a stitch cannot change resolution",
+                fl.name, el.name, fs.rows_per_image, es.rows_per_image
+            )));
+        }
+        if fs.kind == FeatureKind::Tokens && es.kind == FeatureKind::Map {
+            return Err(Error::IncompatibleAnchors(format!(
+                "anchor {front} (`{}`) produces tokens but anchor {end} (`{}`) expects maps{where_}; tokens→map stitching is not supported",
+                fl.name, el.name
+            )));
+        }
+        let first = self.layers.len();
+        for layer in 0..num_layers {
+            self.layers.push(LayerSlot {
+                stage_key: stage.map(|(k, _)| k),
+                stage_id: stage.map(|(_, s)| s),
+                pair_key,
+                front,
+                end,
+                layer,
+                in_channels: fs.channels,
+                out_channels: es.channels,
+                in_kind: fs.kind,
+                out_kind: es.kind,
+                rows_per_image: fs.rows_per_image,
+                positions: Vec::new(),
+            });
+        }
+        Ok(first)
+    }
+
+    /// DeiT-style: paired window over all blocks, anchor combinations (spec §2.2).
+    fn global(&mut self, settings: &SpaceSettings) -> Result<()> {
+        let n = self.anchors.len();
+        let depth = self.anchors[0].num_blocks();
+        if let Some((i, l)) = self.anchors.iter().enumerate().find(|(_, l)| l.num_blocks() != depth) {
+            return Err(Error::IncompatibleAnchors(format!(
+                "global (DeiT-style) stitching needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
+                self.anchors[0].name,
+                l.name,
+                l.num_blocks()
+            )));
+        }
+        let paired = paired_stitching(depth, settings.kernel_size, settings.stride, settings.paired_variant);
+        let pairs: Vec<(usize, usize)> = if settings.nearest_stitching {
+            (1..n).map(|i| (i - 1, i)).collect()
+        } else {
+            combinations(n, 2).into_iter().map(|c| (c[0], c[1])).collect()
+        };
+        let mut first_slot = Vec::new();
+        for (key, &pair) in pairs.iter().enumerate() {
+            first_slot.push(self.add_slots(None, key, pair, paired.num_layers)?);
+        }
+        let slot_of = |a: usize, b: usize, layer: usize| -> usize {
+            let key = pairs.iter().position(|&p| p == (a, b)).expect("pair enumerated");
+            first_slot[key] + layer
+        };
+        let combs: Vec<Vec<usize>> = if settings.nearest_stitching {
+            pairs.iter().map(|&(a, b)| vec![a, b]).collect()
+        } else {
+            (2..=n).flat_map(|r| combinations(n, r)).collect()
+        };
+        let choices: Vec<(Position, usize)> =
+            paired.positions.iter().copied().zip(paired.layers.iter().copied()).collect();
+        for comb in combs {
+            for chain in chains(&choices, comb.len() - 1) {
+                let stitch_cfgs: Vec<Position> = chain.iter().map(|&(p, _)| p).collect();
+                let stitch_layers: Vec<usize> = chain.iter().map(|&(_, l)| l).collect();
+                let slots = (0..chain.len()).map(|i| slot_of(comb[i], comb[i + 1], stitch_layers[i])).collect();
+                let mut segments = Vec::new();
+                let mut start = 0;
+                for (i, &(j, k)) in stitch_cfgs.iter().enumerate() {
+                    segments.push(Segment { anchor: comb[i], blocks: start..j + 1 });
+                    start = k;
+                }
+                segments.push(Segment { anchor: *comb.last().unwrap(), blocks: start..depth });
+                self.push_route(comb.clone(), None, stitch_cfgs, stitch_layers, slots, segments);
+            }
+        }
+        Ok(())
+    }
+
+    /// Swin/ResNet/LeViT-style: one stitch between consecutive anchors inside each listed stage.
+    fn stagewise(&mut self, settings: &SpaceSettings, stages: &[usize]) -> Result<()> {
+        let n = self.anchors.len();
+        for (stage_key, &s) in stages.iter().enumerate() {
+            if let Some(l) = self.anchors.iter().find(|l| s >= l.stages.len()) {
+                return Err(Error::InvalidSettings {
+                    setting: "stitched_stages".into(),
+                    reason: format!("stage {s} does not exist in anchor `{}` ({} stages)", l.name, l.stages.len()),
+                });
+            }
+            for i in 1..n {
+                let (d0, d1) = (self.anchors[i - 1].stages[s].depth, self.anchors[i].stages[s].depth);
+                let stitching = match d0.cmp(&d1) {
+                    std::cmp::Ordering::Equal => {
+                        paired_stitching(d0, settings.kernel_size, settings.stride, settings.paired_variant)
+                    }
+                    std::cmp::Ordering::Less => {
+                        unpaired_stitching(d0, d1, settings.paired_variant == PairedVariant::ForwardNoEntry)
+                    }
+                    std::cmp::Ordering::Greater => {
+                        return Err(Error::IncompatibleAnchors(format!(
+                            "stage-wise stitching needs anchors in non-decreasing depth (spec §9 B6): at stage {s}, anchor {} (`{}`) has {d0} blocks but anchor {i} (`{}`) has {d1}",
+                            i - 1,
+                            self.anchors[i - 1].name,
+                            self.anchors[i].name
+                        )))
+                    }
+                };
+                let first = self.add_slots(Some((stage_key, s)), i - 1, (i - 1, i), stitching.num_layers)?;
+                let (front_start, end_start) = (self.anchors[i - 1].stage_start(s), self.anchors[i].stage_start(s));
+                let end_blocks = self.anchors[i].num_blocks();
+                for (&(j, k), &layer) in stitching.positions.iter().zip(&stitching.layers) {
+                    let segments = vec![
+                        Segment { anchor: i - 1, blocks: 0..front_start + j + 1 },
+                        Segment { anchor: i, blocks: end_start + k..end_blocks },
+                    ];
+                    self.push_route(vec![i - 1, i], Some(s), vec![(j, k)], vec![layer], vec![first + layer], segments);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sequences of `len` stitches where each next stitch leaves its anchor no earlier than it was
+/// entered (`j_next >= k_prev`: the middle anchor runs at least one block), in official order.
+fn chains(choices: &[(Position, usize)], len: usize) -> Vec<Vec<(Position, usize)>> {
+    fn rec(choices: &[(Position, usize)], len: usize, cur: &mut Vec<(Position, usize)>, out: &mut Vec<Vec<(Position, usize)>>) {
+        if cur.len() == len {
+            out.push(cur.clone());
+            return;
+        }
+        for &c in choices {
+            if cur.last().is_none_or(|&((_, k), _)| c.0 .0 >= k) {
+                cur.push(c);
+                rec(choices, len, cur, out);
+                cur.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    rec(choices, len, &mut Vec::new(), &mut out);
+    out
+}

@@ -1,0 +1,56 @@
+//! The stitching layer: an affine map over channels between two anchors.
+
+use burn::{
+    module::{Module, Param},
+    nn::{Linear, LinearConfig},
+    tensor::{backend::Backend, Tensor, TensorData},
+};
+
+use crate::{features::Features, layout::FeatureKind};
+
+/// `y = W x + b` over channels: a Linear on tokens, a 1×1 convolution on maps (applied channels-last),
+/// with the map→tokens reshape of the official CNN→ViT stitch when the end anchor takes tokens.
+///
+/// The parameter is named `transform` as in the official checkpoints (`….transform.weight`).
+#[derive(Module, Debug)]
+pub struct StitchingLayer<B: Backend> {
+    /// The affine map.
+    pub transform: Linear<B>,
+    /// Feature kind produced for the end anchor.
+    #[module(skip)]
+    pub out_kind: FeatureKind,
+}
+
+impl<B: Backend> StitchingLayer<B> {
+    /// A randomly initialised layer (PyTorch `nn.Linear`'s default init).
+    pub fn new(in_channels: usize, out_channels: usize, out_kind: FeatureKind, device: &B::Device) -> Self {
+        Self { transform: LinearConfig::new(in_channels, out_channels).init(device), out_kind }
+    }
+
+    /// Applies the map.
+    pub fn forward(&self, x: Features<B>) -> Features<B> {
+        match x {
+            Features::Tokens(t) => Features::Tokens(self.transform.forward(t)),
+            Features::Map(m) => {
+                let y = self.transform.forward(m.permute([0, 2, 3, 1]));
+                match self.out_kind {
+                    FeatureKind::Map => Features::Map(y.permute([0, 3, 1, 2])),
+                    FeatureKind::Tokens => {
+                        let [b, h, w, c] = y.dims();
+                        Features::Tokens(y.reshape([b, h * w, c]))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets the map from `W` (row-major `[out, in]`, PyTorch orientation) and `b`.
+    pub fn set_affine(&mut self, weight: &[f32], bias: &[f32]) {
+        let [d_in, d_out] = self.transform.weight.dims();
+        let device = self.transform.weight.device();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [d_out, d_in]), &device).transpose();
+        let b = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [d_out]), &device);
+        self.transform.weight = Param::from_tensor(w);
+        self.transform.bias = Some(Param::from_tensor(b));
+    }
+}

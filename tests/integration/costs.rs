@@ -1,0 +1,74 @@
+//! Route costs against the official figures (spec vectors) and fvcore counts (tools/make_cost_fixtures.py).
+
+use serde_json::Value;
+use snnet::{AnchorSpec, Description, SpaceSettings};
+
+use super::common::load_json;
+
+fn deit_description() -> Description {
+    Description::from_names(&["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
+}
+
+#[test]
+fn deit_costs_equal_the_official_results_for_all_71_routes() {
+    let v = load_json("vectors/stitch_configs_deit.json");
+    let (space, costs) = deit_description().space_with_costs().unwrap();
+    for (cfg, (route, cost)) in v["configs"].as_array().unwrap().iter().zip(space.routes.iter().zip(&costs)) {
+        let id = route.cfg_id;
+        assert_eq!(cost.flops, cfg["reported"]["flops"].as_u64().unwrap(), "cfg {id} flops");
+        assert_eq!(cost.params, cfg["reported"]["params"].as_u64().unwrap(), "cfg {id} params");
+        assert_eq!(cost.flops, cfg["analytic_flops"].as_u64().unwrap());
+        // The true count adds the front anchor's class token and position embedding (198·C0) and
+        // drops the final norm the stitched path never runs (2·C_L), spec §9 B4.
+        if !route.is_anchor() {
+            let c0 = [192u64, 384, 768][route.comb_id[0]];
+            let cl = [192u64, 384, 768][*route.comb_id.last().unwrap()];
+            assert_eq!(cost.params_exact, cost.params + 198 * c0 - 2 * cl, "cfg {id} params_exact");
+        } else {
+            assert_eq!(cost.params_exact, cost.params);
+        }
+    }
+    // The README's selective-inference examples.
+    assert_eq!((costs[24].flops, costs[24].params), (2_758_967_808, 13_038_760));
+    assert_eq!((costs[56].flops, costs[56].params), (10_048_040_448, 49_222_120));
+    assert_eq!((costs[0].flops, costs[0].params), (1_258_411_200, 5_717_416));
+}
+
+#[test]
+fn costs_equal_fvcore_on_non_default_spaces_and_resolutions() {
+    let fixture = load_json("costs_fvcore.json");
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let anchors: Vec<AnchorSpec> = serde_json::from_value(case["anchors"].clone()).unwrap();
+        let space: SpaceSettings = serde_json::from_value(case["space"].clone()).unwrap();
+        let desc = Description { anchors, space, behaviour: Default::default() };
+        let (space, costs) = desc.space_with_costs().unwrap();
+        let routes = case["routes"].as_array().unwrap();
+        assert_eq!(space.num_routes(), routes.len(), "{name}");
+        for (want, (route, cost)) in routes.iter().zip(space.routes.iter().zip(&costs)) {
+            let id = route.cfg_id;
+            let get = |k: &str| want[k].as_u64().unwrap();
+            assert_eq!(route.comb_id, serde_json::from_value::<Vec<usize>>(want["comb_id"].clone()).unwrap(), "{name} cfg {id}");
+            let stitch: Vec<(usize, usize)> = serde_json::from_value(want["stitch_cfgs"].clone()).unwrap();
+            assert_eq!(route.stitch_cfgs, stitch, "{name} cfg {id}");
+            assert_eq!(route.stitch_layers, serde_json::from_value::<Vec<usize>>(want["stitch_layers"].clone()).unwrap());
+            assert_eq!(cost.flops, get("flops"), "{name} cfg {id} flops");
+            assert_eq!(cost.params, get("params"), "{name} cfg {id} params");
+            assert_eq!(cost.params_exact, get("params_exact"), "{name} cfg {id} params_exact");
+        }
+    }
+    assert!(fixture["cases"].as_array().unwrap().iter().any(|c| c["space"]["kernel_size"] == Value::from(3)));
+}
+
+#[test]
+fn correcting_the_final_norm_quirk_adds_its_cost() {
+    let mut desc = deit_description();
+    let (_, official) = desc.space_with_costs().unwrap();
+    desc.behaviour.final_norm_on_stitched = true;
+    let (_, corrected) = desc.space_with_costs().unwrap();
+    // cfg 24 ends in DeiT-S: + 5·197·384 FLOPs and + 2·384 used parameters; official params unchanged.
+    assert_eq!(corrected[24].flops, official[24].flops + 5 * 197 * 384);
+    assert_eq!(corrected[24].params_exact, official[24].params_exact + 2 * 384);
+    assert_eq!(corrected[24].params, official[24].params);
+    assert_eq!(corrected[1], official[1], "anchors are unaffected");
+}

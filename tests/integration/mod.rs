@@ -1,0 +1,8 @@
+//! Integration tests of the facade crate on the CPU backend.
+
+mod common;
+mod costs;
+mod enumeration;
+mod forward;
+mod least_squares;
+mod weights;
