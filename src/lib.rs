@@ -18,6 +18,7 @@
 //! ```
 
 pub mod backend;
+pub mod latency;
 
 pub use snnet_anchors as anchors;
 pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, VitConfig};

@@ -124,7 +124,11 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             .iter()
             .map(|r| route_cost(r, &layouts, &costs, &space.layers, behaviour.final_norm_on_stitched))
             .collect();
-        Ok(Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0 })
+        let net = Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0 };
+        // burn initialises parameters lazily, drawing from the backend's RNG on first use; touching
+        // them all now, in module order, makes a seeded network independent of which route runs first.
+        net.visit(&mut Materialize);
+        Ok(net)
     }
 
     /// The stitch space.
@@ -410,6 +414,15 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             });
         }
         Ok((net, meta))
+    }
+}
+
+/// Forces lazily initialised parameters into existence.
+struct Materialize;
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

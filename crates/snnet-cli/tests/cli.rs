@@ -1,0 +1,86 @@
+//! The `snnet` binary end to end: `space`, `infer`, and its errors.
+
+use std::{path::PathBuf, process::Command};
+
+use snnet::weights::{read_safetensors, write_safetensors, NamedTensor};
+
+fn snnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_snnet")).args(args).output().expect("runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snnet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+const DEIT: &str = "deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224";
+
+fn mini_config() -> PathBuf {
+    let vit = |d: usize, h: usize| {
+        serde_json::json!({"arch": "vit", "img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": d,
+                           "depth": 4, "num_heads": h, "mlp_ratio": 4.0, "qkv_bias": true, "num_classes": 10})
+    };
+    let path = tmp("mini.json");
+    let desc = serde_json::json!({"anchors": [vit(32, 2), vit(48, 3), vit(64, 4)], "space": {"kernel_size": 2, "stride": 1, "nearest_stitching": true}});
+    std::fs::write(&path, desc.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn space_json_lists_the_official_routes() {
+    let (ok, out, err) = snnet(&["space", "--anchors", DEIT, "--json"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 71);
+    assert_eq!(lines[24]["flops"], 2_758_967_808u64);
+    assert_eq!(lines[24]["params"], 13_038_760u64);
+    assert_eq!(lines[56]["stitch_cfgs"], serde_json::json!([[6, 7]]));
+    assert_eq!(lines[56]["comb_id"], serde_json::json!([1, 2]));
+    assert!(lines[30]["params_exact"].as_u64().unwrap() > 0);
+    let (ok, out, _) = snnet(&["space", "--anchors", DEIT, "--nearest-stitching", "false", "--json"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 732);
+    let (ok, out, _) = snnet(&["space", "--anchors", DEIT]);
+    assert!(ok && out.contains("71 routes"));
+}
+
+#[test]
+fn infer_runs_every_route_and_checks_the_input() {
+    let config = mini_config();
+    let input = tmp("input.safetensors");
+    let data: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let t = NamedTensor { shape: vec![2, 3, 32, 32], data, stored_as: "F32" };
+    write_safetensors(&input, &[("input".into(), t.clone())], Default::default()).unwrap();
+    let output = tmp("logits.safetensors");
+    let c = config.to_str().unwrap();
+    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "all", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (logits, _) = read_safetensors(&output).unwrap();
+    // Depth 4, kernel 2: 10 positions per pair, 2 pairs, 3 anchors.
+    assert_eq!(logits.len(), 23);
+    assert_eq!(logits["logits.0"].shape, vec![2, 10]);
+    assert!(logits.values().all(|t| t.data.iter().all(|v| v.is_finite())));
+
+    // Same seed, same single route: identical logits.
+    let single = tmp("one.safetensors");
+    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "5", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (one, _) = read_safetensors(&single).unwrap();
+    assert_eq!(one["logits"].data, logits["logits.5"].data);
+
+    // Wrong shape, unknown route, unknown anchor: errors naming the culprit, exit code 2.
+    let bad = tmp("bad.safetensors");
+    write_safetensors(&bad, &[("input".into(), NamedTensor { shape: vec![1, 3, 16, 16], data: vec![0.0; 768], stored_as: "F32" })], Default::default()).unwrap();
+    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "0", "--input", bad.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    assert!(!ok && err.contains("[1, 3, 16, 16]"), "{err}");
+    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "999", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    assert!(!ok && err.contains("unknown route id 999"), "{err}");
+    let (ok, _, err) = snnet(&["space", "--anchors", "deit_huge"]);
+    assert!(!ok && err.contains("deit_huge"), "{err}");
+    let (ok, _, err) = snnet(&["space", "--anchors", DEIT, "--kernel-size", "0"]);
+    assert!(!ok && err.contains("kernel_size"), "{err}");
+    let (ok, _, err) = snnet(&["infer", "--anchors", DEIT, "--device", "nonsense", "--route", "0", "--input", "x", "--output", "y"]);
+    assert!(!ok && err.contains("nonsense"), "{err}");
+}
