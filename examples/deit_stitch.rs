@@ -58,7 +58,7 @@ impl BackendTask for Options {
             "{}",
             serde_json::json!({
                 "impl": format!("snnet ({name})"), "threads": threads, "images": self.images,
-                "seconds_total": seconds, "seconds_features": report.seconds_features,
+                "seconds_total": seconds, "seconds_features": report.seconds_features, "seconds_forward": report.seconds_forward,
                 "seconds_solve": report.seconds_solve, "layers": report.layers.len(),
             })
         );

@@ -83,6 +83,8 @@ pub struct LsReport {
     pub images: usize,
     /// Seconds spent running anchors and accumulating normal equations.
     pub seconds_features: f64,
+    /// Of `seconds_features`, the part spent running anchors and reading features back.
+    pub seconds_forward: f64,
     /// Seconds spent solving.
     pub seconds_solve: f64,
     /// Per-layer details.
@@ -252,6 +254,7 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             }
         }
         let mut start = 0;
+        let mut seconds_forward = 0.0;
         while start < total {
             let end = (start + chunk).min(total);
             let batch = images.clone().narrow(0, start, end - start);
@@ -259,12 +262,14 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
                 return Err(Error::NonFinite(format!("calibration images {start}..{end}")));
             }
             let mut feats: HashMap<(usize, Boundary), Vec<f32>> = HashMap::new();
+            let t_forward = Instant::now();
             for (a, wanted) in needed.iter().enumerate() {
                 if !wanted.is_empty() {
                     self.check_input(&batch, a)?;
                     self.collect_features(a, batch.clone(), wanted, &mut feats)?;
                 }
             }
+            seconds_forward += t_forward.elapsed().as_secs_f64();
             for (&(a, jg), normal) in grams.iter_mut() {
                 let xa = normal.add_rows(&feats[&(a, Boundary::Output(jg))]);
                 for (_, front, e, kg, cross) in crosses.iter_mut() {
@@ -301,7 +306,7 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             self.stitch_layers[s].set_affine(&w, &b);
             layers.push(LsLayerReport { key: slot.key(), positions: mine.len(), min_rank, max_condition });
         }
-        Ok(LsReport { images: total, seconds_features, seconds_solve: t1.elapsed().as_secs_f64(), layers })
+        Ok(LsReport { images: total, seconds_features, seconds_forward, seconds_solve: t1.elapsed().as_secs_f64(), layers })
     }
 
     /// Runs anchor `a` on `images` and stores the rows of every wanted boundary.
