@@ -52,7 +52,7 @@ fn infer_runs_every_route_and_checks_the_input() {
     let input = tmp("input.safetensors");
     let data: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
     let t = NamedTensor { shape: vec![2, 3, 32, 32], data, stored_as: "F32" };
-    write_safetensors(&input, &[("input".into(), t.clone())], Default::default()).unwrap();
+    write_safetensors(&input, &[("input".into(), t)], Default::default()).unwrap();
     let output = tmp("logits.safetensors");
     let c = config.to_str().unwrap();
     let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "all", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);

@@ -357,15 +357,10 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         NetworkDescription { anchors: self.layouts.clone(), space: self.space.settings.clone(), behaviour: self.behaviour.clone() }
     }
 
-    /// Maps burn's path of a stitching layer (`stitch_layers.{slot}.…`) to its official key.
-    fn official_key(&self, path: &str) -> String {
-        official_key_of(&self.space, path)
-    }
-
     /// Every parameter under its official key, in PyTorch orientation (1×1 conv shape for
     /// stitching layers on maps).
     pub fn named_tensors(&self) -> Vec<(String, crate::weights::NamedTensor)> {
-        let mut tensors = export_tensors::<B, _>(self, &|p| self.official_key(p));
+        let mut tensors = export_tensors::<B, _>(self, &|p| official_key_of(&self.space, p));
         for slot in self.space.layers.iter().filter(|s| s.in_kind == crate::layout::FeatureKind::Map) {
             let key = format!("{}.transform.weight", slot.key());
             if let Some((_, t)) = tensors.iter_mut().find(|(k, _)| *k == key) {
@@ -431,6 +426,7 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for Materialize {
     }
 }
 
+/// Maps burn's path of a stitching layer (`stitch_layers.{slot}.…`) to its official key.
 fn official_key_of(space: &StitchSpace, path: &str) -> String {
     if let Some(rest) = path.strip_prefix("stitch_layers.") {
         if let Some((slot, tail)) = rest.split_once('.') {
