@@ -17,6 +17,8 @@
 //! let logits = net.forward(images, 24).unwrap(); // DeiT-Ti → DeiT-S, stitched after block 7
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod latency;
 

@@ -3,6 +3,8 @@
 //! Each family implements [`snnet_core::Anchor`] with timm's module structure and parameter names,
 //! so a timm state dict maps onto it key for key (Linear weights transposed).
 
+#![warn(missing_docs)]
+
 pub mod description;
 pub mod error;
 pub mod family;

@@ -6,6 +6,8 @@
 //!   initialisation, weight files;
 //! - [`cost`], [`select`]: FLOPs/parameters per route, Pareto frontiers and budgets.
 
+#![warn(missing_docs)]
+
 pub mod anchor;
 pub mod cost;
 pub mod error;
