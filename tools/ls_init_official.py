@@ -31,24 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import snnet_torch as sn  # noqa: E402
 
 
-def extract_block_features(vit, x):
-    feats = {}
-    x = sn.patch_embed_tokens(vit, x)
-    feats[-1] = x
-    for i, blk in enumerate(vit.blocks):
-        x = blk(x)
-        feats[i] = x
-    return feats
-
-
-def ps_inv(x, y):
-    """A = pinv([X, 1]) @ Y; returns W [Cout, Cin], b [Cout]."""
-    x2 = x.reshape(-1, x.shape[-1])
-    y2 = y.reshape(-1, y.shape[-1])
-    xa = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], dim=1)
-    a = torch.linalg.pinv(xa) @ y2
-    at = a.t()
-    return at[:, :-1], at[:, -1]
+extract_block_features = sn.extract_block_features
+ps_inv = sn.ps_inv
 
 
 def main():

@@ -1,16 +1,21 @@
 """Independent PyTorch port of the SN-Net DeiT stitching model (helper module, writes nothing).
 
 Written from the project's spec (shared/spec/snnet-spec.md, sections 1.2(a), 1.4, 2.2-2.5, 8, 9);
-it is imported by tools/make_cost_fixtures.py and tools/ls_init_official.py and is not run on
-its own.  Contents:
+it is imported by tools/make_cost_fixtures.py, tools/ls_init_official.py and
+tools/make_fixtures.py and is not run on its own.  Contents:
 
 * ``paired_stitching``     - DeiT-flavour window enumeration of (j, k) stitch positions.
 * ``enumerate_configs``    - routes (stitch configs) in official order.
 * ``stitch_pairs``         - the anchor pairs that own stitching layers.
 * ``ls_init_positions``    - per stitching layer, the set of (j, k) positions the LS init averages.
 * ``make_vit``             - a timm ``VisionTransformer`` anchor (qkv_bias, LN eps 1e-6, cls token).
+* ``patch_embed_tokens``   - a ViT anchor's embedding output (patch embed + cls token + pos embed).
 * ``SNNetDeiT``            - anchors + stitching layers; forward of the selected route; the
                              official ``get_model_size`` count and the exactly-used parameter count.
+* ``extract_block_features`` - {-1: embedding output, i: output of block i} of a ViT anchor.
+* ``ps_inv``               - the official least-squares solve (``torch.linalg.pinv`` of ``[X, 1]``).
+* ``ls_init_solutions``    - the official LS init of every stitching layer of an ``SNNetDeiT``
+                             (mean of ``ps_inv`` over each layer's positions), returned, not applied.
 * ``analytic_flops`` / ``analytic_params`` - closed forms (fvcore conventions) for cross-checks.
 """
 from functools import partial
@@ -252,6 +257,61 @@ class SNNetDeiT(nn.Module):
     def exact_params_formula(self, cfg_id):
         ids = self.used_params(cfg_id)
         return sum(p.numel() for p in self.parameters() if id(p) in ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Least-squares init (spec sections 1.4 and 2.4)
+# --------------------------------------------------------------------------------------------
+def extract_block_features(vit, x):
+    """{-1: embedding output, i: output of block i} (tokens [B, N, C], cls row included)."""
+    feats = {}
+    x = patch_embed_tokens(vit, x)
+    feats[-1] = x
+    for i, blk in enumerate(vit.blocks):
+        x = blk(x)
+        feats[i] = x
+    return feats
+
+
+def ps_inv(x, y, dtype=None):
+    """A = pinv([X, 1]) @ Y; returns W [Cout, Cin], b [Cout].
+
+    ``dtype=None`` solves in the inputs' dtype (float32 for the official procedure); another
+    dtype (e.g. torch.float64) casts X and Y first.  pinv uses PyTorch's default tolerance.
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = y.reshape(-1, y.shape[-1])
+    if dtype is not None:
+        x2, y2 = x2.to(dtype), y2.to(dtype)
+    if x2.shape[0] != y2.shape[0]:
+        raise ValueError("ps_inv: row counts differ (%d vs %d)" % (x2.shape[0], y2.shape[0]))
+    xa = torch.cat([x2, torch.ones(x2.shape[0], 1, dtype=x2.dtype)], dim=1)
+    a = torch.linalg.pinv(xa) @ y2
+    at = a.t()
+    return at[:, :-1], at[:, -1]
+
+
+def ls_init_solutions(model, images, dtype=None):
+    """Official LS init of every stitching layer of ``model`` (an ``SNNetDeiT``), not applied.
+
+    Features of both anchors of each pair (anchors as they are: call ``eval()`` first for the
+    fixtures) under no_grad; for each layer, the mean of ``ps_inv(front[j], end[k-1])`` over its
+    positions.  Returns {(pair_index, layer_id): (W [Cout, Cin], b [Cout])}.
+    """
+    groups = ls_init_positions(model.configs)
+    out = {}
+    with torch.no_grad():
+        for pair_idx, (front, end) in enumerate(model.pairs):
+            front_feats = extract_block_features(model.anchors[front], images)
+            end_feats = extract_block_features(model.anchors[end], images)
+            for layer_id, positions in groups.items():
+                ws, bs = [], []
+                for j, k in positions:
+                    w, b = ps_inv(front_feats[j], end_feats[k - 1], dtype)
+                    ws.append(w)
+                    bs.append(b)
+                out[(pair_idx, layer_id)] = (torch.stack(ws).mean(dim=0), torch.stack(bs).mean(dim=0))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
