@@ -1,12 +1,61 @@
-//! Choosing a burn backend at run time by name (`flex`, `cuda`, `wgpu`, `vulkan`, `metal`).
+//! Choosing a burn backend and its float precision at run time by name
+//! (`flex`, `cuda`, `wgpu`, `vulkan`, `metal`; `f32`, `f16`, `bf16`).
 //!
 //! Each backend exists only when its cargo feature is enabled; asking for one that was not compiled
-//! in is an error that names the feature.
+//! in, for a precision it cannot run, or for a GPU backend on a machine without a usable adapter is
+//! an error that says which.
 
-use burn::tensor::backend::Backend;
+use std::{fmt, str::FromStr};
+
+use burn::tensor::{backend::Backend, Tensor};
 
 /// Backend names accepted by [`run_on`].
 pub const BACKENDS: [&str; 5] = ["flex", "cuda", "wgpu", "vulkan", "metal"];
+
+/// Float precision of a backend's tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// IEEE single precision (every backend).
+    #[default]
+    F32,
+    /// IEEE half precision (cuda, wgpu, vulkan, metal).
+    F16,
+    /// bfloat16 (cuda).
+    BF16,
+}
+
+impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 | Precision::BF16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "f16" | "float16" | "half" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            other => Err(BackendError::UnknownPrecision(other.to_string())),
+        }
+    }
+}
 
 /// Work to run on whichever backend is chosen at run time.
 pub trait BackendTask {
@@ -16,50 +65,126 @@ pub trait BackendTask {
     fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output;
 }
 
-/// A backend that was asked for but is unknown or not compiled in.
+/// A backend that was asked for but cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// Not one of [`BACKENDS`].
     #[error("unknown device `{0}`; choose one of flex, cuda, wgpu, vulkan, metal")]
     Unknown(String),
+    /// Not one of f32, f16, bf16.
+    #[error("unknown precision `{0}`; choose one of f32, f16, bf16")]
+    UnknownPrecision(String),
     /// Known, but this binary was built without its cargo feature.
     #[error("device `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
+    /// The backend has no kernels for this precision.
+    #[error("device `{device}` does not run {precision}; it runs {supported}")]
+    UnsupportedPrecision {
+        /// Backend name.
+        device: &'static str,
+        /// What was asked for.
+        precision: Precision,
+        /// What it runs.
+        supported: &'static str,
+    },
+    /// The backend is compiled in but could not run a first operation (no GPU, no driver, no adapter).
+    #[error("device `{device}` is compiled in but could not run a first operation (is there a GPU, a driver, an adapter?): {reason}")]
+    NoAdapter {
+        /// Backend name.
+        device: &'static str,
+        /// What the backend reported.
+        reason: String,
+    },
 }
 
-/// Runs `task` on the backend called `name`.
+/// Runs `task` on the backend called `name`, in f32.
 pub fn run_on<T: BackendTask>(name: &str, task: T) -> Result<T::Output, BackendError> {
+    run_on_with(name, Precision::F32, task)
+}
+
+/// Runs `task` on the backend called `name` with float elements of `precision`.
+pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) -> Result<T::Output, BackendError> {
     match name {
         "flex" | "cpu" => {
             #[cfg(feature = "flex")]
-            return Ok(task.run::<burn::backend::Flex>(Default::default(), "flex"));
+            return match precision {
+                Precision::F32 => launch::<burn::backend::Flex, T>("flex", task),
+                p => Err(BackendError::UnsupportedPrecision { device: "flex", precision: p, supported: "f32" }),
+            };
             #[cfg(not(feature = "flex"))]
             return Err(BackendError::NotCompiled("flex"));
         }
         "cuda" => {
             #[cfg(feature = "cuda")]
-            return Ok(task.run::<burn::backend::Cuda>(Default::default(), "cuda"));
+            return match precision {
+                Precision::F32 => launch::<burn::backend::Cuda<f32>, T>("cuda", task),
+                Precision::F16 => launch::<burn::backend::Cuda<half::f16>, T>("cuda", task),
+                Precision::BF16 => launch::<burn::backend::Cuda<half::bf16>, T>("cuda", task),
+            };
             #[cfg(not(feature = "cuda"))]
             return Err(BackendError::NotCompiled("cuda"));
         }
         "wgpu" => {
             #[cfg(feature = "wgpu")]
-            return Ok(task.run::<burn::backend::Wgpu>(Default::default(), "wgpu"));
+            return wgpu_family::<burn::backend::Wgpu<f32>, burn::backend::Wgpu<half::f16>, T>("wgpu", precision, task);
             #[cfg(not(feature = "wgpu"))]
             return Err(BackendError::NotCompiled("wgpu"));
         }
         "vulkan" => {
             #[cfg(feature = "vulkan")]
-            return Ok(task.run::<burn::backend::Vulkan>(Default::default(), "vulkan"));
+            return wgpu_family::<burn::backend::Vulkan<f32>, burn::backend::Vulkan<half::f16>, T>("vulkan", precision, task);
             #[cfg(not(feature = "vulkan"))]
             return Err(BackendError::NotCompiled("vulkan"));
         }
         "metal" => {
             #[cfg(feature = "metal")]
-            return Ok(task.run::<burn::backend::Metal>(Default::default(), "metal"));
+            return wgpu_family::<burn::backend::Metal<f32>, burn::backend::Metal<half::f16>, T>("metal", precision, task);
             #[cfg(not(feature = "metal"))]
             return Err(BackendError::NotCompiled("metal"));
         }
         other => Err(BackendError::Unknown(other.to_string())),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_family<F32: Backend, F16: Backend, T: BackendTask>(
+    name: &'static str,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output, BackendError> {
+    match precision {
+        Precision::F32 => launch::<F32, T>(name, task),
+        Precision::F16 => launch::<F16, T>(name, task),
+        p => Err(BackendError::UnsupportedPrecision { device: name, precision: p, supported: "f32, f16" }),
+    }
+}
+
+/// Checks that the backend can run one operation (GPU backends panic deep inside their runtime when
+/// there is no driver or adapter), then runs the task.
+fn launch<B: Backend, T: BackendTask>(name: &'static str, task: T) -> Result<T::Output, BackendError> {
+    let device = B::Device::default();
+    probe::<B>(name, &device)?;
+    Ok(task.run::<B>(device, name))
+}
+
+fn probe<B: Backend>(name: &'static str, device: &B::Device) -> Result<(), BackendError> {
+    let message = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let previous = std::panic::take_hook();
+    let sink = message.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut m) = sink.lock() {
+            *m = info.to_string();
+        }
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let one = Tensor::<B, 1>::ones([1], device).sum().into_scalar();
+        (B::sync(device), one)
+    }));
+    std::panic::set_hook(previous);
+    let reason = |m: &std::sync::Mutex<String>| m.lock().map(|s| s.clone()).unwrap_or_default();
+    match outcome {
+        Ok((Ok(()), _)) => Ok(()),
+        Ok((Err(e), _)) => Err(BackendError::NoAdapter { device: name, reason: format!("{e:?}") }),
+        Err(_) => Err(BackendError::NoAdapter { device: name, reason: reason(&message) }),
     }
 }

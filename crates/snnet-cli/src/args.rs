@@ -40,6 +40,9 @@ pub struct NetworkArgs {
     /// Backend: flex (CPU), cuda, wgpu, vulkan, metal.
     #[arg(long, global = true, default_value = "flex")]
     pub device: String,
+    /// Float precision on the device: f32, f16 (GPU backends) or bf16 (cuda).
+    #[arg(long, global = true, default_value = "f32")]
+    pub dtype: String,
     /// Seed for random weights when no `--weights` is given.
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
@@ -66,4 +69,91 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Measure the latency of routes on the device (warm-up, median of repeats).
+    Bench {
+        /// Route ids, comma separated (default: every route).
+        #[arg(long, value_delimiter = ',')]
+        routes: Option<Vec<usize>>,
+        /// Batch sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// Untimed forwards before timing each route.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed forwards per route (at least).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Keep timing a route until this many seconds have passed (at most 200 forwards).
+        #[arg(long, default_value_t = 0.5)]
+        min_seconds: f64,
+        /// Print one JSON object per route and batch instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the measurements as JSON lines to this file (the latency table `snnet select` reads).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Compare this device's logits with a reference device's, route by route, on identical weights
+    /// and images (e.g. `--device cuda --dtype bf16 parity`). One JSON line per route.
+    Parity {
+        /// The reference backend (f32).
+        #[arg(long, default_value = "flex")]
+        reference: String,
+        /// Route ids, comma separated (default: every route).
+        #[arg(long, value_delimiter = ',')]
+        routes: Option<Vec<usize>>,
+        /// Images in the probe batch (deterministic values in [-2, 2]).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+    },
+    /// Pick the most accurate route (without results: the largest) within every budget given.
+    Select {
+        /// Where the measured metrics come from.
+        #[command(flatten)]
+        tables: TableArgs,
+        /// Largest FLOPs, in G multiply-accumulates (as the paper counts).
+        #[arg(long)]
+        max_gflops: Option<f64>,
+        /// Largest parameter count (official convention).
+        #[arg(long)]
+        max_params: Option<f64>,
+        /// Largest resident weight memory of the route, MiB (from the latency table, else f32).
+        #[arg(long)]
+        max_memory_mb: Option<f64>,
+        /// Largest measured latency, milliseconds (needs `--latency`).
+        #[arg(long)]
+        max_latency_ms: Option<f64>,
+        /// Print the chosen route as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the Pareto frontier of two metrics (default: accuracy against GFLOPs).
+    Frontier {
+        /// Where the measured metrics come from.
+        #[command(flatten)]
+        tables: TableArgs,
+        /// Cost metric, smaller is better: gflops, params, latency_ms, memory_mb, …
+        #[arg(long, default_value = "gflops")]
+        x: String,
+        /// Quality metric, larger is better: acc1, acc5, …
+        #[arg(long, default_value = "acc1")]
+        y: String,
+        /// One JSON object per frontier route.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Metric tables that `select` and `frontier` read beside the route costs.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Evaluation results: JSON lines with `cfg_id` and `acc1` (official results format, `snnet eval`).
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
+    /// Latency table: JSON lines from `snnet bench --output`.
+    #[arg(long, value_name = "FILE")]
+    pub latency: Option<PathBuf>,
+    /// Use the latency table's rows of this batch size (needed when it holds several).
+    #[arg(long)]
+    pub batch: Option<usize>,
 }

@@ -3,26 +3,139 @@
 use std::{collections::HashMap, path::Path};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::Distribution;
+use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
-    backend::{run_on, BackendTask},
+    backend::{run_on_with, BackendTask, Precision},
+    latency::{prewarm, time_route, TimingOptions},
     weights::{read_safetensors, write_safetensors, NamedTensor},
+    select::{merge_metrics, parse_metric_lines, pareto_frontier, select, Budget, Goal, RouteMetrics},
     Description, Route, RouteCost,
 };
 
-use crate::args::{Cli, Command, NetworkArgs};
+use crate::args::{Cli, Command, NetworkArgs, TableArgs};
 
 type BoxError = Box<dyn std::error::Error>;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), BoxError> {
     let desc = description(&cli.network)?;
+    let precision: Precision = cli.network.dtype.parse()?;
+    let device = cli.network.device.as_str();
     match cli.command {
         Command::Space { json } => space(&desc, json),
         Command::Infer { route, input, output } => {
             let task = Infer { desc, net: &cli.network, route, input: &input, output: &output };
-            run_on(&cli.network.device, task)?
+            run_on_with(device, precision, task)?
+        }
+        Command::Bench { routes, batch, warmup, repeats, min_seconds, json, output } => {
+            let options = TimingOptions { warmup, repeats, min_seconds, max_repeats: 200 };
+            let task = Bench { desc, net: &cli.network, precision, routes, batches: batch, options, json, output };
+            run_on_with(device, precision, task)?
+        }
+        Command::Parity { reference, routes, batch } => parity(desc, &cli.network, precision, &reference, routes, batch),
+        Command::Select { tables, max_gflops, max_params, max_memory_mb, max_latency_ms, json } => {
+            let budgets = [("gflops", max_gflops), ("params", max_params), ("memory_mb", max_memory_mb), ("latency_ms", max_latency_ms)];
+            select_route(&desc, &tables, &budgets, json)
+        }
+        Command::Frontier { tables, x, y, json } => frontier(&desc, &tables, &x, &y, json),
+    }
+}
+
+/// Every route's costs (`flops`, `gflops`, `params`, `params_exact`, `memory_mb`) with the values
+/// of the results and latency tables merged in.
+fn route_table(desc: &Description, tables: &TableArgs) -> Result<Vec<RouteMetrics>, BoxError> {
+    let (space, costs) = desc.space_with_costs()?;
+    let base: Vec<RouteMetrics> = space
+        .routes
+        .iter()
+        .zip(&costs)
+        .map(|(r, c)| RouteMetrics {
+            cfg_id: r.cfg_id,
+            values: [
+                ("flops".to_string(), c.flops as f64),
+                ("gflops".to_string(), c.flops as f64 / 1e9),
+                ("params".to_string(), c.params as f64),
+                ("params_exact".to_string(), c.params_exact as f64),
+                ("memory_mb".to_string(), (c.params_exact * 4) as f64 / (1u64 << 20) as f64),
+            ]
+            .into(),
+        })
+        .collect();
+    let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let mut others = Vec::new();
+    if let Some(path) = &tables.results {
+        let mut rows = parse_metric_lines(&read(path)?, &path.display().to_string(), &|_| true)?;
+        for row in &mut rows {
+            // The official results file repeats the costs; the network's own are authoritative.
+            for key in ["flops", "params", "params_exact"] {
+                row.values.remove(key);
+            }
+        }
+        others.push(rows);
+    }
+    if let Some(path) = &tables.latency {
+        let batch = tables.batch;
+        let keep = move |v: &serde_json::Value| batch.is_none_or(|b| v["batch"].as_u64() == Some(b as u64));
+        let mut rows = parse_metric_lines(&read(path)?, &path.display().to_string(), &keep)?;
+        if rows.is_empty() {
+            return Err(format!("{}: no rows{}", path.display(), batch.map(|b| format!(" for batch {b}")).unwrap_or_default()).into());
+        }
+        for row in &mut rows {
+            if let Some(mb) = row.values.remove("weight_mb") {
+                row.values.insert("memory_mb".into(), mb);
+            }
+            row.values.retain(|k, _| matches!(k.as_str(), "latency_ms" | "min_ms" | "memory_mb" | "batch"));
+        }
+        others.push(rows);
+    }
+    Ok(merge_metrics(&base, &others))
+}
+
+fn select_route(desc: &Description, tables: &TableArgs, limits: &[(&str, Option<f64>)], json: bool) -> Result<(), BoxError> {
+    if limits.iter().any(|(m, v)| *m == "latency_ms" && v.is_some()) && tables.latency.is_none() {
+        return Err("--max-latency-ms needs a latency table: measure one with `snnet bench --output FILE` and pass --latency FILE".into());
+    }
+    let routes = route_table(desc, tables)?;
+    let budgets: Vec<Budget> = limits.iter().filter_map(|(m, v)| v.map(|max| Budget { metric: m.to_string(), max })).collect();
+    let objective = if tables.results.is_some() { ("acc1", Goal::Maximize) } else { ("flops", Goal::Maximize) };
+    let id = select(&routes, &budgets, objective)?;
+    let chosen = &routes[id];
+    if json {
+        let mut v = serde_json::json!({ "cfg_id": id });
+        for (k, x) in &chosen.values {
+            v[k] = serde_json::json!(x);
+        }
+        println!("{v}");
+    } else {
+        let values: Vec<String> = chosen.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("route {id}: {}", values.join(", "));
+    }
+    Ok(())
+}
+
+fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool) -> Result<(), BoxError> {
+    let routes = route_table(desc, tables)?;
+    for metric in [x, y] {
+        if !routes.iter().any(|r| r.get(metric).is_some()) {
+            return Err(format!("no route has the metric `{metric}`; give --results (accuracy) or --latency (latency) tables").into());
         }
     }
+    let front = pareto_frontier(&routes, (x, Goal::Minimize), (y, Goal::Maximize));
+    if !json {
+        println!("{} of {} routes on the frontier of {y} (higher is better) against {x} (lower is better)", front.len(), routes.len());
+        println!("{:>6}  {:>14}  {:>14}", "cfg_id", x, y);
+    }
+    for &id in &front {
+        let r = &routes[id];
+        let (vx, vy) = (r.get(x).unwrap_or(f64::NAN), r.get(y).unwrap_or(f64::NAN));
+        if json {
+            println!("{}", serde_json::json!({ "cfg_id": id, x: vx, y: vy }));
+        } else {
+            println!("{id:>6}  {vx:>14.4}  {vy:>14.4}");
+        }
+    }
+    Ok(())
 }
 
 /// The description from `--config`, with `--anchors` and space flags applied on top.
@@ -89,6 +202,181 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A progress bar on stderr with rate and ETA.
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Builds the network on `device`, from `--weights` or seeded random weights.
+fn build_net<B: Backend>(desc: &Description, args: &NetworkArgs, device: &B::Device) -> Result<snnet::StitchedNet<B, snnet::AnyAnchor<B>>, BoxError> {
+    B::seed(device, args.seed);
+    let mut net = desc.build::<B>(device)?;
+    if let Some(w) = &args.weights {
+        net = net.load(w)?.0;
+    }
+    Ok(net)
+}
+
+struct Bench<'a> {
+    desc: Description,
+    net: &'a NetworkArgs,
+    precision: Precision,
+    routes: Option<Vec<usize>>,
+    batches: Vec<usize>,
+    options: TimingOptions,
+    json: bool,
+    output: Option<std::path::PathBuf>,
+}
+
+impl BackendTask for Bench<'_> {
+    type Output = Result<(), BoxError>;
+
+    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output {
+        let net = build_net::<B>(&self.desc, self.net, &device)?;
+        let routes = match &self.routes {
+            Some(r) => {
+                for &id in r {
+                    net.route(id)?;
+                }
+                r.clone()
+            }
+            None => (0..net.num_routes()).collect(),
+        };
+        let [c, h, w] = net.layouts()[0].input;
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut lines = Vec::new();
+        for &batch in &self.batches {
+            if batch == 0 {
+                return Err("--batch sizes must be at least 1".into());
+            }
+            let images = Tensor::<B, 4>::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let pb = progress_bar(routes.len(), &format!("batch {batch}"));
+            let cold = prewarm(&net, &routes[..1], &images)?;
+            for (i, &id) in routes.iter().enumerate() {
+                let first_ms = if i == 0 { cold[0] } else { snnet::latency::forward_ms(&net, id, &images)? };
+                let timing = time_route(&net, id, &images, self.options)?;
+                let cost = &net.costs()[id];
+                let line = serde_json::json!({
+                    "impl": "snnet", "version": env!("CARGO_PKG_VERSION"), "device": name, "dtype": self.precision.to_string(),
+                    "threads": threads, "workload": "forward", "batch": batch, "cfg_id": id,
+                    "latency_ms": timing.latency_ms, "min_ms": timing.min_ms, "repeats": timing.repeats,
+                    "first_forward_ms": first_ms, "flops": cost.flops, "params": cost.params, "params_exact": cost.params_exact,
+                    "weight_mb": (cost.params_exact * self.precision.bytes() as u64) as f64 / (1u64 << 20) as f64,
+                });
+                if self.json {
+                    pb.suspend(|| println!("{line}"));
+                }
+                lines.push(line);
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+        }
+        if !self.json {
+            println!("{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}", "cfg_id", "batch", "latency ms", "min ms", "first ms", "GFLOPs", "weights MB");
+            for l in &lines {
+                println!(
+                    "{:>6} {:>6}  {:>12.3} {:>10.3} {:>12.1} {:>10.3} {:>10.1}",
+                    l["cfg_id"].as_u64().unwrap_or_default(), l["batch"].as_u64().unwrap_or_default(), l["latency_ms"].as_f64().unwrap_or(f64::NAN), l["min_ms"].as_f64().unwrap_or(f64::NAN),
+                    l["first_forward_ms"].as_f64().unwrap_or(f64::NAN), l["flops"].as_f64().unwrap_or(f64::NAN) / 1e9,
+                    l["weight_mb"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        if let Some(path) = &self.output {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {} measurements to {}", lines.len(), path.display());
+        }
+        Ok(())
+    }
+}
+
+/// Runs routes on a fixed probe batch and returns their logits; optionally saves the weights first.
+struct Logits<'a> {
+    desc: Description,
+    net: &'a NetworkArgs,
+    weights: Option<std::path::PathBuf>,
+    save_to: Option<std::path::PathBuf>,
+    routes: Vec<usize>,
+    images: Vec<f32>,
+    shape: [usize; 4],
+}
+
+impl BackendTask for Logits<'_> {
+    type Output = Result<Vec<Vec<f32>>, BoxError>;
+
+    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        let mut net = build_net::<B>(&self.desc, self.net, &device)?;
+        if let Some(w) = &self.weights {
+            net = net.load(w)?.0;
+        }
+        if let Some(path) = &self.save_to {
+            net.save(path, Default::default())?;
+        }
+        let images = Tensor::<B, 4>::from_data(TensorData::new(self.images, self.shape), &device);
+        let mut out = Vec::new();
+        for &id in &self.routes {
+            let logits = net.forward(images.clone(), id)?;
+            out.push(logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Logits of `--device`/`--dtype` against the reference backend on the same weights and images:
+/// the weights are made (or loaded) on the reference, saved, and loaded on the device.
+fn parity(desc: Description, args: &NetworkArgs, precision: Precision, reference: &str, routes: Option<Vec<usize>>, batch: usize) -> Result<(), BoxError> {
+    if batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let (space, _) = desc.space_with_costs()?;
+    let routes = routes.unwrap_or_else(|| (0..space.num_routes()).collect());
+    if let Some(bad) = routes.iter().find(|&&id| id >= space.num_routes()) {
+        return Err(format!("unknown route {bad}: this network has routes 0..{}", space.num_routes() - 1).into());
+    }
+    let [c, h, w] = desc.layouts()?[0].input;
+    let shape = [batch, c, h, w];
+    let images: Vec<f32> = (0..batch * c * h * w).map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 4.0).collect();
+    let file = std::env::temp_dir().join(format!("snnet-parity-{}.safetensors", std::process::id()));
+    let run = |weights: Option<std::path::PathBuf>, save_to: Option<std::path::PathBuf>| Logits {
+        desc: desc.clone(),
+        net: args,
+        weights,
+        save_to,
+        routes: routes.clone(),
+        images: images.clone(),
+        shape,
+    };
+    let expected = run_on_with(reference, Precision::F32, run(args.weights.clone(), Some(file.clone())));
+    let got = expected.and_then(|e| Ok((e, run_on_with(&args.device, precision, run(Some(file.clone()), None))?)));
+    let _ = std::fs::remove_file(&file);
+    let (expected, got) = got?;
+    let (expected, got) = (expected?, got?);
+    let mut worst: f64 = 0.0;
+    for ((id, a), b) in routes.iter().zip(&expected).zip(&got) {
+        let scale = a.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(f64::MIN_POSITIVE);
+        let max_abs = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+        let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+        let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+        let rel_l2 = (num / den).sqrt();
+        worst = worst.max(rel_l2);
+        println!(
+            "{}",
+            serde_json::json!({"check": "logits", "reference": reference, "device": args.device, "dtype": precision.to_string(),
+                "batch": batch, "cfg_id": id, "rel_l2": rel_l2, "max_abs_over_max_logit": max_abs / scale})
+        );
+    }
+    eprintln!("{} {precision} against {reference}: worst relative L2 error over {} routes = {worst:.3e}", args.device, routes.len());
+    Ok(())
+}
+
 struct Infer<'a> {
     desc: Description,
     net: &'a NetworkArgs,
@@ -101,11 +389,7 @@ impl BackendTask for Infer<'_> {
     type Output = Result<(), BoxError>;
 
     fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
-        B::seed(&device, self.net.seed);
-        let mut net = self.desc.build::<B>(&device)?;
-        if let Some(w) = &self.net.weights {
-            net = net.load(w)?.0;
-        }
+        let net = build_net::<B>(&self.desc, self.net, &device)?;
         let routes: Vec<usize> = if self.route == "all" {
             (0..net.num_routes()).collect()
         } else {

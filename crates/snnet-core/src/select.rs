@@ -123,6 +123,59 @@ pub fn select(routes: &[RouteMetrics], budgets: &[Budget], objective: (&str, Goa
     })
 }
 
+/// Parses a metrics table: JSON lines, one object per route with an integer `cfg_id` and numeric
+/// fields (the official results format, `snnet bench --json`, `snnet eval`). Non-numeric fields are
+/// ignored; lines for which `keep` is false are skipped (e.g. another batch size). A route listed
+/// twice among the kept lines, a malformed line or a missing `cfg_id` is an error naming the line.
+pub fn parse_metric_lines(text: &str, source: &str, keep: &dyn Fn(&serde_json::Value) -> bool) -> Result<Vec<RouteMetrics>> {
+    let mut out: Vec<RouteMetrics> = Vec::new();
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Metric(format!("{source}:{line_no}: not a JSON object: {e}")))?;
+        let Some(object) = value.as_object() else {
+            return Err(Error::Metric(format!("{source}:{line_no}: not a JSON object")));
+        };
+        if !keep(&value) {
+            continue;
+        }
+        let cfg_id = object
+            .get("cfg_id")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| Error::Metric(format!("{source}:{line_no}: no integer `cfg_id`")))? as usize;
+        if let Some(first) = seen.insert(cfg_id, line_no) {
+            return Err(Error::Metric(format!(
+                "{source}: route {cfg_id} appears on lines {first} and {line_no}; choose one (e.g. by batch size)"
+            )));
+        }
+        let values = object
+            .iter()
+            .filter(|(k, _)| k.as_str() != "cfg_id")
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect();
+        out.push(RouteMetrics { cfg_id, values });
+    }
+    Ok(out)
+}
+
+/// Merges tables by route id: every route of `base` gets the values the other tables hold for it
+/// (a later table's value replaces an earlier one's). Routes absent from `base` are ignored.
+pub fn merge_metrics(base: &[RouteMetrics], others: &[Vec<RouteMetrics>]) -> Vec<RouteMetrics> {
+    let mut merged: Vec<RouteMetrics> = base.to_vec();
+    for table in others {
+        for row in table {
+            if let Some(target) = merged.iter_mut().find(|m| m.cfg_id == row.cfg_id) {
+                target.values.extend(row.values.iter().map(|(k, v)| (k.clone(), *v)));
+            }
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +192,24 @@ mod tests {
     fn frontier_drops_dominated_and_duplicates() {
         let rs = [m(0, 1.0, Some(70.0)), m(1, 2.0, Some(69.0)), m(2, 3.0, Some(80.0)), m(3, 3.0, Some(80.0)), m(4, 2.5, None)];
         assert_eq!(pareto_frontier(&rs, ("flops", Goal::Minimize), ("acc1", Goal::Maximize)), vec![0, 2]);
+    }
+
+    #[test]
+    fn metric_lines_filter_merge_and_errors() {
+        let text = "{\"cfg_id\": 0, \"batch\": 1, \"latency_ms\": 3.5, \"device\": \"cuda\"}\n\n{\"cfg_id\": 0, \"batch\": 8, \"latency_ms\": 9.0}\n";
+        let batch1 = parse_metric_lines(text, "t", &|v| v["batch"] == 1).unwrap();
+        assert_eq!(batch1.len(), 1);
+        assert_eq!(batch1[0].get("latency_ms"), Some(3.5));
+        assert!(batch1[0].get("device").is_none());
+        let err = parse_metric_lines(text, "t", &|_| true).unwrap_err().to_string();
+        assert!(err.contains("lines 1 and 3"), "{err}");
+        let err = parse_metric_lines("{\"acc1\": 1}", "r.jsonl", &|_| true).unwrap_err().to_string();
+        assert!(err.contains("r.jsonl:1") && err.contains("cfg_id"), "{err}");
+        let err = parse_metric_lines("not json", "r.jsonl", &|_| true).unwrap_err().to_string();
+        assert!(err.contains("r.jsonl:1"), "{err}");
+        let merged = merge_metrics(&[m(0, 1.0, None), m(1, 2.0, None)], &[batch1]);
+        assert_eq!(merged[0].get("latency_ms"), Some(3.5));
+        assert_eq!(merged[1].get("latency_ms"), None);
     }
 
     #[test]
