@@ -27,6 +27,6 @@ pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, V
 pub use snnet_core as core;
 pub use snnet_core::{
     cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, Behaviour, Budget, Error, FeatureKind,
-    Features, Goal, LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout,
+    Features, Goal, LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout, StatePart,
     StitchSpace, StitchedNet, StitchingLayer,
 };

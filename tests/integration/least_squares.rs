@@ -3,7 +3,7 @@
 
 use snnet::{
     lstsq::fit_affine,
-    weights::read_safetensors,
+    weights::read_tensors,
     Anchor, Error,
 };
 
@@ -17,7 +17,7 @@ fn rel_err(a: &[f64], b: &[f32]) -> f64 {
 
 #[test]
 fn pseudo_inverse_equals_numpy_reference_with_official_cutoff() {
-    let (tensors, meta) = read_safetensors(&fixture("lstsq_reference.safetensors")).unwrap();
+    let (tensors, meta) = read_tensors(&fixture("lstsq_reference.safetensors")).unwrap();
     let cases: Vec<&str> = meta["cases"].split(',').collect();
     assert!(cases.contains(&"ill_conditioned"));
     for case in cases {
@@ -38,7 +38,7 @@ fn pseudo_inverse_equals_numpy_reference_with_official_cutoff() {
 
 #[test]
 fn ill_conditioned_case_really_drops_singular_values() {
-    let (tensors, meta) = read_safetensors(&fixture("lstsq_reference.safetensors")).unwrap();
+    let (tensors, meta) = read_tensors(&fixture("lstsq_reference.safetensors")).unwrap();
     let cond: f64 = meta["ill_conditioned.cond_kept"].parse().unwrap();
     assert!(cond > 1e3, "fixture is not ill-conditioned enough: {cond}");
     let x = &tensors["ill_conditioned.x"];

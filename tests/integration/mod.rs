@@ -4,5 +4,6 @@ mod common;
 mod costs;
 mod enumeration;
 mod forward;
+mod import;
 mod least_squares;
 mod weights;

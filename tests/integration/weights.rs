@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use snnet::{weights::read_safetensors, Error};
+use snnet::{weights::read_tensors, Error};
 
 use super::common::{max_abs_diff, mini_family, to_vec, uniform_images, B};
 
@@ -19,7 +19,7 @@ fn save_load_round_trip_with_official_keys() {
     let net = mini_family().build::<B>(&device).unwrap();
     let path = tmp("roundtrip.safetensors");
     net.save(&path, HashMap::from([("note".to_string(), "test".to_string())])).unwrap();
-    let (tensors, meta) = read_safetensors(&path).unwrap();
+    let (tensors, meta) = read_tensors(&path).unwrap();
     assert_eq!(meta["format"], "snnet");
     assert_eq!(meta["note"], "test");
     // timm names, PyTorch orientation.
@@ -88,7 +88,7 @@ fn corrupt_truncated_and_mismatched_files_are_errors() {
     assert!(matches!(mini_family().build::<B>(&device).unwrap().load(&missing), Err(Error::Io { .. })));
 
     // A tensor removed, a tensor of the wrong shape, an extra tensor: each named.
-    let (tensors, meta) = read_safetensors(&path).unwrap();
+    let (tensors, meta) = read_tensors(&path).unwrap();
     let write = |name: &str, edit: &dyn Fn(&mut Vec<(String, snnet::weights::NamedTensor)>)| {
         let mut list: Vec<_> = tensors.clone().into_iter().collect();
         edit(&mut list);

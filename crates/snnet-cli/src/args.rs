@@ -69,6 +69,17 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Build an snnet weight file from pretrained checkpoints: one timm checkpoint per anchor
+    /// (in anchor order; stitching layers are left for least-squares init) or one official SN-Net
+    /// checkpoint. Accepts safetensors and PyTorch `.pth` files.
+    Import {
+        /// Checkpoint files, comma separated.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "FILES")]
+        from: Vec<PathBuf>,
+        /// The snnet weight file to write (safetensors).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Measure the latency of routes on the device (warm-up, median of repeats).
     Bench {
         /// Route ids, comma separated (default: every route).

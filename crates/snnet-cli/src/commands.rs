@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
     backend::{run_on_with, BackendTask, Precision},
     latency::{prewarm, time_route, TimingOptions},
-    weights::{read_safetensors, write_safetensors, NamedTensor},
+    weights::{read_tensors, write_safetensors, NamedTensor},
     select::{merge_metrics, parse_metric_lines, pareto_frontier, select, Budget, Goal, RouteMetrics},
     Description, Route, RouteCost,
 };
@@ -16,6 +16,17 @@ use snnet::{
 use crate::args::{Cli, Command, NetworkArgs, TableArgs};
 
 type BoxError = Box<dyn std::error::Error>;
+
+/// `println!` that ends the program quietly when stdout is closed (e.g. `snnet space | head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), BoxError> {
@@ -28,6 +39,7 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             let task = Infer { desc, net: &cli.network, route, input: &input, output: &output };
             run_on_with(device, precision, task)?
         }
+        Command::Import { from, output } => run_on_with(device, precision, Import { desc, net: &cli.network, from, output })?,
         Command::Bench { routes, batch, warmup, repeats, min_seconds, json, output } => {
             let options = TimingOptions { warmup, repeats, min_seconds, max_repeats: 200 };
             let task = Bench { desc, net: &cli.network, precision, routes, batches: batch, options, json, output };
@@ -106,10 +118,10 @@ fn select_route(desc: &Description, tables: &TableArgs, limits: &[(&str, Option<
         for (k, x) in &chosen.values {
             v[k] = serde_json::json!(x);
         }
-        println!("{v}");
+        out!("{v}");
     } else {
         let values: Vec<String> = chosen.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("route {id}: {}", values.join(", "));
+        out!("route {id}: {}", values.join(", "));
     }
     Ok(())
 }
@@ -123,16 +135,16 @@ fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool
     }
     let front = pareto_frontier(&routes, (x, Goal::Minimize), (y, Goal::Maximize));
     if !json {
-        println!("{} of {} routes on the frontier of {y} (higher is better) against {x} (lower is better)", front.len(), routes.len());
-        println!("{:>6}  {:>14}  {:>14}", "cfg_id", x, y);
+        out!("{} of {} routes on the frontier of {y} (higher is better) against {x} (lower is better)", front.len(), routes.len());
+        out!("{:>6}  {:>14}  {:>14}", "cfg_id", x, y);
     }
     for &id in &front {
         let r = &routes[id];
         let (vx, vy) = (r.get(x).unwrap_or(f64::NAN), r.get(y).unwrap_or(f64::NAN));
         if json {
-            println!("{}", serde_json::json!({ "cfg_id": id, x: vx, y: vy }));
+            out!("{}", serde_json::json!({ "cfg_id": id, x: vx, y: vy }));
         } else {
-            println!("{id:>6}  {vx:>14.4}  {vy:>14.4}");
+            out!("{id:>6}  {vx:>14.4}  {vy:>14.4}");
         }
     }
     Ok(())
@@ -180,21 +192,21 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
     let (space, costs) = desc.space_with_costs()?;
     if json {
         for (r, c) in space.routes.iter().zip(&costs) {
-            println!("{}", route_json(r, c));
+            out!("{}", route_json(r, c));
         }
         return Ok(());
     }
-    println!("{} anchors, {} routes, {} stitching layers", desc.anchors.len(), space.num_routes(), space.layers.len());
+    out!("{} anchors, {} routes, {} stitching layers", desc.anchors.len(), space.num_routes(), space.layers.len());
     for (i, a) in desc.anchors.iter().enumerate() {
-        println!("  anchor {i}: {}", a.name());
+        out!("  anchor {i}: {}", a.name());
     }
-    println!("{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10}  {:>12}  {:>12}", "cfg_id", "comb", "stage", "stitch (j,k)", "layers", "GFLOPs", "params", "params_exact");
+    out!("{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10}  {:>12}  {:>12}", "cfg_id", "comb", "stage", "stitch (j,k)", "layers", "GFLOPs", "params", "params_exact");
     for (r, c) in space.routes.iter().zip(&costs) {
         let comb = r.comb_id.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("→");
         let stitches = r.stitch_cfgs.iter().map(|(j, k)| format!("({j},{k})")).collect::<Vec<_>>().join(" ");
         let layers = r.stitch_layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
         let stage = r.stage_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10.4}  {:>12}  {:>12}",
             r.cfg_id, comb, stage, stitches, layers, c.flops as f64 / 1e9, c.params, c.params_exact
         );
@@ -214,14 +226,25 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
+type Net<B> = snnet::StitchedNet<B, snnet::AnyAnchor<B>>;
+
 /// Builds the network on `device`, from `--weights` or seeded random weights.
-fn build_net<B: Backend>(desc: &Description, args: &NetworkArgs, device: &B::Device) -> Result<snnet::StitchedNet<B, snnet::AnyAnchor<B>>, BoxError> {
+fn build_net<B: Backend>(desc: &Description, args: &NetworkArgs, device: &B::Device) -> Result<Net<B>, BoxError> {
+    Ok(build_net_with_metadata(desc, args, device)?.0)
+}
+
+/// [`build_net`], also returning the weight file's metadata (empty without `--weights`).
+fn build_net_with_metadata<B: Backend>(
+    desc: &Description,
+    args: &NetworkArgs,
+    device: &B::Device,
+) -> Result<(Net<B>, HashMap<String, String>), BoxError> {
     B::seed(device, args.seed);
-    let mut net = desc.build::<B>(device)?;
-    if let Some(w) = &args.weights {
-        net = net.load(w)?.0;
-    }
-    Ok(net)
+    let net = desc.build::<B>(device)?;
+    Ok(match &args.weights {
+        Some(w) => net.load(w)?,
+        None => (net, HashMap::new()),
+    })
 }
 
 struct Bench<'a> {
@@ -271,7 +294,7 @@ impl BackendTask for Bench<'_> {
                     "weight_mb": (cost.params_exact * self.precision.bytes() as u64) as f64 / (1u64 << 20) as f64,
                 });
                 if self.json {
-                    pb.suspend(|| println!("{line}"));
+                    pb.suspend(|| out!("{line}"));
                 }
                 lines.push(line);
                 pb.inc(1);
@@ -279,9 +302,9 @@ impl BackendTask for Bench<'_> {
             pb.finish_and_clear();
         }
         if !self.json {
-            println!("{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}", "cfg_id", "batch", "latency ms", "min ms", "first ms", "GFLOPs", "weights MB");
+            out!("{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}", "cfg_id", "batch", "latency ms", "min ms", "first ms", "GFLOPs", "weights MB");
             for l in &lines {
-                println!(
+                out!(
                     "{:>6} {:>6}  {:>12.3} {:>10.3} {:>12.1} {:>10.3} {:>10.1}",
                     l["cfg_id"].as_u64().unwrap_or_default(), l["batch"].as_u64().unwrap_or_default(), l["latency_ms"].as_f64().unwrap_or(f64::NAN), l["min_ms"].as_f64().unwrap_or(f64::NAN),
                     l["first_forward_ms"].as_f64().unwrap_or(f64::NAN), l["flops"].as_f64().unwrap_or(f64::NAN) / 1e9,
@@ -294,6 +317,97 @@ impl BackendTask for Bench<'_> {
             std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             eprintln!("wrote {} measurements to {}", lines.len(), path.display());
         }
+        Ok(())
+    }
+}
+
+/// Metadata key recording whether the stitching layers hold trained or initialised values.
+const STITCHING_KEY: &str = "snnet.stitching";
+
+struct Import<'a> {
+    desc: Description,
+    net: &'a NetworkArgs,
+    from: Vec<std::path::PathBuf>,
+    output: std::path::PathBuf,
+}
+
+/// One line about what a checkpoint held and what was done with it.
+fn import_summary(path: &Path, loaded: &snnet::weights::LoadedWeights, used: usize) -> String {
+    let format = match loaded.format {
+        snnet::weights::Format::Safetensors => "safetensors",
+        snnet::weights::Format::TorchZip => "PyTorch .pth (zip)",
+        snnet::weights::Format::TorchLegacy => "PyTorch .pth (legacy, before 1.6)",
+    };
+    let mut parts = vec![format.to_string()];
+    if let Some(entry) = &loaded.state_dict_entry {
+        parts.push(format!("state dict under `{entry}`"));
+    }
+    parts.push(format!("{used} tensors loaded"));
+    if !loaded.cast.is_empty() {
+        let cast: Vec<String> = loaded.cast.iter().map(|(t, n)| format!("{n} from {t}")).collect();
+        parts.push(format!("cast to f32: {}", cast.join(", ")));
+    }
+    if !loaded.skipped.is_empty() {
+        let shown: Vec<&str> = loaded.skipped.iter().take(3).map(String::as_str).collect();
+        let more = if loaded.skipped.len() > 3 { format!(", … ({} in all)", loaded.skipped.len()) } else { String::new() };
+        parts.push(format!("skipped recomputed buffers: {}{more}", shown.join(", ")));
+    }
+    if !loaded.other_entries.is_empty() {
+        parts.push(format!("not read: {}", loaded.other_entries.join(", ")));
+    }
+    format!("{}: {}", path.display(), parts.join("; "))
+}
+
+impl BackendTask for Import<'_> {
+    type Output = Result<(), BoxError>;
+
+    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        let mut net = build_net::<B>(&self.desc, self.net, &device)?;
+        let anchors = self.desc.anchors.len();
+        let pb = progress_bar(self.from.len(), "import");
+        let mut summaries = Vec::new();
+        let stitching = if self.from.len() == 1 && anchors > 1 {
+            let path = &self.from[0];
+            let shown = path.display().to_string();
+            let mut loaded = snnet::weights::read_weights(path)?;
+            if !loaded.tensors.keys().any(|k| k.starts_with("anchors.") || k.starts_with("module.anchors.")) {
+                return Err(format!(
+                    "{shown} is not an SN-Net checkpoint (no `anchors.*` keys): give one checkpoint per anchor ({anchors} files, in anchor order)"
+                )
+                .into());
+            }
+            let total = loaded.tensors.len();
+            net = net.load_state(&mut loaded.tensors, snnet::StatePart::All, &shown)?;
+            summaries.push(import_summary(path, &loaded, total));
+            pb.inc(1);
+            "imported"
+        } else if self.from.len() == anchors {
+            for (i, path) in self.from.iter().enumerate() {
+                let (next, loaded) = net.load_anchor(i, path)?;
+                net = next;
+                summaries.push(import_summary(path, &loaded, loaded.tensors.len()));
+                pb.inc(1);
+            }
+            if anchors > 1 { "uninitialised" } else { "none" }
+        } else {
+            return Err(format!(
+                "--from has {} file(s): give one official SN-Net checkpoint, or one checkpoint per anchor ({anchors}, in anchor order)",
+                self.from.len()
+            )
+            .into());
+        };
+        pb.finish_and_clear();
+        let sources: Vec<String> = self.from.iter().map(|p| p.display().to_string()).collect();
+        let meta = HashMap::from([
+            (STITCHING_KEY.to_string(), stitching.to_string()),
+            ("snnet.imported_from".to_string(), serde_json::to_string(&sources)?),
+        ]);
+        net.save(&self.output, meta)?;
+        for line in summaries {
+            eprintln!("{line}");
+        }
+        let note = if stitching == "uninitialised" { " (stitching layers not initialised yet: run least-squares init)" } else { "" };
+        eprintln!("wrote {}{note}", self.output.display());
         Ok(())
     }
 }
@@ -367,7 +481,7 @@ fn parity(desc: Description, args: &NetworkArgs, precision: Precision, reference
         let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
         let rel_l2 = (num / den).sqrt();
         worst = worst.max(rel_l2);
-        println!(
+        out!(
             "{}",
             serde_json::json!({"check": "logits", "reference": reference, "device": args.device, "dtype": precision.to_string(),
                 "batch": batch, "cfg_id": id, "rel_l2": rel_l2, "max_abs_over_max_logit": max_abs / scale})
@@ -389,7 +503,8 @@ impl BackendTask for Infer<'_> {
     type Output = Result<(), BoxError>;
 
     fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
-        let net = build_net::<B>(&self.desc, self.net, &device)?;
+        let (net, metadata) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
+        let uninitialised = metadata.get(STITCHING_KEY).is_some_and(|s| s == "uninitialised");
         let routes: Vec<usize> = if self.route == "all" {
             (0..net.num_routes()).collect()
         } else {
@@ -397,7 +512,7 @@ impl BackendTask for Infer<'_> {
             net.route(id)?;
             vec![id]
         };
-        let (mut tensors, _) = read_safetensors(self.input)?;
+        let (mut tensors, _) = read_tensors(self.input)?;
         let shown = self.input.display();
         let input = match tensors.remove("input") {
             Some(t) => t,
@@ -409,6 +524,9 @@ impl BackendTask for Infer<'_> {
             return Err(format!("{shown}: input has shape {:?}, the network takes [batch, {c}, {h}, {w}]", input.shape).into());
         }
         let images = Tensor::<B, 4>::from_data(TensorData::new(input.data, [input.shape[0], c, h, w]), &device);
+        if uninitialised && routes.iter().any(|&id| !net.space().routes[id].is_anchor()) {
+            eprintln!("warning: the stitching layers of this weight file were never initialised; stitched routes give meaningless logits");
+        }
         let mut out = Vec::new();
         for &id in &routes {
             let logits = net.forward(images.clone(), id)?;

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use snnet::weights::{read_safetensors, write_safetensors, NamedTensor};
+use snnet::weights::{read_tensors, write_safetensors, NamedTensor};
 
 fn snnet(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_snnet")).args(args).output().expect("runs");
@@ -57,7 +57,7 @@ fn infer_runs_every_route_and_checks_the_input() {
     let c = config.to_str().unwrap();
     let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "all", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let (logits, _) = read_safetensors(&output).unwrap();
+    let (logits, _) = read_tensors(&output).unwrap();
     // Depth 4, kernel 2: 10 positions per pair, 2 pairs, 3 anchors.
     assert_eq!(logits.len(), 23);
     assert_eq!(logits["logits.0"].shape, vec![2, 10]);
@@ -67,7 +67,7 @@ fn infer_runs_every_route_and_checks_the_input() {
     let single = tmp("one.safetensors");
     let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "5", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let (one, _) = read_safetensors(&single).unwrap();
+    let (one, _) = read_tensors(&single).unwrap();
     assert_eq!(one["logits"].data, logits["logits.5"].data);
 
     // Wrong shape, unknown route, unknown anchor: errors naming the culprit, exit code 2.
@@ -83,4 +83,71 @@ fn infer_runs_every_route_and_checks_the_input() {
     assert!(!ok && err.contains("kernel_size"), "{err}");
     let (ok, _, err) = snnet(&["infer", "--anchors", DEIT, "--device", "nonsense", "--route", "0", "--input", "x", "--output", "y"]);
     assert!(!ok && err.contains("nonsense"), "{err}");
+}
+
+fn import_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/import").join(name)
+}
+
+/// Largest |a - b| over the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn official_checkpoint_runs_every_route_through_infer() {
+    let config = import_fixture("mini_vit.json");
+    let config = config.to_str().unwrap();
+    let (reference, _) = read_tensors(&import_fixture("snnet_routes.safetensors")).unwrap();
+    let input = tmp("probe.safetensors");
+    write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
+    let output = tmp("routes.safetensors");
+    let weights = import_fixture("snnet_official.pth");
+    let args = ["--config", config, "--weights", weights.to_str().unwrap(), "infer", "--route", "all"];
+    let (ok, _, err) = snnet(&[&args[..], &["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let (logits, _) = read_tensors(&output).unwrap();
+    assert_eq!(logits.len(), 23);
+    for id in 0..23 {
+        let key = format!("logits.{id}");
+        let e = rel_err(&logits[&key].data, &reference[&key].data);
+        assert!(e <= 1e-4, "route {id}: relative error {e}");
+    }
+}
+
+#[test]
+fn import_builds_weight_files_from_timm_anchors_or_an_official_checkpoint() {
+    let config = import_fixture("mini_vit.json");
+    let config = config.to_str().unwrap();
+    let anchors: Vec<String> = ["vit0.pth", "vit1.safetensors", "vit2.pth"].iter().map(|f| import_fixture(f).display().to_string()).collect();
+    let out = tmp("imported.safetensors");
+    let (ok, _, err) = snnet(&["--config", config, "import", "--from", &anchors.join(","), "--output", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("cast to f32: 56 from F16") && err.contains("not initialised"), "{err}");
+    let (tensors, meta) = read_tensors(&out).unwrap();
+    assert_eq!(meta["snnet.stitching"], "uninitialised");
+    let (timm, _) = read_tensors(&import_fixture("vit2.safetensors")).unwrap();
+    assert_eq!(tensors["anchors.2.blocks.3.mlp.fc1.weight"].data, timm["blocks.3.mlp.fc1.weight"].data);
+
+    // Inference on that file warns that stitched routes are meaningless.
+    let (reference, _) = read_tensors(&import_fixture("vit_reference.safetensors")).unwrap();
+    let input = tmp("anchor-probe.safetensors");
+    write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
+    let logits = tmp("anchor-logits.safetensors");
+    let (ok, _, err) = snnet(&["--config", config, "--weights", out.to_str().unwrap(), "infer", "--route", "5", "--input", input.to_str().unwrap(), "--output", logits.to_str().unwrap()]);
+    assert!(ok && err.contains("never initialised"), "{err}");
+
+    let official = tmp("official.safetensors");
+    let from = import_fixture("snnet_official.pth");
+    let (ok, _, err) = snnet(&["--config", config, "import", "--from", from.to_str().unwrap(), "--output", official.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("state dict under `model`") && err.contains("not read: ") && err.contains("optimizer"), "{err}");
+    assert_eq!(read_tensors(&official).unwrap().1["snnet.stitching"], "imported");
+
+    // Two files for three anchors, and one anchor's file given as the SN-Net checkpoint.
+    let (ok, _, err) = snnet(&["--config", config, "import", "--from", &anchors[..2].join(","), "--output", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("one checkpoint per anchor (3"), "{err}");
+    let (ok, _, err) = snnet(&["--config", config, "import", "--from", &anchors[0], "--output", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("is not an SN-Net checkpoint"), "{err}");
 }

@@ -25,7 +25,7 @@ pub use cost::RouteCost;
 pub use error::{Error, Result};
 pub use features::Features;
 pub use layout::{AnchorCosts, AnchorLayout, FeatureKind, PartCost, StageLayout};
-pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StitchedNet};
+pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StatePart, StitchedNet};
 pub use select::{merge_metrics, parse_metric_lines, pareto_frontier, select, Budget, Goal, RouteMetrics};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
 pub use stitching_layer::StitchingLayer;

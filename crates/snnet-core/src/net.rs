@@ -18,7 +18,7 @@ use crate::{
     lstsq::{accumulate_cross, solve, NormalEquations},
     space::{Route, SpaceSettings, StitchSpace},
     stitching_layer::StitchingLayer,
-    weights::{export_tensors, first_difference, import_tensors, read_safetensors, write_safetensors},
+    weights::{export_tensors, first_difference, import_tensors_where, read_weights, write_safetensors, LoadedWeights, TensorMap},
 };
 
 /// Version of snnet's weight-file metadata.
@@ -380,41 +380,106 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         write_safetensors(path, &self.named_tensors(), meta)
     }
 
-    /// Loads an snnet weight file. A file whose stored description differs from this network is
-    /// refused with the first difference; missing, mis-shaped and unexpected tensors are errors.
-    /// Returns the network and the file's metadata.
+    /// Loads a weight file: an snnet file (its stored description must equal this network's; the
+    /// first difference is the error), or an official SN-Net checkpoint (`.pth` as the official
+    /// training script saves it, or its state dict as safetensors), whose keys are the same.
+    /// Missing, mis-shaped and unexpected tensors are errors. Returns the network and the file's
+    /// metadata.
     pub fn load(self, path: &Path) -> Result<(Self, HashMap<String, String>)> {
+        let (net, loaded, _) = self.load_with_report(path)?;
+        Ok((net, loaded.metadata))
+    }
+
+    /// [`load`](Self::load), also returning what was read (format, skipped buffers, casts) and the
+    /// number of tensors loaded.
+    pub fn load_with_report(self, path: &Path) -> Result<(Self, LoadedWeights, usize)> {
         let shown = path.display().to_string();
-        let (mut tensors, meta) = read_safetensors(path)?;
+        let mut loaded = read_weights(path)?;
+        self.check_description(&loaded.metadata, &shown)?;
+        let before = loaded.tensors.len();
+        let net = self.load_state(&mut loaded.tensors, StatePart::All, &shown)?;
+        Ok((net, loaded, before))
+    }
+
+    /// Refuses metadata written for another network or another format version.
+    fn check_description(&self, meta: &HashMap<String, String>, shown: &str) -> Result<()> {
         if let Some(version) = meta.get("format_version") {
             if version != FORMAT_VERSION {
                 return Err(Error::WeightFile {
-                    path: shown,
+                    path: shown.into(),
                     reason: format!("format version {version}, this snnet reads version {FORMAT_VERSION}"),
                 });
             }
         }
         if let Some(stored) = meta.get("snnet.network") {
             let file: serde_json::Value = serde_json::from_str(stored).map_err(|e| Error::WeightFile {
-                path: shown.clone(),
+                path: shown.into(),
                 reason: format!("corrupt `snnet.network` metadata: {e}"),
             })?;
             let net = serde_json::to_value(self.description()).expect("serialisable");
             if let Some(difference) = first_difference("", &file, &net) {
-                return Err(Error::DescriptionMismatch { path: shown, difference });
+                return Err(Error::DescriptionMismatch { path: shown.into(), difference });
             }
         }
+        Ok(())
+    }
+
+    /// Loads `part` of the network from a state dict under the official keys (`anchors.{a}.…`,
+    /// `stitch_layers.…`), removing the tensors it uses. A DataParallel `module.` prefix on every
+    /// key is dropped. Parameters outside `part` keep their values; missing and mis-shaped tensors
+    /// of `part`, and tensors left over, are errors naming the keys (`source` names the file).
+    pub fn load_state(self, tensors: &mut TensorMap, part: StatePart, source: &str) -> Result<Self> {
+        if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("module.")) {
+            *tensors = std::mem::take(tensors).into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
+        }
+        if let StatePart::Anchor(a) = part {
+            if a >= self.anchors.len() {
+                return Err(Error::WeightFile {
+                    path: source.into(),
+                    reason: format!("anchor {a} does not exist: the network has {} anchors", self.anchors.len()),
+                });
+            }
+        }
+        let prefix = match part {
+            StatePart::All => String::new(),
+            StatePart::Anchor(a) => format!("anchors.{a}."),
+            StatePart::StitchingLayers => "stitch_layers.".into(),
+        };
         let space = self.space.clone();
-        let net = import_tensors::<B, _>(self, &mut tensors, &|p: &str| official_key_of(&space, p), &shown)?;
+        let net = import_tensors_where::<B, _>(self, tensors, &|p: &str| official_key_of(&space, p), &|k: &str| k.starts_with(&prefix), source)?;
         if !tensors.is_empty() {
-            let keys: Vec<_> = tensors.keys().take(5).cloned().collect();
+            let keys: Vec<_> = tensors.iter().take(5).map(|(k, t)| format!("`{k}` {:?}", t.shape)).collect();
             return Err(Error::WeightFile {
-                path: shown,
+                path: source.into(),
                 reason: format!("{} unexpected tensor(s) not in this network, e.g. {}", tensors.len(), keys.join(", ")),
             });
         }
-        Ok((net, meta))
+        Ok(net)
     }
+
+    /// Loads anchor `index` from a checkpoint of that model alone (timm keys, e.g. a DeiT release
+    /// `.pth` or a timm safetensors file). Returns the network and what was read.
+    pub fn load_anchor(self, index: usize, path: &Path) -> Result<(Self, LoadedWeights)> {
+        let shown = path.display().to_string();
+        let loaded = read_weights(path)?;
+        let mut tensors: TensorMap = loaded.tensors.iter().map(|(k, v)| (format!("anchors.{index}.{k}"), v.clone())).collect();
+        if tensors.keys().all(|k| k.starts_with(&format!("anchors.{index}.module."))) {
+            tensors = tensors.into_iter().map(|(k, v)| (k.replacen(".module.", ".", 1), v)).collect();
+        }
+        let net = self.load_state(&mut tensors, StatePart::Anchor(index), &shown)?;
+        Ok((net, loaded))
+    }
+}
+
+/// Which parameters [`StitchedNet::load_state`] loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatePart {
+    /// Every anchor and every stitching layer.
+    All,
+    /// Anchor `i` only (`anchors.{i}.…`).
+    Anchor(usize),
+    /// The stitching layers only.
+    StitchingLayers,
 }
 
 /// Forces lazily initialised parameters into existence.

@@ -14,7 +14,9 @@ use burn::{
     module::{Module, ModuleMapper, ModuleVisitor, Param},
     tensor::{backend::Backend, Tensor, TensorData},
 };
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype};
+
+pub use snnet_io::Format;
 
 use crate::error::{Error, Result};
 
@@ -112,6 +114,7 @@ pub fn export_tensors<B: Backend, M: Module<B>>(module: &M, remap: &impl Fn(&str
 struct Importer<'a, F: Fn(&str) -> String> {
     path: PathStack,
     remap: &'a F,
+    wanted: &'a dyn Fn(&str) -> bool,
     tensors: &'a mut TensorMap,
     errors: Vec<String>,
 }
@@ -128,6 +131,9 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleMapper<B> for Importer<'_, F> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (key, transposed) = self.path.torch_key();
         let key = (self.remap)(&key);
+        if !(self.wanted)(&key) {
+            return param;
+        }
         let (id, tensor, mapper) = param.consume();
         let mut expected = tensor.dims().to_vec();
         if transposed && D == 2 {
@@ -148,15 +154,26 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleMapper<B> for Importer<'_, F> {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let device = tensor.device();
-        let mut value = Tensor::<B, D>::from_data(TensorData::new(found.data, expected), &device);
-        if transposed && D == 2 {
-            value = value.transpose();
-        }
+        // burn's `[in, out]` Linear layout, transposed on the host so the parameter is contiguous.
+        let data = if transposed && D == 2 { transpose_2d(&found.data, expected[0], expected[1]) } else { found.data };
+        let stored = tensor.dims().to_vec();
+        let mut value = Tensor::<B, D>::from_data(TensorData::new(data, stored), &device);
         if tensor.is_require_grad() {
             value = value.require_grad();
         }
         Param::from_mapped_value(id, value, mapper)
     }
+}
+
+/// Row-major `[rows, cols]` values as row-major `[cols, rows]`.
+fn transpose_2d(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols.max(1)).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 /// Loads every float parameter of `module` from `tensors` (keys after `remap`), removing the
@@ -168,7 +185,19 @@ pub fn import_tensors<B: Backend, M: Module<B>>(
     remap: &impl Fn(&str) -> String,
     source: &str,
 ) -> Result<M> {
-    let mut importer = Importer { path: PathStack::default(), remap, tensors, errors: Vec::new() };
+    import_tensors_where(module, tensors, remap, &|_| true, source)
+}
+
+/// [`import_tensors`] restricted to the parameters whose key (after `remap`) is `wanted`; the
+/// others keep their values and need no tensor.
+pub fn import_tensors_where<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &mut TensorMap,
+    remap: &impl Fn(&str) -> String,
+    wanted: &dyn Fn(&str) -> bool,
+    source: &str,
+) -> Result<M> {
+    let mut importer = Importer { path: PathStack::default(), remap, wanted, tensors, errors: Vec::new() };
     let module = module.map(&mut importer);
     if importer.errors.is_empty() {
         Ok(module)
@@ -182,43 +211,98 @@ pub fn import_tensors<B: Backend, M: Module<B>>(
     }
 }
 
-fn decode(key: &str, view: &TensorView<'_>, path: &str) -> Result<NamedTensor> {
-    let bytes = view.data();
-    let (data, stored_as): (Vec<f32>, &'static str) = match view.dtype() {
-        Dtype::F32 => (bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), "F32"),
-        Dtype::F64 => (
-            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
-            "F64",
-        ),
-        Dtype::F16 => (bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(), "F16"),
-        Dtype::BF16 => (bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(), "BF16"),
-        other => {
-            return Err(Error::WeightFile {
-                path: path.into(),
-                reason: format!("tensor `{key}` has dtype {other:?}; only F32, F64, F16 and BF16 are supported"),
-            })
-        }
-    };
-    Ok(NamedTensor { shape: view.shape().to_vec(), data, stored_as })
+/// Buffers that PyTorch checkpoints hold but snnet recomputes from the architecture, matched on a
+/// key's last segment (or any segment, for `aux_bn`); they are skipped on import and reported:
+///
+/// - `num_batches_tracked`: BatchNorm's step counter (snnet uses a fixed momentum);
+/// - `relative_position_index`, `relative_coords_table`, `attn_mask`: Swin's index tables and
+///   shifted-window masks;
+/// - `attention_bias_idxs`: LeViT's attention-bias index table;
+/// - `aux_bn`: the auxiliary split-BatchNorm layers timm's `--split-bn` training adds (unused at
+///   inference).
+pub const RECOMPUTED_BUFFERS: [&str; 6] =
+    ["num_batches_tracked", "relative_position_index", "relative_coords_table", "attn_mask", "attention_bias_idxs", "aux_bn"];
+
+/// Whether `key` names a buffer in [`RECOMPUTED_BUFFERS`].
+pub fn is_recomputed_buffer(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    RECOMPUTED_BUFFERS[..5].contains(&last) || key.split('.').any(|segment| segment == "aux_bn")
 }
 
-/// Parses safetensors bytes into tensors (cast to f32) and the metadata.
-pub fn parse_safetensors(bytes: &[u8], path: &str) -> Result<(TensorMap, HashMap<String, String>)> {
-    let err = |reason: String| Error::WeightFile { path: path.into(), reason };
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-    let mut tensors = TensorMap::new();
-    for (key, view) in st.iter() {
-        tensors.insert(key.to_string(), decode(key, &view, path)?);
-    }
-    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+/// A weight file read into f32 tensors, with what it held besides.
+#[derive(Clone, Debug)]
+pub struct LoadedWeights {
+    /// The state dict's float tensors, cast to f32, by key.
+    pub tensors: TensorMap,
+    /// safetensors metadata (empty for `.pth`).
+    pub metadata: HashMap<String, String>,
+    /// The container the tensors came from.
+    pub format: snnet_io::Format,
+    /// For `.pth`: the top-level entry that held the state dict (e.g. `model`).
+    pub state_dict_entry: Option<String>,
+    /// For `.pth`: the other top-level entries, not read (e.g. `optimizer`, `args`).
+    pub other_entries: Vec<String>,
+    /// Keys skipped as [recomputed buffers](RECOMPUTED_BUFFERS).
+    pub skipped: Vec<String>,
+    /// Tensors stored in another float type than f32, counted by type (`F16`, `BF16`, `F64`).
+    pub cast: BTreeMap<&'static str, usize>,
 }
 
-/// Reads a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
+/// Reads a weight file of any supported format (safetensors, PyTorch `.pth` zip or legacy):
+/// recomputed buffers are skipped, float tensors cast to f32. A non-float tensor, or one holding
+/// NaN or infinite values, is an error naming its key.
+pub fn read_weights(path: &Path) -> Result<LoadedWeights> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
-    parse_safetensors(&bytes, &shown)
+    parse_weights(&bytes, &shown)
+}
+
+/// [`read_weights`] on bytes in memory; `source` names them in errors.
+pub fn parse_weights(bytes: &[u8], source: &str) -> Result<LoadedWeights> {
+    let file = snnet_io::read_weights(bytes, source).map_err(|e| Error::WeightFile { path: source.into(), reason: strip_source(&e.to_string(), source) })?;
+    let mut loaded = LoadedWeights {
+        tensors: TensorMap::new(),
+        metadata: file.metadata,
+        format: file.format,
+        state_dict_entry: file.state_dict_entry,
+        other_entries: file.other_entries,
+        skipped: Vec::new(),
+        cast: BTreeMap::new(),
+    };
+    let err = |reason: String| Error::WeightFile { path: source.into(), reason };
+    for (key, raw) in file.tensors {
+        if is_recomputed_buffer(&key) {
+            loaded.skipped.push(key);
+            continue;
+        }
+        if !raw.is_float() {
+            return Err(err(format!(
+                "tensor `{key}` has dtype {} {:?}; weights must be F32, F16, BF16 or F64",
+                raw.dtype.name(),
+                raw.shape
+            )));
+        }
+        let data = raw.to_f32();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(err(format!("tensor `{key}` holds a non-finite value ({}) at flat index {i}", data[i])));
+        }
+        if raw.dtype != snnet_io::DType::F32 {
+            *loaded.cast.entry(raw.dtype.name()).or_default() += 1;
+        }
+        loaded.tensors.insert(key, NamedTensor { shape: raw.shape, data, stored_as: raw.dtype.name() });
+    }
+    Ok(loaded)
+}
+
+/// snnet-io's messages start with the file name, which [`Error::WeightFile`] already shows.
+fn strip_source(message: &str, source: &str) -> String {
+    message.strip_prefix(source).map(|m| m.trim_start_matches([':', ' ']).to_string()).unwrap_or_else(|| message.to_string())
+}
+
+/// The tensors and metadata of a weight file of any supported format (see [`read_weights`]).
+pub fn read_tensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
+    let loaded = read_weights(path)?;
+    Ok((loaded.tensors, loaded.metadata))
 }
 
 /// Writes tensors (f32) and metadata to `path` atomically (a temporary file renamed into place).
