@@ -30,9 +30,7 @@ struct Options {
 fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -74,7 +72,10 @@ impl BackendTask for Options {
             pb.inc(1);
         }
         pb.finish_and_clear();
-        println!("{:>6}  {:<8} {:<8} {:>8}  {:>10}  {:>12}  {:>11}", "cfg_id", "comb", "(j,k)", "GFLOPs", "params", "params_exact", "latency ms");
+        println!(
+            "{:>6}  {:<8} {:<8} {:>8}  {:>10}  {:>12}  {:>11}",
+            "cfg_id", "comb", "(j,k)", "GFLOPs", "params", "params_exact", "latency ms"
+        );
         let names = ["Ti", "S", "B"];
         for (id, lat) in latencies.iter().enumerate() {
             let r = net.route(id)?;
@@ -91,7 +92,10 @@ impl BackendTask for Options {
             let switch_ns = t.elapsed().as_nanos();
             let logits = net.forward_selected(images.clone())?;
             let top = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-            println!("route {id:>2}: switched in {switch_ns} ns, {:.2} GFLOPs, predicted classes {top:?}", net.costs()[id].flops as f64 / 1e9);
+            println!(
+                "route {id:>2}: switched in {switch_ns} ns, {:.2} GFLOPs, predicted classes {top:?}",
+                net.costs()[id].flops as f64 / 1e9
+            );
         }
         Ok(())
     }

@@ -75,13 +75,7 @@ pub fn time_route<B: Backend, A: Anchor<B>>(
         times.push(forward_ms(net, id, images)?);
     }
     times.sort_by(f64::total_cmp);
-    Ok(RouteTiming {
-        cfg_id: id,
-        batch: images.dims()[0],
-        latency_ms: median(&times),
-        min_ms: times[0],
-        repeats: times.len(),
-    })
+    Ok(RouteTiming { cfg_id: id, batch: images.dims()[0], latency_ms: median(&times), min_ms: times[0], repeats: times.len() })
 }
 
 /// Median wall-clock milliseconds of `repeats` forwards of route `id` on `images`, after `warmup`

@@ -26,7 +26,7 @@ pub use snnet_anchors as anchors;
 pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, VitConfig};
 pub use snnet_core as core;
 pub use snnet_core::{
-    cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, Behaviour, Budget, Error, FeatureKind,
-    Features, Goal, LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout, StatePart,
+    cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, Behaviour, Budget, Error, FeatureKind, Features, Goal,
+    LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout, StatePart,
     StitchSpace, StitchedNet, StitchingLayer,
 };

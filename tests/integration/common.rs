@@ -34,10 +34,8 @@ pub fn mini_vit(dim: usize, heads: usize, in_chans: usize) -> VitConfig {
 
 /// Three small ViTs of growing width.
 pub fn mini_family() -> Description {
-    let anchors = [(32, 2), (48, 3), (64, 4)]
-        .into_iter()
-        .map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(mini_vit(d, h, 3))))
-        .collect();
+    let anchors =
+        [(32, 2), (48, 3), (64, 4)].into_iter().map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(mini_vit(d, h, 3)))).collect();
     Description { anchors, space: Default::default(), behaviour: Default::default() }
 }
 

@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 use snnet::{
-    AnchorLayout, FeatureKind::{Map, Tokens}, PairedVariant, SpaceSettings, StitchSpace,
+    AnchorLayout,
+    FeatureKind::{Map, Tokens},
+    PairedVariant, SpaceSettings, StitchSpace,
 };
 
 use super::common::{layout, load_json};

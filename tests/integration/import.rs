@@ -127,10 +127,7 @@ fn safetensors_bytes(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0;
     for (key, dtype, shape, bytes) in tensors {
-        header.insert(
-            key.to_string(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
-        );
+        header.insert(key.to_string(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}));
         offset += bytes.len();
     }
     let mut text = serde_json::Value::Object(header).to_string();
@@ -154,7 +151,8 @@ fn anchor0_with(name: &str, key: &str, dtype: &str, shape: Vec<usize>, bytes: Ve
         .map(|(k, t)| (k.clone(), "F32", t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     entries.push((key.to_string(), dtype, shape, bytes));
-    let borrowed: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = entries.iter().map(|(k, d, s, b)| (k.as_str(), *d, s.clone(), b.clone())).collect();
+    let borrowed: Vec<(&str, &str, Vec<usize>, Vec<u8>)> =
+        entries.iter().map(|(k, d, s, b)| (k.as_str(), *d, s.clone(), b.clone())).collect();
     let path = tmp(name);
     std::fs::write(&path, safetensors_bytes(&borrowed)).unwrap();
     path
@@ -214,7 +212,8 @@ fn partial_state_keeps_other_parameters_and_strips_data_parallel_prefix() {
     let mut state = read_weights(&import_fixture("snnet_official.safetensors")).unwrap().tensors;
     let before = fresh(7);
     let stitch_before: TensorMap = before.named_tensors().into_iter().filter(|(k, _)| k.starts_with("stitch_layers.")).collect();
-    let mut prefixed: TensorMap = state.iter().filter(|(k, _)| k.starts_with("anchors.1.")).map(|(k, v)| (format!("module.{k}"), v.clone())).collect();
+    let mut prefixed: TensorMap =
+        state.iter().filter(|(k, _)| k.starts_with("anchors.1.")).map(|(k, v)| (format!("module.{k}"), v.clone())).collect();
     let net = before.load_state(&mut prefixed, StatePart::Anchor(1), "memory").unwrap();
     let after = net.named_tensors();
     for (k, t) in &after {

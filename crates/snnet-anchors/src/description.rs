@@ -142,11 +142,8 @@ impl Description {
         let layouts = self.layouts()?;
         let costs = self.anchors.iter().map(AnchorSpec::costs).collect::<Result<Vec<_>>>()?;
         let space = StitchSpace::build(&layouts, &self.space)?;
-        let routes = space
-            .routes
-            .iter()
-            .map(|r| route_cost(r, &layouts, &costs, &space.layers, self.behaviour.final_norm_on_stitched))
-            .collect();
+        let routes =
+            space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, self.behaviour.final_norm_on_stitched)).collect();
         Ok((space, routes))
     }
 

@@ -1,6 +1,9 @@
 //! `AnyAnchor`: one type for every anchor family, so mixed families share one `StitchedNet`.
 
-use burn::{module::Module, tensor::{backend::Backend, Tensor}};
+use burn::{
+    module::Module,
+    tensor::{backend::Backend, Tensor},
+};
 use snnet_core::{Anchor, AnchorCosts, AnchorLayout, Features};
 
 use crate::vit::Vit;

@@ -185,9 +185,8 @@ impl VitConfig {
         self.validate()?;
         let c = self.embed_dim;
         let std = Initializer::Normal { mean: 0.0, std: 0.02 };
-        let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o).with_bias(bias).with_initializer(std.clone()).init::<B>(device)
-        };
+        let linear =
+            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).with_initializer(std.clone()).init::<B>(device);
         let norm = || LayerNormConfig::new(c).with_epsilon(self.layer_norm_eps).init::<B>(device);
         let blocks = (0..self.depth)
             .map(|_| Block {

@@ -2,14 +2,14 @@
 
 use std::{collections::HashMap, path::Path};
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
 use burn::tensor::Distribution;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
     backend::{run_on_with, BackendTask, Precision},
     latency::{prewarm, time_route, TimingOptions},
+    select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics},
     weights::{read_tensors, write_safetensors, NamedTensor},
-    select::{merge_metrics, parse_metric_lines, pareto_frontier, select, Budget, Goal, RouteMetrics},
     Description, Route, RouteCost,
 };
 
@@ -200,7 +200,17 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
     for (i, a) in desc.anchors.iter().enumerate() {
         out!("  anchor {i}: {}", a.name());
     }
-    out!("{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10}  {:>12}  {:>12}", "cfg_id", "comb", "stage", "stitch (j,k)", "layers", "GFLOPs", "params", "params_exact");
+    out!(
+        "{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10}  {:>12}  {:>12}",
+        "cfg_id",
+        "comb",
+        "stage",
+        "stitch (j,k)",
+        "layers",
+        "GFLOPs",
+        "params",
+        "params_exact"
+    );
     for (r, c) in space.routes.iter().zip(&costs) {
         let comb = r.comb_id.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("→");
         let stitches = r.stitch_cfgs.iter().map(|(j, k)| format!("({j},{k})")).collect::<Vec<_>>().join(" ");
@@ -208,7 +218,14 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
         let stage = r.stage_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
         out!(
             "{:>6}  {:<10} {:>5}  {:<16} {:>7}  {:>10.4}  {:>12}  {:>12}",
-            r.cfg_id, comb, stage, stitches, layers, c.flops as f64 / 1e9, c.params, c.params_exact
+            r.cfg_id,
+            comb,
+            stage,
+            stitches,
+            layers,
+            c.flops as f64 / 1e9,
+            c.params,
+            c.params_exact
         );
     }
     Ok(())
@@ -218,9 +235,7 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
 fn progress_bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -302,12 +317,25 @@ impl BackendTask for Bench<'_> {
             pb.finish_and_clear();
         }
         if !self.json {
-            out!("{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}", "cfg_id", "batch", "latency ms", "min ms", "first ms", "GFLOPs", "weights MB");
+            out!(
+                "{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}",
+                "cfg_id",
+                "batch",
+                "latency ms",
+                "min ms",
+                "first ms",
+                "GFLOPs",
+                "weights MB"
+            );
             for l in &lines {
                 out!(
                     "{:>6} {:>6}  {:>12.3} {:>10.3} {:>12.1} {:>10.3} {:>10.1}",
-                    l["cfg_id"].as_u64().unwrap_or_default(), l["batch"].as_u64().unwrap_or_default(), l["latency_ms"].as_f64().unwrap_or(f64::NAN), l["min_ms"].as_f64().unwrap_or(f64::NAN),
-                    l["first_forward_ms"].as_f64().unwrap_or(f64::NAN), l["flops"].as_f64().unwrap_or(f64::NAN) / 1e9,
+                    l["cfg_id"].as_u64().unwrap_or_default(),
+                    l["batch"].as_u64().unwrap_or_default(),
+                    l["latency_ms"].as_f64().unwrap_or(f64::NAN),
+                    l["min_ms"].as_f64().unwrap_or(f64::NAN),
+                    l["first_forward_ms"].as_f64().unwrap_or(f64::NAN),
+                    l["flops"].as_f64().unwrap_or(f64::NAN) / 1e9,
                     l["weight_mb"].as_f64().unwrap_or(f64::NAN)
                 );
             }
@@ -388,7 +416,11 @@ impl BackendTask for Import<'_> {
                 summaries.push(import_summary(path, &loaded, loaded.tensors.len()));
                 pb.inc(1);
             }
-            if anchors > 1 { "uninitialised" } else { "none" }
+            if anchors > 1 {
+                "uninitialised"
+            } else {
+                "none"
+            }
         } else {
             return Err(format!(
                 "--from has {} file(s): give one official SN-Net checkpoint, or one checkpoint per anchor ({anchors}, in anchor order)",
@@ -446,7 +478,14 @@ impl BackendTask for Logits<'_> {
 
 /// Logits of `--device`/`--dtype` against the reference backend on the same weights and images:
 /// the weights are made (or loaded) on the reference, saved, and loaded on the device.
-fn parity(desc: Description, args: &NetworkArgs, precision: Precision, reference: &str, routes: Option<Vec<usize>>, batch: usize) -> Result<(), BoxError> {
+fn parity(
+    desc: Description,
+    args: &NetworkArgs,
+    precision: Precision,
+    reference: &str,
+    routes: Option<Vec<usize>>,
+    batch: usize,
+) -> Result<(), BoxError> {
     if batch == 0 {
         return Err("--batch must be at least 1".into());
     }

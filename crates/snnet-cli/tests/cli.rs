@@ -55,7 +55,8 @@ fn infer_runs_every_route_and_checks_the_input() {
     write_safetensors(&input, &[("input".into(), t)], Default::default()).unwrap();
     let output = tmp("logits.safetensors");
     let c = config.to_str().unwrap();
-    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "all", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let (ok, _, err) =
+        snnet(&["infer", "--config", c, "--route", "all", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert!(ok, "{err}");
     let (logits, _) = read_tensors(&output).unwrap();
     // Depth 4, kernel 2: 10 positions per pair, 2 pairs, 3 anchors.
@@ -65,17 +66,25 @@ fn infer_runs_every_route_and_checks_the_input() {
 
     // Same seed, same single route: identical logits.
     let single = tmp("one.safetensors");
-    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "5", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    let (ok, _, err) =
+        snnet(&["infer", "--config", c, "--route", "5", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
     assert!(ok, "{err}");
     let (one, _) = read_tensors(&single).unwrap();
     assert_eq!(one["logits"].data, logits["logits.5"].data);
 
     // Wrong shape, unknown route, unknown anchor: errors naming the culprit, exit code 2.
     let bad = tmp("bad.safetensors");
-    write_safetensors(&bad, &[("input".into(), NamedTensor { shape: vec![1, 3, 16, 16], data: vec![0.0; 768], stored_as: "F32" })], Default::default()).unwrap();
-    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "0", "--input", bad.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    write_safetensors(
+        &bad,
+        &[("input".into(), NamedTensor { shape: vec![1, 3, 16, 16], data: vec![0.0; 768], stored_as: "F32" })],
+        Default::default(),
+    )
+    .unwrap();
+    let (ok, _, err) =
+        snnet(&["infer", "--config", c, "--route", "0", "--input", bad.to_str().unwrap(), "--output", single.to_str().unwrap()]);
     assert!(!ok && err.contains("[1, 3, 16, 16]"), "{err}");
-    let (ok, _, err) = snnet(&["infer", "--config", c, "--route", "999", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
+    let (ok, _, err) =
+        snnet(&["infer", "--config", c, "--route", "999", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()]);
     assert!(!ok && err.contains("unknown route id 999"), "{err}");
     let (ok, _, err) = snnet(&["space", "--anchors", "deit_huge"]);
     assert!(!ok && err.contains("deit_huge"), "{err}");
@@ -120,7 +129,8 @@ fn official_checkpoint_runs_every_route_through_infer() {
 fn import_builds_weight_files_from_timm_anchors_or_an_official_checkpoint() {
     let config = import_fixture("mini_vit.json");
     let config = config.to_str().unwrap();
-    let anchors: Vec<String> = ["vit0.pth", "vit1.safetensors", "vit2.pth"].iter().map(|f| import_fixture(f).display().to_string()).collect();
+    let anchors: Vec<String> =
+        ["vit0.pth", "vit1.safetensors", "vit2.pth"].iter().map(|f| import_fixture(f).display().to_string()).collect();
     let out = tmp("imported.safetensors");
     let (ok, _, err) = snnet(&["--config", config, "import", "--from", &anchors.join(","), "--output", out.to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -135,7 +145,19 @@ fn import_builds_weight_files_from_timm_anchors_or_an_official_checkpoint() {
     let input = tmp("anchor-probe.safetensors");
     write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
     let logits = tmp("anchor-logits.safetensors");
-    let (ok, _, err) = snnet(&["--config", config, "--weights", out.to_str().unwrap(), "infer", "--route", "5", "--input", input.to_str().unwrap(), "--output", logits.to_str().unwrap()]);
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config,
+        "--weights",
+        out.to_str().unwrap(),
+        "infer",
+        "--route",
+        "5",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        logits.to_str().unwrap(),
+    ]);
     assert!(ok && err.contains("never initialised"), "{err}");
 
     let official = tmp("official.safetensors");

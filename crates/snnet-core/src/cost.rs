@@ -53,10 +53,7 @@ pub fn route_cost(
     let last = &costs[route.segments.last().expect("a route has segments").anchor];
     run = run + last.head;
     let norm = last.final_norm;
-    let (flops, params_exact) = if final_norm_on_stitched {
-        (run.flops + norm.flops, run.params + norm.params)
-    } else {
-        (run.flops, run.params)
-    };
+    let (flops, params_exact) =
+        if final_norm_on_stitched { (run.flops + norm.flops, run.params + norm.params) } else { (run.flops, run.params) };
     RouteCost { flops, params: run.params_official + norm.params_official, params_exact }
 }

@@ -93,11 +93,7 @@ impl PartCost {
 impl std::ops::Add for PartCost {
     type Output = PartCost;
     fn add(self, o: PartCost) -> PartCost {
-        PartCost {
-            flops: self.flops + o.flops,
-            params: self.params + o.params,
-            params_official: self.params_official + o.params_official,
-        }
+        PartCost { flops: self.flops + o.flops, params: self.params + o.params, params_official: self.params_official + o.params_official }
     }
 }
 
@@ -125,10 +121,6 @@ pub struct AnchorCosts {
 impl AnchorCosts {
     /// Cost of the whole anchor forward (every part, final norm included).
     pub fn total(&self) -> PartCost {
-        self.embed
-            + self.blocks.iter().copied().sum()
-            + self.transitions.iter().copied().sum()
-            + self.head
-            + self.final_norm
+        self.embed + self.blocks.iter().copied().sum() + self.transitions.iter().copied().sum() + self.head + self.final_norm
     }
 }

@@ -26,6 +26,6 @@ pub use error::{Error, Result};
 pub use features::Features;
 pub use layout::{AnchorCosts, AnchorLayout, FeatureKind, PartCost, StageLayout};
 pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StatePart, StitchedNet};
-pub use select::{merge_metrics, parse_metric_lines, pareto_frontier, select, Budget, Goal, RouteMetrics};
+pub use select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
 pub use stitching_layer::StitchingLayer;

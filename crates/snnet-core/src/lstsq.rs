@@ -84,10 +84,7 @@ pub fn solve(normal: &NormalEquations, cross: &Mat<f64>) -> Result<AffineSolutio
     if normal.gram.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) || cross.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
         return Err(Error::NonFinite("least-squares normal equations".into()));
     }
-    let eig = normal
-        .gram
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::LeastSquares(format!("eigendecomposition failed: {e:?}")))?;
+    let eig = normal.gram.self_adjoint_eigen(Side::Lower).map_err(|e| Error::LeastSquares(format!("eigendecomposition failed: {e:?}")))?;
     let (u, s) = (eig.U(), eig.S());
     let lambdas: Vec<f64> = (0..n).map(|i| s[i]).collect();
     let lambda_max = lambdas.iter().cloned().fold(0.0f64, f64::max);
@@ -126,11 +123,7 @@ pub fn fit_affine(x: &[f32], y: &[f32], in_dim: usize, out_dim: usize) -> Result
         )));
     }
     if x.len() / in_dim != y.len() / out_dim {
-        return Err(Error::LeastSquares(format!(
-            "row counts differ: {} input rows, {} target rows",
-            x.len() / in_dim,
-            y.len() / out_dim
-        )));
+        return Err(Error::LeastSquares(format!("row counts differ: {} input rows, {} target rows", x.len() / in_dim, y.len() / out_dim)));
     }
     if x.iter().chain(y).any(|v| !v.is_finite()) {
         return Err(Error::NonFinite("least-squares inputs".into()));

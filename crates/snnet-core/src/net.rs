@@ -115,17 +115,10 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
     pub fn new(anchors: Vec<A>, settings: &SpaceSettings, behaviour: Behaviour, device: &B::Device) -> Result<Self> {
         let layouts: Vec<AnchorLayout> = anchors.iter().map(|a| a.layout().clone()).collect();
         let space = StitchSpace::build(&layouts, settings)?;
-        let stitch_layers = space
-            .layers
-            .iter()
-            .map(|s| StitchingLayer::new(s.in_channels, s.out_channels, s.out_kind, device))
-            .collect();
+        let stitch_layers = space.layers.iter().map(|s| StitchingLayer::new(s.in_channels, s.out_channels, s.out_kind, device)).collect();
         let costs: Vec<AnchorCosts> = anchors.iter().map(|a| a.costs()).collect();
-        let route_costs = space
-            .routes
-            .iter()
-            .map(|r| route_cost(r, &layouts, &costs, &space.layers, behaviour.final_norm_on_stitched))
-            .collect();
+        let route_costs =
+            space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, behaviour.final_norm_on_stitched)).collect();
         let net = Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0 };
         // burn initialises parameters lazily, drawing from the backend's RNG on first use; touching
         // them all now, in module order, makes a seeded network independent of which route runs first.
@@ -224,12 +217,7 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
     /// normal equations of every position are accumulated in f64; each layer is set to the mean of
     /// the pseudo-inverse solutions of the positions that share it. Features are taken in inference
     /// mode (no drop-path), a deliberate, documented deviation from the official training-mode init.
-    pub fn init_least_squares(
-        &mut self,
-        images: Tensor<B, 4>,
-        chunk: usize,
-        mut progress: impl FnMut(LsProgress),
-    ) -> Result<LsReport> {
+    pub fn init_least_squares(&mut self, images: Tensor<B, 4>, chunk: usize, mut progress: impl FnMut(LsProgress)) -> Result<LsReport> {
         let total = images.dims()[0];
         if total == 0 {
             return Err(Error::LeastSquares("the calibration batch is empty".into()));
@@ -293,8 +281,7 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             let (mut w, mut b) = (vec![0f64; cout * cin], vec![0f64; cout]);
             let (mut min_rank, mut max_condition) = (usize::MAX, 0f64);
             for (_, front, _, _, cross) in &mine {
-                let sol = solve(&grams[front], cross)
-                    .map_err(|e| Error::LeastSquares(format!("stitching layer `{}`: {e}", slot.key())))?;
+                let sol = solve(&grams[front], cross).map_err(|e| Error::LeastSquares(format!("stitching layer `{}`: {e}", slot.key())))?;
                 w.iter_mut().zip(&sol.weight).for_each(|(a, v)| *a += v);
                 b.iter_mut().zip(&sol.bias).for_each(|(a, v)| *a += v);
                 min_rank = min_rank.min(sol.rank);
@@ -330,9 +317,11 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         let mut store = |b: Boundary, x: &Features<B>| -> Result<()> {
             if wanted.contains(&b) {
                 let rows = x.clone().into_rows();
-                let data = rows.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| {
-                    Error::LeastSquares(format!("cannot read features of anchor {a}: {e:?}"))
-                })?;
+                let data = rows
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| Error::LeastSquares(format!("cannot read features of anchor {a}: {e:?}")))?;
                 if data.iter().any(|v| !v.is_finite()) {
                     return Err(Error::NonFinite(format!("features of anchor {a} (`{}`) at {b:?}", layout.name)));
                 }
@@ -412,10 +401,8 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             }
         }
         if let Some(stored) = meta.get("snnet.network") {
-            let file: serde_json::Value = serde_json::from_str(stored).map_err(|e| Error::WeightFile {
-                path: shown.into(),
-                reason: format!("corrupt `snnet.network` metadata: {e}"),
-            })?;
+            let file: serde_json::Value = serde_json::from_str(stored)
+                .map_err(|e| Error::WeightFile { path: shown.into(), reason: format!("corrupt `snnet.network` metadata: {e}") })?;
             let net = serde_json::to_value(self.description()).expect("serialisable");
             if let Some(difference) = first_difference("", &file, &net) {
                 return Err(Error::DescriptionMismatch { path: shown.into(), difference });
@@ -446,7 +433,8 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
             StatePart::StitchingLayers => "stitch_layers.".into(),
         };
         let space = self.space.clone();
-        let net = import_tensors_where::<B, _>(self, tensors, &|p: &str| official_key_of(&space, p), &|k: &str| k.starts_with(&prefix), source)?;
+        let net =
+            import_tensors_where::<B, _>(self, tensors, &|p: &str| official_key_of(&space, p), &|k: &str| k.starts_with(&prefix), source)?;
         if !tensors.is_empty() {
             let keys: Vec<_> = tensors.iter().take(5).map(|(k, t)| format!("`{k}` {:?}", t.shape)).collect();
             return Err(Error::WeightFile {

@@ -44,8 +44,7 @@ impl Goal {
 /// The routes not dominated on the two objectives, sorted by the first. Routes lacking either
 /// metric are left out; of routes with identical values, the lowest id is kept.
 pub fn pareto_frontier(routes: &[RouteMetrics], x: (&str, Goal), y: (&str, Goal)) -> Vec<usize> {
-    let points: Vec<(usize, f64, f64)> =
-        routes.iter().filter_map(|r| Some((r.cfg_id, r.get(x.0)?, r.get(y.0)?))).collect();
+    let points: Vec<(usize, f64, f64)> = routes.iter().filter_map(|r| Some((r.cfg_id, r.get(x.0)?, r.get(y.0)?))).collect();
     let mut front: Vec<(usize, f64, f64)> = points
         .iter()
         .copied()
@@ -135,8 +134,8 @@ pub fn parse_metric_lines(text: &str, source: &str, keep: &dyn Fn(&serde_json::V
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Metric(format!("{source}:{line_no}: not a JSON object: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::Metric(format!("{source}:{line_no}: not a JSON object: {e}")))?;
         let Some(object) = value.as_object() else {
             return Err(Error::Metric(format!("{source}:{line_no}: not a JSON object")));
         };
@@ -152,11 +151,7 @@ pub fn parse_metric_lines(text: &str, source: &str, keep: &dyn Fn(&serde_json::V
                 "{source}: route {cfg_id} appears on lines {first} and {line_no}; choose one (e.g. by batch size)"
             )));
         }
-        let values = object
-            .iter()
-            .filter(|(k, _)| k.as_str() != "cfg_id")
-            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-            .collect();
+        let values = object.iter().filter(|(k, _)| k.as_str() != "cfg_id").filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
         out.push(RouteMetrics { cfg_id, values });
     }
     Ok(out)

@@ -259,7 +259,8 @@ pub fn read_weights(path: &Path) -> Result<LoadedWeights> {
 
 /// [`read_weights`] on bytes in memory; `source` names them in errors.
 pub fn parse_weights(bytes: &[u8], source: &str) -> Result<LoadedWeights> {
-    let file = snnet_io::read_weights(bytes, source).map_err(|e| Error::WeightFile { path: source.into(), reason: strip_source(&e.to_string(), source) })?;
+    let file = snnet_io::read_weights(bytes, source)
+        .map_err(|e| Error::WeightFile { path: source.into(), reason: strip_source(&e.to_string(), source) })?;
     let mut loaded = LoadedWeights {
         tensors: TensorMap::new(),
         metadata: file.metadata,
@@ -308,10 +309,8 @@ pub fn read_tensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)>
 /// Writes tensors (f32) and metadata to `path` atomically (a temporary file renamed into place).
 pub fn write_safetensors(path: &Path, tensors: &[(String, NamedTensor)], metadata: HashMap<String, String>) -> Result<()> {
     let shown = path.display().to_string();
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
-        .collect();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
+        tensors.iter().map(|(k, t)| (k.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone())).collect();
     let views = bytes
         .iter()
         .map(|(k, b, s)| {

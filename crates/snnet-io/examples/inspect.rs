@@ -7,10 +7,7 @@ fn main() {
             Ok(wf) => {
                 println!("{arg}: {:?}, {} tensors", wf.format, wf.tensors.len());
                 if let Some(e) = &wf.state_dict_entry {
-                    println!(
-                        "  state dict in entry '{e}'; other entries: {:?}",
-                        wf.other_entries
-                    );
+                    println!("  state dict in entry '{e}'; other entries: {:?}", wf.other_entries);
                 }
                 for (k, t) in &wf.tensors {
                     println!("  {k}: {} {:?}", t.dtype, t.shape);

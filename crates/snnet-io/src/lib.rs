@@ -197,10 +197,7 @@ pub struct WeightFile {
 /// name used in error messages.
 pub fn read_weights(bytes: &[u8], source: &str) -> Result<WeightFile> {
     if bytes.is_empty() {
-        return Err(Error::UnknownFormat {
-            file: source.into(),
-            reason: "the file is empty (0 bytes)".into(),
-        });
+        return Err(Error::UnknownFormat { file: source.into(), reason: "the file is empty (0 bytes)".into() });
     }
     // safetensors first: its 8-byte header length may start with any byte
     // (0x80, even "PK"), but a zip local header or a legacy torch pickle never
@@ -214,10 +211,7 @@ pub fn read_weights(bytes: &[u8], source: &str) -> Result<WeightFile> {
     if bytes[0] == 0x80 {
         return pth::TorchFile::parse_legacy(bytes, source)?.to_weight_file();
     }
-    Err(Error::UnknownFormat {
-        file: source.into(),
-        reason: describe_unknown(bytes),
-    })
+    Err(Error::UnknownFormat { file: source.into(), reason: describe_unknown(bytes) })
 }
 
 fn describe_unknown(bytes: &[u8]) -> String {
@@ -235,35 +229,22 @@ fn describe_unknown(bytes: &[u8]) -> String {
     } else {
         "not safetensors (no JSON header), not a torch.save zip (no PK\\x03\\x04), not a legacy torch.save pickle (no \\x80 protocol byte)"
     };
-    format!(
-        "{} bytes starting with {}: {guess}",
-        bytes.len(),
-        head.join(" ")
-    )
+    format!("{} bytes starting with {}: {guess}", bytes.len(), head.join(" "))
 }
 
 /// Reads a weight file from disk; the path is the display name in errors.
 pub fn read_weights_file(path: &Path) -> Result<WeightFile> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|err| Error::Io {
-        file: name.clone(),
-        err,
-    })?;
+    let bytes = std::fs::read(path).map_err(|err| Error::Io { file: name.clone(), err })?;
     read_weights(&bytes, &name)
 }
 
 /// Parses a safetensors file (dtypes F64/F32/F16/BF16/I64/I32/I16/I8/U8/BOOL).
 pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<WeightFile> {
     use safetensors::{Dtype, SafeTensorError, SafeTensors};
-    let st_err = |message: String| Error::Safetensors {
-        file: source.into(),
-        message,
-    };
+    let st_err = |message: String| Error::Safetensors { file: source.into(), message };
     if bytes.len() < 8 {
-        return Err(st_err(format!(
-            "truncated header: {} bytes, but the header length alone takes 8",
-            bytes.len()
-        )));
+        return Err(st_err(format!("truncated header: {} bytes, but the header length alone takes 8", bytes.len())));
     }
     let describe = |e: SafeTensorError| -> String {
         match e {
@@ -273,9 +254,9 @@ pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<WeightFile> {
             SafeTensorError::MetadataIncompleteBuffer => {
                 format!("truncated: the header describes more tensor data than the {} bytes after it", bytes.len())
             }
-            SafeTensorError::InvalidTensorView(dtype, shape, n) => format!(
-                "a {dtype:?} tensor of shape {shape:?} does not match its {n} data bytes (corrupt header)"
-            ),
+            SafeTensorError::InvalidTensorView(dtype, shape, n) => {
+                format!("a {dtype:?} tensor of shape {shape:?} does not match its {n} data bytes (corrupt header)")
+            }
             other => format!("truncated or corrupt header: {other}"),
         }
     };
@@ -303,27 +284,15 @@ pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<WeightFile> {
             }
         };
         let shape = view.shape().to_vec();
-        let expected = shape
-            .iter()
-            .try_fold(dtype.size(), |a, &d| a.checked_mul(d));
+        let expected = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d));
         if expected != Some(view.data().len()) {
             return Err(Error::Tensor {
                 file: source.into(),
                 tensor: name.into(),
-                message: format!(
-                    "shape {shape:?} of {dtype} needs {expected:?} bytes but the file gives it {}",
-                    view.data().len()
-                ),
+                message: format!("shape {shape:?} of {dtype} needs {expected:?} bytes but the file gives it {}", view.data().len()),
             });
         }
-        tensors.insert(
-            name.to_owned(),
-            RawTensor {
-                dtype,
-                shape,
-                bytes: view.data().to_vec(),
-            },
-        );
+        tensors.insert(name.to_owned(), RawTensor { dtype, shape, bytes: view.data().to_vec() });
     }
     Ok(WeightFile {
         format: Format::Safetensors,

@@ -118,11 +118,7 @@ impl Value {
 
     /// The value of the last item whose key is the string `key`, if this is a dict.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.as_dict()?
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)
+        self.as_dict()?.iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
     }
 
     /// A short description for error messages: the type, or the class of an object.
@@ -205,9 +201,7 @@ pub fn storage_dtype(name: &str) -> (Option<DType>, Option<usize>) {
         "ComplexDoubleStorage" => return (None, Some(16)),
         "ComplexFloatStorage" => return (None, Some(8)),
         "QInt32Storage" => return (None, Some(4)),
-        "QInt8Storage" | "QUInt8Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => {
-            return (None, Some(1))
-        }
+        "QInt8Storage" | "QUInt8Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => return (None, Some(1)),
         _ => return (None, None),
     };
     (Some(d), Some(d.size()))
@@ -227,13 +221,7 @@ pub struct PickleError {
 impl fmt::Display for PickleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.opcode {
-            Some(op) => write!(
-                f,
-                "pickle error at byte {}, opcode {} (0x{op:02x}): {}",
-                self.offset,
-                opcode_name(op),
-                self.message
-            ),
+            Some(op) => write!(f, "pickle error at byte {}, opcode {} (0x{op:02x}): {}", self.offset, opcode_name(op), self.message),
             None => write!(f, "pickle error at byte {}: {}", self.offset, self.message),
         }
     }
@@ -336,18 +324,8 @@ pub fn load(data: &[u8]) -> Result<Loaded, PickleError> {
     // The tree may not be much larger than the stream: shared references
     // (memo) could otherwise expand exponentially.
     let mut budget = 4096usize.saturating_add(data.len().saturating_mul(32));
-    let value = vm
-        .to_value(root, 0, &mut budget)
-        .map_err(|message| PickleError {
-            offset: vm.pos,
-            opcode: None,
-            message,
-        })?;
-    Ok(Loaded {
-        value,
-        consumed: vm.pos,
-        storages: vm.storages,
-    })
+    let value = vm.to_value(root, 0, &mut budget).map_err(|message| PickleError { offset: vm.pos, opcode: None, message })?;
+    Ok(Loaded { value, consumed: vm.pos, storages: vm.storages })
 }
 
 type Id = usize;
@@ -366,18 +344,8 @@ enum Node {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     FrozenSet(Vec<Id>),
-    Class {
-        module: String,
-        name: String,
-    },
-    Object {
-        class: Id,
-        args: Vec<Id>,
-        kwargs: Vec<(Id, Id)>,
-        state: Option<Id>,
-        list_items: Vec<Id>,
-        dict_items: Vec<(Id, Id)>,
-    },
+    Class { module: String, name: String },
+    Object { class: Id, args: Vec<Id>, kwargs: Vec<(Id, Id)>, state: Option<Id>, list_items: Vec<Id>, dict_items: Vec<(Id, Id)> },
     PersistentId(Id),
     Storage(StorageRef),
     Tensor(TensorRef),
@@ -416,19 +384,13 @@ impl<'a> Vm<'a> {
     }
 
     fn fail<T>(&self, message: impl Into<String>) -> R<T> {
-        Err(PickleError {
-            offset: self.op_pos,
-            opcode: self.op,
-            message: message.into(),
-        })
+        Err(PickleError { offset: self.op_pos, opcode: self.op, message: message.into() })
     }
 
     fn take(&mut self, n: u64) -> R<&'a [u8]> {
         let left = self.data.len() - self.pos;
         if n > left as u64 {
-            return self.fail(format!(
-                "needs {n} byte(s) but only {left} remain: truncated or corrupt pickle"
-            ));
+            return self.fail(format!("needs {n} byte(s) but only {left} remain: truncated or corrupt pickle"));
         }
         let s = &self.data[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -564,10 +526,7 @@ impl<'a> Vm<'a> {
                 0x95 => {
                     let n = self.u64()?;
                     if n > (self.data.len() - self.pos) as u64 {
-                        return self.fail(format!(
-                            "frame of {n} bytes but only {} remain: truncated pickle",
-                            self.data.len() - self.pos
-                        ));
+                        return self.fail(format!("frame of {n} bytes but only {} remain: truncated pickle", self.data.len() - self.pos));
                     }
                 }
                 b'.' => return self.pop(),
@@ -628,9 +587,7 @@ impl<'a> Vm<'a> {
                     let l = self.line()?;
                     match l.strip_suffix('L').unwrap_or(l).parse::<i64>() {
                         Ok(v) => self.push(Node::Int(v)),
-                        Err(_) => {
-                            return self.fail(format!("bad or too large LONG argument {l:?}"))
-                        }
+                        Err(_) => return self.fail(format!("bad or too large LONG argument {l:?}")),
                     }
                 }
                 b'G' => {
@@ -781,14 +738,10 @@ impl<'a> Vm<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Node::Str(m), Node::Str(n)) = (&self.nodes[module], &self.nodes[name])
-                    else {
+                    let (Node::Str(m), Node::Str(n)) = (&self.nodes[module], &self.nodes[name]) else {
                         return self.fail("STACK_GLOBAL needs two strings (module, name)");
                     };
-                    let node = Node::Class {
-                        module: m.clone(),
-                        name: n.clone(),
-                    };
+                    let node = Node::Class { module: m.clone(), name: n.clone() };
                     self.push(node);
                 }
                 b'R' => {
@@ -815,9 +768,7 @@ impl<'a> Vm<'a> {
                     let kwargs = self.pop()?;
                     let args = self.pop()?;
                     let class = self.pop()?;
-                    let (Node::Tuple(args), Node::Dict(kwargs)) =
-                        (&self.nodes[args], &self.nodes[kwargs])
-                    else {
+                    let (Node::Tuple(args), Node::Dict(kwargs)) = (&self.nodes[args], &self.nodes[kwargs]) else {
                         return self.fail("NEWOBJ_EX needs an args tuple and a kwargs dict");
                     };
                     let (args, kwargs) = (args.clone(), kwargs.clone());
@@ -862,13 +813,8 @@ impl<'a> Vm<'a> {
                 0x98 => {
                     self.top()?;
                 }
-                0x97 => {
-                    return self
-                        .fail("out-of-band buffers (protocol 5 NEXT_BUFFER) are not supported")
-                }
-                0x82..=0x84 => {
-                    return self.fail("extension registry codes (EXT1/2/4) are not supported")
-                }
+                0x97 => return self.fail("out-of-band buffers (protocol 5 NEXT_BUFFER) are not supported"),
+                0x82..=0x84 => return self.fail("extension registry codes (EXT1/2/4) are not supported"),
                 b'S' | b'V' => {
                     return self.fail("protocol 0 quoted strings are not supported");
                 }
@@ -922,10 +868,7 @@ impl<'a> Vm<'a> {
 
     fn uint_tuple(&self, id: Id) -> Option<Vec<u64>> {
         match &self.nodes[id] {
-            Node::Tuple(items) | Node::List(items) => items
-                .iter()
-                .map(|&i| self.int(i).and_then(|v| u64::try_from(v).ok()))
-                .collect(),
+            Node::Tuple(items) | Node::List(items) => items.iter().map(|&i| self.int(i).and_then(|v| u64::try_from(v).ok())).collect(),
             // torch.Size pickled as an object: torch.Size((2, 3))
             Node::Object { args, .. } if args.len() == 1 => self.uint_tuple(args[0]),
             _ => None,
@@ -953,9 +896,7 @@ impl<'a> Vm<'a> {
                     let mut pairs = Vec::with_capacity(l.len());
                     for &p in l {
                         match &self.nodes[p] {
-                            Node::Tuple(kv) | Node::List(kv) if kv.len() == 2 => {
-                                pairs.push((kv[0], kv[1]))
-                            }
+                            Node::Tuple(kv) | Node::List(kv) if kv.len() == 2 => pairs.push((kv[0], kv[1])),
                             _ => return None,
                         }
                     }
@@ -967,18 +908,12 @@ impl<'a> Vm<'a> {
                 let items = match args {
                     [] => Vec::new(),
                     [it] => match &self.nodes[*it] {
-                        Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => {
-                            l.clone()
-                        }
+                        Node::List(l) | Node::Tuple(l) | Node::Set(l) | Node::FrozenSet(l) => l.clone(),
                         _ => return None,
                     },
                     _ => return None,
                 };
-                Some(if name == "set" {
-                    Node::Set(items)
-                } else {
-                    Node::FrozenSet(items)
-                })
+                Some(if name == "set" { Node::Set(items) } else { Node::FrozenSet(items) })
             }
             ("builtins", "bytearray") | ("builtins", "bytes") => match args {
                 [] => Some(Node::Bytes(Vec::new())),
@@ -997,10 +932,7 @@ impl<'a> Vm<'a> {
                 if enc != "latin1" && enc != "latin-1" {
                     return None;
                 }
-                s.chars()
-                    .map(|c| u8::try_from(c as u32).ok())
-                    .collect::<Option<Vec<u8>>>()
-                    .map(Node::Bytes)
+                s.chars().map(|c| u8::try_from(c as u32).ok()).collect::<Option<Vec<u8>>>().map(Node::Bytes)
             }
             ("copyreg", "_reconstructor") => {
                 let [class, ..] = args else { return None };
@@ -1017,17 +949,9 @@ impl<'a> Vm<'a> {
                 let shape = self.uint_tuple(args[2])?;
                 let stride = self.uint_tuple(args[3])?;
                 let requires_grad = args.get(4).and_then(|&a| self.int(a)).unwrap_or(0) != 0;
-                Some(Node::Tensor(TensorRef {
-                    storage: storage.clone(),
-                    offset,
-                    shape,
-                    stride,
-                    requires_grad,
-                    is_parameter: false,
-                }))
+                Some(Node::Tensor(TensorRef { storage: storage.clone(), offset, shape, stride, requires_grad, is_parameter: false }))
             }
-            ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => {
+            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
                 let Node::Tensor(t) = &self.nodes[*args.first()?] else {
                     return None;
                 };
@@ -1090,35 +1014,22 @@ impl<'a> Vm<'a> {
             Some(_) => return None,
         };
         let (dtype, elem_size) = storage_dtype(name);
-        Some(StorageRef {
-            key,
-            storage_type: format!("{module}.{name}"),
-            dtype,
-            elem_size,
-            location,
-            numel,
-            view,
-        })
+        Some(StorageRef { key, storage_type: format!("{module}.{name}"), dtype, elem_size, location, numel, view })
     }
 
     fn to_value(&self, id: Id, depth: usize, budget: &mut usize) -> Result<Value, String> {
         if depth > MAX_DEPTH {
-            return Err(format!(
-                "the object graph is nested deeper than {MAX_DEPTH} levels (or is cyclic)"
-            ));
+            return Err(format!("the object graph is nested deeper than {MAX_DEPTH} levels (or is cyclic)"));
         }
         if *budget == 0 {
             return Err("the object graph is too large for the pickle's size (shared references expand too much)".into());
         }
         *budget -= 1;
         let d = depth + 1;
-        let list = |ids: &[Id], budget: &mut usize| -> Result<Vec<Value>, String> {
-            ids.iter().map(|&i| self.to_value(i, d, budget)).collect()
-        };
+        let list =
+            |ids: &[Id], budget: &mut usize| -> Result<Vec<Value>, String> { ids.iter().map(|&i| self.to_value(i, d, budget)).collect() };
         let pairs = |ids: &[(Id, Id)], budget: &mut usize| -> Result<Vec<(Value, Value)>, String> {
-            ids.iter()
-                .map(|&(k, v)| Ok((self.to_value(k, d, budget)?, self.to_value(v, d, budget)?)))
-                .collect()
+            ids.iter().map(|&(k, v)| Ok((self.to_value(k, d, budget)?, self.to_value(v, d, budget)?))).collect()
         };
         Ok(match &self.nodes[id] {
             Node::None => Value::None,
@@ -1133,18 +1044,8 @@ impl<'a> Vm<'a> {
             Node::Set(l) => Value::Set(list(l, budget)?),
             Node::FrozenSet(l) => Value::FrozenSet(list(l, budget)?),
             Node::Dict(p) => Value::Dict(pairs(p, budget)?),
-            Node::Class { module, name } => Value::Class {
-                module: module.clone(),
-                name: name.clone(),
-            },
-            Node::Object {
-                class,
-                args,
-                kwargs,
-                state,
-                list_items,
-                dict_items,
-            } => Value::Object {
+            Node::Class { module, name } => Value::Class { module: module.clone(), name: name.clone() },
+            Node::Object { class, args, kwargs, state, list_items, dict_items } => Value::Object {
                 class: Box::new(self.to_value(*class, d, budget)?),
                 args: list(args, budget)?,
                 kwargs: pairs(kwargs, budget)?,
@@ -1163,14 +1064,7 @@ impl<'a> Vm<'a> {
 }
 
 fn object(class: Id, args: Vec<Id>, kwargs: Vec<(Id, Id)>) -> Node {
-    Node::Object {
-        class,
-        args,
-        kwargs,
-        state: None,
-        list_items: Vec::new(),
-        dict_items: Vec::new(),
-    }
+    Node::Object { class, args, kwargs, state: None, list_items: Vec::new(), dict_items: Vec::new() }
 }
 
 /// Little-endian two's complement bytes → Int when it fits in i64, else BigInt.
@@ -1209,14 +1103,8 @@ mod tests {
         assert_eq!(val(b"\x80\x02M\x01\x02."), Value::Int(0x0201));
         assert_eq!(val(b"\x80\x02\x8a\x01\xff."), Value::Int(-1));
         assert_eq!(val(b"\x80\x02\x8a\x00."), Value::Int(0));
-        assert_eq!(
-            val(b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x80\x00."),
-            Value::BigInt(vec![0, 0, 0, 0, 0, 0, 0, 0x80, 0])
-        );
-        assert_eq!(
-            val(b"\x80\x02G?\xf0\x00\x00\x00\x00\x00\x00."),
-            Value::Float(1.0)
-        );
+        assert_eq!(val(b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x80\x00."), Value::BigInt(vec![0, 0, 0, 0, 0, 0, 0, 0x80, 0]));
+        assert_eq!(val(b"\x80\x02G?\xf0\x00\x00\x00\x00\x00\x00."), Value::Float(1.0));
         assert_eq!(val(b"\x80\x02\x88."), Value::Bool(true));
         assert_eq!(val(b"\x80\x04\x8c\x02hi\x94."), Value::Str("hi".into()));
         assert_eq!(val(b"I01\n."), Value::Bool(true));
@@ -1234,18 +1122,9 @@ mod tests {
 
     #[test]
     fn unknown_class_is_generic_object_with_state() {
-        let p =
-            b"\x80\x02cargparse\nNamespace\nq\x00)\x81}X\x02\x00\x00\x00lrG?@bM\xd2\xf1\xa9\xfcsb.";
-        let Value::Object { class, state, .. } = val(p) else {
-            panic!()
-        };
-        assert_eq!(
-            *class,
-            Value::Class {
-                module: "argparse".into(),
-                name: "Namespace".into()
-            }
-        );
+        let p = b"\x80\x02cargparse\nNamespace\nq\x00)\x81}X\x02\x00\x00\x00lrG?@bM\xd2\xf1\xa9\xfcsb.";
+        let Value::Object { class, state, .. } = val(p) else { panic!() };
+        assert_eq!(*class, Value::Class { module: "argparse".into(), name: "Namespace".into() });
         let state = state.unwrap();
         assert!(matches!(state.get("lr"), Some(Value::Float(_))));
     }
@@ -1279,9 +1158,6 @@ mod tests {
         }
         p.push(b'.');
         let e = load(&p).unwrap_err();
-        assert!(
-            e.message.contains("too large") || e.message.contains("deeper"),
-            "{e}"
-        );
+        assert!(e.message.contains("too large") || e.message.contains("deeper"), "{e}");
     }
 }

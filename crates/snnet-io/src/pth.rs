@@ -33,18 +33,12 @@ pub const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0x
 pub const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 /// Entry names tried, in order, when the root object is not itself a state dict.
-pub const STATE_DICT_ENTRIES: [&str; 5] =
-    ["model", "state_dict", "model_state_dict", "module", "net"];
+pub const STATE_DICT_ENTRIES: [&str; 5] = ["model", "state_dict", "model_state_dict", "module", "net"];
 
 #[derive(Debug)]
 enum Store<'a> {
-    Zip {
-        archive: ZipArchive<'a>,
-        prefix: String,
-    },
-    Legacy {
-        blobs: HashMap<String, (&'a [u8], usize)>,
-    },
+    Zip { archive: ZipArchive<'a>, prefix: String },
+    Legacy { blobs: HashMap<String, (&'a [u8], usize)> },
 }
 
 /// A parsed `.pth` file: the object tree and access to its storages.
@@ -85,11 +79,7 @@ impl<'a> TorchFile<'a> {
 
     /// Parses a `torch.save` zip archive.
     pub fn parse_zip(bytes: &'a [u8], file: &str) -> Result<Self> {
-        let zip_err = |e: crate::zip::ZipError| Error::Zip {
-            file: file.into(),
-            entry: e.entry,
-            message: e.message,
-        };
+        let zip_err = |e: crate::zip::ZipError| Error::Zip { file: file.into(), entry: e.entry, message: e.message };
         let archive = ZipArchive::new(bytes).map_err(zip_err)?;
         let pkl = archive
             .entries()
@@ -129,11 +119,7 @@ impl<'a> TorchFile<'a> {
             },
         };
         let data = archive.read(pkl).map_err(zip_err)?;
-        let loaded = pickle::load(&data).map_err(|err| Error::Pickle {
-            file: file.into(),
-            part: pkl_name.clone(),
-            err,
-        })?;
+        let loaded = pickle::load(&data).map_err(|err| Error::Pickle { file: file.into(), part: pkl_name.clone(), err })?;
         Ok(TorchFile {
             format: Format::TorchZip,
             root: loaded.value,
@@ -146,20 +132,13 @@ impl<'a> TorchFile<'a> {
 
     /// Parses the legacy (non-zip) `torch.save` format.
     pub fn parse_legacy(bytes: &'a [u8], file: &str) -> Result<Self> {
-        let legacy = |message: String| Error::Legacy {
-            file: file.into(),
-            message,
-        };
+        let legacy = |message: String| Error::Legacy { file: file.into(), message };
         let mut pos = 0usize;
         let next = |part: &str, pos: &mut usize| -> Result<pickle::Loaded> {
             let start = *pos;
             let mut loaded = pickle::load(&bytes[start..]).map_err(|mut err| {
                 err.offset += start;
-                Error::Pickle {
-                    file: file.into(),
-                    part: part.into(),
-                    err,
-                }
+                Error::Pickle { file: file.into(), part: part.into(), err }
             })?;
             *pos = start + loaded.consumed;
             loaded.consumed = *pos;
@@ -170,9 +149,7 @@ impl<'a> TorchFile<'a> {
             Err(err) => {
                 return Err(Error::UnknownFormat {
                     file: file.into(),
-                    reason: format!(
-                        "starts like a Python pickle, but the first pickle (torch's magic number) is unreadable: {err}"
-                    ),
+                    reason: format!("starts like a Python pickle, but the first pickle (torch's magic number) is unreadable: {err}"),
                 })
             }
         };
@@ -180,25 +157,16 @@ impl<'a> TorchFile<'a> {
         if !is_magic {
             return Err(Error::UnknownFormat {
                 file: file.into(),
-                reason: format!(
-                    "a Python pickle of a {}, not a torch.save file (no legacy magic number)",
-                    magic.value.kind()
-                ),
+                reason: format!("a Python pickle of a {}, not a torch.save file (no legacy magic number)", magic.value.kind()),
             });
         }
         pos += magic.consumed;
         let version = next("legacy protocol-version pickle", &mut pos)?;
         if version.value.as_int() != Some(LEGACY_PROTOCOL_VERSION) {
-            return Err(legacy(format!(
-                "unsupported protocol version {:?} (expected {LEGACY_PROTOCOL_VERSION})",
-                version.value
-            )));
+            return Err(legacy(format!("unsupported protocol version {:?} (expected {LEGACY_PROTOCOL_VERSION})", version.value)));
         }
         let sys_info = next("legacy sys_info pickle", &mut pos)?;
-        let big_endian = matches!(
-            sys_info.value.get("little_endian"),
-            Some(Value::Bool(false))
-        );
+        let big_endian = matches!(sys_info.value.get("little_endian"), Some(Value::Bool(false)));
         let object = next("legacy object pickle", &mut pos)?;
         let keys = next("legacy storage-key pickle", &mut pos)?;
         let keys = match &keys.value {
@@ -206,61 +174,34 @@ impl<'a> TorchFile<'a> {
                 .iter()
                 .map(|k| k.as_str().map(str::to_owned))
                 .collect::<Option<Vec<String>>>()
-                .ok_or_else(|| {
-                    legacy("the storage-key list holds something that is not a string".into())
-                })?,
-            other => {
-                return Err(legacy(format!(
-                    "the storage-key pickle is a {}, not a list",
-                    other.kind()
-                )))
-            }
+                .ok_or_else(|| legacy("the storage-key list holds something that is not a string".into()))?,
+            other => return Err(legacy(format!("the storage-key pickle is a {}, not a list", other.kind()))),
         };
-        let sizes: HashMap<&str, &StorageRef> = object
-            .storages
-            .iter()
-            .map(|s| (s.key.as_str(), s))
-            .collect();
+        let sizes: HashMap<&str, &StorageRef> = object.storages.iter().map(|s| (s.key.as_str(), s)).collect();
         let mut blobs = HashMap::new();
         for key in &keys {
-            let s = sizes.get(key.as_str()).ok_or_else(|| {
-                legacy(format!(
-                    "storage '{key}' is listed but no object in the pickle refers to it"
-                ))
+            let s = sizes
+                .get(key.as_str())
+                .ok_or_else(|| legacy(format!("storage '{key}' is listed but no object in the pickle refers to it")))?;
+            let es = s
+                .elem_size
+                .ok_or_else(|| legacy(format!("storage '{key}' has unknown type {}: cannot tell where its data ends", s.storage_type)))?;
+            let head = bytes.get(pos..pos.saturating_add(8)).ok_or_else(|| Error::Storage {
+                file: file.into(),
+                key: key.clone(),
+                location: format!("legacy data at byte {pos}"),
+                message: format!("truncated: the 8-byte element count is missing ({} bytes remain)", bytes.len().saturating_sub(pos)),
             })?;
-            let es = s.elem_size.ok_or_else(|| {
-                legacy(format!(
-                    "storage '{key}' has unknown type {}: cannot tell where its data ends",
-                    s.storage_type
-                ))
-            })?;
-            let head = bytes
-                .get(pos..pos.saturating_add(8))
-                .ok_or_else(|| Error::Storage {
-                    file: file.into(),
-                    key: key.clone(),
-                    location: format!("legacy data at byte {pos}"),
-                    message: format!(
-                        "truncated: the 8-byte element count is missing ({} bytes remain)",
-                        bytes.len().saturating_sub(pos)
-                    ),
-                })?;
             let mut a = [0u8; 8];
             a.copy_from_slice(head);
-            let count = if big_endian {
-                u64::from_be_bytes(a)
-            } else {
-                u64::from_le_bytes(a)
-            };
+            let count = if big_endian { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) };
             let start = pos + 8;
             let remain = (bytes.len() - start) as u64;
             let nbytes = count.checked_mul(es as u64).filter(|&n| n <= remain).ok_or_else(|| Error::Storage {
                 file: file.into(),
                 key: key.clone(),
                 location: format!("legacy data at byte {pos}"),
-                message: format!(
-                    "holds {count} elements of {es} bytes but only {remain} bytes remain: truncated or corrupt file"
-                ),
+                message: format!("holds {count} elements of {es} bytes but only {remain} bytes remain: truncated or corrupt file"),
             })? as usize;
             blobs.insert(key.clone(), (&bytes[start..start + nbytes], start));
             pos = start + nbytes;
@@ -291,11 +232,7 @@ impl<'a> TorchFile<'a> {
                     location: format!("zip entry '{name}'"),
                     message: "missing: the archive has no such entry".into(),
                 })?;
-                archive.read(entry).map_err(|e| Error::Zip {
-                    file: self.file.clone(),
-                    entry: e.entry,
-                    message: e.message,
-                })
+                archive.read(entry).map_err(|e| Error::Zip { file: self.file.clone(), entry: e.entry, message: e.message })
             }
             Store::Legacy { blobs } => match blobs.get(key) {
                 Some((b, _)) => Ok(Cow::Borrowed(*b)),
@@ -321,10 +258,7 @@ impl<'a> TorchFile<'a> {
 
     /// Finds the state dict in the object tree (see [`find_state_dict`]).
     pub fn state_dict(&self) -> Result<StateDict<'_>> {
-        find_state_dict(&self.root).map_err(|message| Error::StateDict {
-            file: self.file.clone(),
-            message,
-        })
+        find_state_dict(&self.root).map_err(|message| Error::StateDict { file: self.file.clone(), message })
     }
 
     /// Copies one tensor out of its storage as a contiguous little-endian
@@ -360,18 +294,9 @@ impl<'a> TorchFile<'a> {
         budget: &mut u64,
         cache: &mut HashMap<String, Cow<'a, [u8]>>,
     ) -> Result<RawTensor> {
-        let terr = |message: String| Error::Tensor {
-            file: self.file.clone(),
-            tensor: name.into(),
-            message,
-        };
+        let terr = |message: String| Error::Tensor { file: self.file.clone(), tensor: name.into(), message };
         let s = &t.storage;
-        let dtype = s.dtype.ok_or_else(|| {
-            terr(format!(
-                "unsupported storage type {} (no matching element type)",
-                s.storage_type
-            ))
-        })?;
+        let dtype = s.dtype.ok_or_else(|| terr(format!("unsupported storage type {} (no matching element type)", s.storage_type)))?;
         let es = dtype.size() as u64;
         if !cache.contains_key(&s.key) {
             let b = self.storage_bytes(&s.key)?;
@@ -384,12 +309,8 @@ impl<'a> TorchFile<'a> {
             location: self.storage_location(&s.key),
             message,
         };
-        let declared = s.numel.checked_mul(es).ok_or_else(|| {
-            serr(format!(
-                "declares {} elements of {es} bytes: the size overflows",
-                s.numel
-            ))
-        })?;
+        let declared =
+            s.numel.checked_mul(es).ok_or_else(|| serr(format!("declares {} elements of {es} bytes: the size overflows", s.numel)))?;
         if (bytes.len() as u64) < declared {
             return Err(serr(format!(
                 "holds {} bytes, but the pickle declares {} elements of {dtype} = {declared} bytes (expected {declared}, actual {})",
@@ -402,19 +323,13 @@ impl<'a> TorchFile<'a> {
             None => (0, s.numel),
             Some((off, n)) => {
                 if off.checked_add(n).is_none_or(|end| end > s.numel) {
-                    return Err(serr(format!(
-                        "legacy storage view (offset {off}, {n} elements) exceeds its {} elements",
-                        s.numel
-                    )));
+                    return Err(serr(format!("legacy storage view (offset {off}, {n} elements) exceeds its {} elements", s.numel)));
                 }
                 (off, n)
             }
         };
         if t.shape.len() != t.stride.len() {
-            return Err(terr(format!(
-                "shape {:?} and stride {:?} have different ranks",
-                t.shape, t.stride
-            )));
+            return Err(terr(format!("shape {:?} and stride {:?} have different ranks", t.shape, t.stride)));
         }
         let numel = t
             .shape
@@ -432,19 +347,9 @@ impl<'a> TorchFile<'a> {
             .collect::<std::result::Result<Vec<usize>, _>>()
             .map_err(|_| terr(format!("shape {:?} does not fit in memory", t.shape)))?;
         if numel == 0 {
-            return Ok(RawTensor {
-                dtype,
-                shape,
-                bytes: Vec::new(),
-            });
+            return Ok(RawTensor { dtype, shape, bytes: Vec::new() });
         }
-        let max = t
-            .shape
-            .iter()
-            .zip(&t.stride)
-            .try_fold(t.offset, |a, (&d, &st)| {
-                (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
-            });
+        let max = t.shape.iter().zip(&t.stride).try_fold(t.offset, |a, (&d, &st)| (d - 1).checked_mul(st).and_then(|x| a.checked_add(x)));
         match max {
             Some(m) if m < limit => {}
             _ => {
@@ -478,24 +383,13 @@ impl<'a> TorchFile<'a> {
                 c.reverse();
             }
         }
-        Ok(RawTensor {
-            dtype,
-            shape,
-            bytes: out,
-        })
+        Ok(RawTensor { dtype, shape, bytes: out })
     }
 }
 
 /// Copies the strided view to a contiguous buffer. The caller has checked
 /// that every index is in bounds; `None` if that were not so.
-fn gather(
-    src: &[u8],
-    es: usize,
-    offset: u64,
-    shape: &[u64],
-    stride: &[u64],
-    out_bytes: usize,
-) -> Option<Vec<u8>> {
+fn gather(src: &[u8], es: usize, offset: u64, shape: &[u64], stride: &[u64], out_bytes: usize) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(out_bytes);
     let el = |i: u64| -> Option<&[u8]> {
         let i = usize::try_from(i).ok()?;
@@ -616,17 +510,11 @@ pub fn find_state_dict(root: &Value) -> std::result::Result<StateDict<'_>, Strin
     };
     match classify(root) {
         Shape::Tensors(tensors) => {
-            return Ok(StateDict {
-                entry: None,
-                tensors,
-                other_entries: Vec::new(),
-            });
+            return Ok(StateDict { entry: None, tensors, other_entries: Vec::new() });
         }
         Shape::Mixed { key, kind } => {
             if !STATE_DICT_ENTRIES.iter().any(|e| root.get(e).is_some()) {
-                return Err(format!(
-                    "the root dict holds tensors, but key '{key}' holds a {kind}, not a tensor: not a state dict"
-                ));
+                return Err(format!("the root dict holds tensors, but key '{key}' holds a {kind}, not a tensor: not a state dict"));
             }
         }
         Shape::NotDict | Shape::NoTensors => {}
@@ -643,27 +531,17 @@ pub fn find_state_dict(root: &Value) -> std::result::Result<StateDict<'_>, Strin
                         other_entries.push(k);
                     }
                 }
-                return Ok(StateDict {
-                    entry: Some(name.to_owned()),
-                    tensors,
-                    other_entries,
-                });
+                return Ok(StateDict { entry: Some(name.to_owned()), tensors, other_entries });
             }
             Shape::Mixed { key, kind } => {
-                return Err(format!(
-                    "entry '{name}' holds tensors, but its key '{key}' holds a {kind}, not a tensor"
-                ));
+                return Err(format!("entry '{name}' holds tensors, but its key '{key}' holds a {kind}, not a tensor"));
             }
             Shape::Tensors(_) => notes.push(format!("'{name}' is an empty dict")),
             Shape::NoTensors => notes.push(format!("'{name}' is a dict without tensors")),
             Shape::NotDict => notes.push(format!("'{name}' is a {}", v.kind())),
         }
     }
-    let keys: Vec<String> = items
-        .iter()
-        .take(20)
-        .map(|(k, _)| format!("'{}'", key_name(k)))
-        .collect();
+    let keys: Vec<String> = items.iter().take(20).map(|(k, _)| format!("'{}'", key_name(k))).collect();
     Err(format!(
         "no state dict found: the root dict's keys are [{}{}] and none of {} holds a dict of tensors{}",
         keys.join(", "),

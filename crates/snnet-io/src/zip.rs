@@ -39,10 +39,7 @@ impl fmt::Display for ZipError {
 impl std::error::Error for ZipError {}
 
 fn err(message: impl Into<String>) -> ZipError {
-    ZipError {
-        entry: None,
-        message: message.into(),
-    }
+    ZipError { entry: None, message: message.into() }
 }
 
 /// One file of the archive, as the central directory describes it.
@@ -119,9 +116,7 @@ fn find_eocd(data: &[u8]) -> Result<usize, ZipError> {
             fallback.get_or_insert(pos);
         }
     }
-    fallback.ok_or_else(|| {
-        err("no end-of-central-directory record: the file is truncated or not a zip archive")
-    })
+    fallback.ok_or_else(|| err("no end-of-central-directory record: the file is truncated or not a zip archive"))
 }
 
 fn read_directory(data: &[u8], eocd: usize) -> Result<Directory, ZipError> {
@@ -135,33 +130,19 @@ fn read_directory(data: &[u8], eocd: usize) -> Result<Directory, ZipError> {
         let rec = rec.filter(|&r| u32_at(data, r) == Some(ZIP64_EOCD_SIG));
         match rec {
             Some(r) => {
-                let (Some(count), Some(size), Some(offset)) = (
-                    u64_at(data, r + 32),
-                    u64_at(data, r + 40),
-                    u64_at(data, r + 48),
-                ) else {
+                let (Some(count), Some(size), Some(offset)) = (u64_at(data, r + 32), u64_at(data, r + 40), u64_at(data, r + 48)) else {
                     return Err(err("truncated ZIP64 end-of-central-directory record"));
                 };
-                return Ok(Directory {
-                    offset,
-                    size,
-                    count,
-                });
+                return Ok(Directory { offset, size, count });
             }
             None => {
                 if count16 == u16::MAX || size32 == u32::MAX || offset32 == u32::MAX {
-                    return Err(err(
-                        "the ZIP64 locator points outside the file: truncated or corrupt archive",
-                    ));
+                    return Err(err("the ZIP64 locator points outside the file: truncated or corrupt archive"));
                 }
             }
         }
     }
-    Ok(Directory {
-        offset: offset32 as u64,
-        size: size32 as u64,
-        count: count16 as u64,
-    })
+    Ok(Directory { offset: offset32 as u64, size: size32 as u64, count: count16 as u64 })
 }
 
 impl<'a> ZipArchive<'a> {
@@ -190,11 +171,7 @@ impl<'a> ZipArchive<'a> {
         let mut entries = Vec::with_capacity(dir.count as usize);
         let mut pos = 0usize;
         for i in 0..dir.count {
-            let entry = parse_central(cd, pos).ok_or_else(|| {
-                err(format!(
-                    "central directory record {i} is truncated or corrupt"
-                ))
-            })?;
+            let entry = parse_central(cd, pos).ok_or_else(|| err(format!("central directory record {i} is truncated or corrupt")))?;
             pos = entry.1;
             entries.push(entry.0);
         }
@@ -202,11 +179,7 @@ impl<'a> ZipArchive<'a> {
         for (i, e) in entries.iter().enumerate() {
             by_name.entry(e.name.clone()).or_insert(i);
         }
-        Ok(Self {
-            data,
-            entries,
-            by_name,
-        })
+        Ok(Self { data, entries, by_name })
     }
 
     /// All entries, in central-directory order.
@@ -222,10 +195,7 @@ impl<'a> ZipArchive<'a> {
     /// The uncompressed bytes of an entry, borrowed when it is STORED.
     /// Checks sizes and the CRC-32.
     pub fn read(&self, entry: &ZipEntry) -> Result<Cow<'a, [u8]>, ZipError> {
-        self.read_inner(entry).map_err(|message| ZipError {
-            entry: Some(entry.name.clone()),
-            message,
-        })
+        self.read_inner(entry).map_err(|message| ZipError { entry: Some(entry.name.clone()), message })
     }
 
     fn read_inner(&self, e: &ZipEntry) -> Result<Cow<'a, [u8]>, String> {
@@ -235,43 +205,28 @@ impl<'a> ZipArchive<'a> {
         let data = self.data;
         let off = usize::try_from(e.local_header_offset)
             .ok()
-            .filter(|&o| {
-                o.checked_add(LOCAL_LEN)
-                    .is_some_and(|end| end <= data.len())
-            })
+            .filter(|&o| o.checked_add(LOCAL_LEN).is_some_and(|end| end <= data.len()))
             .ok_or_else(|| {
-                format!(
-                    "local header at offset {} lies outside the file ({} bytes): truncated archive",
-                    e.local_header_offset,
-                    data.len()
-                )
+                format!("local header at offset {} lies outside the file ({} bytes): truncated archive", e.local_header_offset, data.len())
             })?;
         if u32_at(data, off) != Some(LOCAL_SIG) {
-            return Err(format!(
-                "no local header signature at offset {off}: corrupt archive"
-            ));
+            return Err(format!("no local header signature at offset {off}: corrupt archive"));
         }
         let name_len = u16_at(data, off + 26).unwrap_or(0) as usize;
         let extra_len = u16_at(data, off + 28).unwrap_or(0) as usize;
         let start = off + LOCAL_LEN + name_len + extra_len;
         let stored = usize::try_from(e.compressed_size).unwrap_or(usize::MAX);
-        let raw = start
-            .checked_add(stored)
-            .and_then(|end| data.get(start..end))
-            .ok_or_else(|| {
-                format!(
-                    "its data ({} bytes at offset {start}) runs past the end of the file ({} bytes): truncated archive",
-                    e.compressed_size,
-                    data.len()
-                )
-            })?;
+        let raw = start.checked_add(stored).and_then(|end| data.get(start..end)).ok_or_else(|| {
+            format!(
+                "its data ({} bytes at offset {start}) runs past the end of the file ({} bytes): truncated archive",
+                e.compressed_size,
+                data.len()
+            )
+        })?;
         let out: Cow<'a, [u8]> = match e.method {
             0 => {
                 if e.compressed_size != e.size {
-                    return Err(format!(
-                        "STORED entry has compressed size {} but size {}",
-                        e.compressed_size, e.size
-                    ));
+                    return Err(format!("STORED entry has compressed size {} but size {}", e.compressed_size, e.size));
                 }
                 Cow::Borrowed(raw)
             }
@@ -280,26 +235,15 @@ impl<'a> ZipArchive<'a> {
                 let v = miniz_oxide::inflate::decompress_to_vec_with_limit(raw, limit)
                     .map_err(|x| format!("cannot inflate DEFLATED data: {x}"))?;
                 if v.len() as u64 != e.size {
-                    return Err(format!(
-                        "inflated to {} bytes but the directory says {}",
-                        v.len(),
-                        e.size
-                    ));
+                    return Err(format!("inflated to {} bytes but the directory says {}", v.len(), e.size));
                 }
                 Cow::Owned(v)
             }
-            m => {
-                return Err(format!(
-                    "unsupported compression method {m} (only STORED and DEFLATED)"
-                ))
-            }
+            m => return Err(format!("unsupported compression method {m} (only STORED and DEFLATED)")),
         };
         let crc = crc32(&out);
         if crc != e.crc32 {
-            return Err(format!(
-                "CRC-32 mismatch (expected {:08x}, computed {crc:08x}): corrupt data",
-                e.crc32
-            ));
+            return Err(format!("CRC-32 mismatch (expected {:08x}, computed {crc:08x}): corrupt data", e.crc32));
         }
         Ok(out)
     }
@@ -351,18 +295,7 @@ fn parse_central(cd: &[u8], pos: usize) -> Option<(ZipEntry, usize)> {
         p += 4 + len;
     }
     let name = String::from_utf8_lossy(name).into_owned();
-    Some((
-        ZipEntry {
-            name,
-            method,
-            flags,
-            crc32,
-            compressed_size,
-            size,
-            local_header_offset,
-        },
-        next,
-    ))
+    Some((ZipEntry { name, method, flags, crc32, compressed_size, size, local_header_offset }, next))
 }
 
 const CRC_TABLES: [[u32; 256]; 8] = {
@@ -372,11 +305,7 @@ const CRC_TABLES: [[u32; 256]; 8] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         t[0][i] = c;
@@ -425,8 +354,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 pub fn write_stored(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
-    let small =
-        |v: usize| u32::try_from(v).expect("write_stored: entry too large for a zip32 archive");
+    let small = |v: usize| u32::try_from(v).expect("write_stored: entry too large for a zip32 archive");
     for (name, data) in entries {
         let offset = small(out.len());
         let crc = crc32(data);
@@ -478,11 +406,7 @@ mod tests {
         for &b in &long {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             }
         }
         assert_eq!(crc32(&long), !c);

@@ -9,10 +9,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-pub use strategies::{
-    combinations, nearest_map, paired_stitching, unpaired_stitching, PairedStitching, PairedVariant,
-    Position,
-};
+pub use strategies::{combinations, nearest_map, paired_stitching, unpaired_stitching, PairedStitching, PairedVariant, Position};
 
 use crate::{
     error::{Error, Result},
@@ -47,13 +44,7 @@ impl Default for SpaceSettings {
 impl SpaceSettings {
     /// Official DeiT settings: kernel 2, stride 1, nearest stitching, all blocks.
     pub fn deit() -> Self {
-        Self {
-            kernel_size: 2,
-            stride: 1,
-            nearest_stitching: true,
-            stitched_stages: None,
-            paired_variant: PairedVariant::All,
-        }
+        Self { kernel_size: 2, stride: 1, nearest_stitching: true, stitched_stages: None, paired_variant: PairedVariant::All }
     }
 
     /// Official Swin settings: stages 0–2, forward pairs.
@@ -63,11 +54,7 @@ impl SpaceSettings {
 
     /// Official ResNet-family settings (ResNet-18/50, ResNet-18 → Swin-T): stages 1–2.
     pub fn resnet() -> Self {
-        Self {
-            stitched_stages: Some(vec![1, 2]),
-            paired_variant: PairedVariant::ForwardNoEntry,
-            ..Self::deit()
-        }
+        Self { stitched_stages: Some(vec![1, 2]), paired_variant: PairedVariant::ForwardNoEntry, ..Self::deit() }
     }
 
     /// Official LeViT settings: stages 0–1, forward pairs.
@@ -76,9 +63,7 @@ impl SpaceSettings {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |setting: &str, reason: &str| {
-            Err(Error::InvalidSettings { setting: setting.into(), reason: reason.into() })
-        };
+        let bad = |setting: &str, reason: &str| Err(Error::InvalidSettings { setting: setting.into(), reason: reason.into() });
         if self.kernel_size == 0 {
             return bad("kernel_size", "must be at least 1");
         }
@@ -333,8 +318,7 @@ impl Builder<'_> {
         } else {
             (2..=n).flat_map(|r| combinations(n, r)).collect()
         };
-        let choices: Vec<(Position, usize)> =
-            paired.positions.iter().copied().zip(paired.layers.iter().copied()).collect();
+        let choices: Vec<(Position, usize)> = paired.positions.iter().copied().zip(paired.layers.iter().copied()).collect();
         for comb in combs {
             for chain in chains(&choices, comb.len() - 1) {
                 let stitch_cfgs: Vec<Position> = chain.iter().map(|&(p, _)| p).collect();

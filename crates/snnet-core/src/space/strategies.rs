@@ -34,12 +34,7 @@ pub struct PairedStitching {
 ///
 /// A window of `kernel_size` blocks moves by `stride`; every window that contributes at least one
 /// new pair gets a fresh layer id, shared by the pairs it contributed.
-pub fn paired_stitching(
-    depth: usize,
-    kernel_size: usize,
-    stride: usize,
-    variant: PairedVariant,
-) -> PairedStitching {
+pub fn paired_stitching(depth: usize, kernel_size: usize, stride: usize, variant: PairedVariant) -> PairedStitching {
     let mut positions: Vec<Position> = Vec::new();
     let mut layers = Vec::new();
     let mut next_layer = 0usize;

@@ -83,10 +83,7 @@ impl P {
 
 /// A torch-style zip: `archive/data.pkl` plus `archive/data/<key>` storages.
 pub fn torch_zip(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
-    let names: Vec<String> = storages
-        .iter()
-        .map(|(k, _)| format!("archive/data/{k}"))
-        .collect();
+    let names: Vec<String> = storages.iter().map(|(k, _)| format!("archive/data/{k}")).collect();
     let mut entries: Vec<(&str, &[u8])> = vec![("archive/data.pkl", pickle)];
     for (n, (_, d)) in names.iter().zip(storages) {
         entries.push((n.as_str(), d));

@@ -1,17 +1,12 @@
 //! Broken files give errors that name the culprit.
 
-
-
 use super::common::*;
 use snnet_io::{parse_safetensors, read_weights, read_weights_file, Error};
 
 fn err(bytes: &[u8], name: &str) -> (Error, String) {
     let e = read_weights(bytes, name).expect_err("expected an error");
     let msg = e.to_string();
-    assert!(
-        msg.starts_with(name),
-        "the message must start with the file name: {msg}"
-    );
+    assert!(msg.starts_with(name), "the message must start with the file name: {msg}");
     (e, msg)
 }
 
@@ -31,13 +26,8 @@ fn truncated_zip() {
 
 #[test]
 fn truncated_pickle() {
-    let (e, msg) = err(
-        &fixture("err_truncated_pickle.pth"),
-        "err_truncated_pickle.pth",
-    );
-    let Error::Pickle { part, err, .. } = &e else {
-        panic!("{msg}")
-    };
+    let (e, msg) = err(&fixture("err_truncated_pickle.pth"), "err_truncated_pickle.pth");
+    let Error::Pickle { part, err, .. } = &e else { panic!("{msg}") };
     assert_eq!(part, "archive/data.pkl");
     assert!(err.offset > 0);
     assert!(msg.contains("archive/data.pkl"), "{msg}");
@@ -49,9 +39,7 @@ fn truncated_pickle() {
 #[test]
 fn storage_shorter_than_numel() {
     let (e, msg) = err(&fixture("err_short_storage.pth"), "err_short_storage.pth");
-    let Error::Storage { key, location, .. } = &e else {
-        panic!("{msg}")
-    };
+    let Error::Storage { key, location, .. } = &e else { panic!("{msg}") };
     assert_eq!(key, "0");
     assert_eq!(location, "zip entry 'archive/data/0'");
     // 6 f32 = 24 bytes expected, 10 present
@@ -61,14 +49,8 @@ fn storage_shorter_than_numel() {
 
 #[test]
 fn missing_storage_file() {
-    let (e, msg) = err(
-        &fixture("err_missing_storage.pth"),
-        "err_missing_storage.pth",
-    );
-    assert!(
-        matches!(&e, Error::Storage { key, .. } if key == "1"),
-        "{msg}"
-    );
+    let (e, msg) = err(&fixture("err_missing_storage.pth"), "err_missing_storage.pth");
+    assert!(matches!(&e, Error::Storage { key, .. } if key == "1"), "{msg}");
     assert!(msg.contains("archive/data/1"), "{msg}");
     assert!(msg.contains("missing"), "{msg}");
 }
@@ -78,9 +60,7 @@ fn not_a_weight_file() {
     let (e, msg) = err(b"", "empty.bin");
     assert!(matches!(e, Error::UnknownFormat { .. }), "{msg}");
     assert!(msg.contains("empty"), "{msg}");
-    let random: Vec<u8> = (0..300u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1)
-        .collect();
+    let random: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
     let (e, msg) = err(&random, "random.bin");
     assert!(matches!(e, Error::UnknownFormat { .. }), "{msg}");
     assert!(msg.contains("300 bytes"), "{msg}");
@@ -91,43 +71,24 @@ fn not_a_weight_file() {
     // A zip that is not torch's.
     let z = snnet_io::zip::write_stored(&[("hello.txt", b"hi")]);
     let (_, msg) = err(&z, "other.zip");
-    assert!(
-        msg.contains("no data.pkl") && msg.contains("hello.txt"),
-        "{msg}"
-    );
+    assert!(msg.contains("no data.pkl") && msg.contains("hello.txt"), "{msg}");
     let e = read_weights_file(std::path::Path::new("/nonexistent/w.pth")).unwrap_err();
-    assert!(
-        matches!(e, Error::Io { .. }) && e.to_string().contains("/nonexistent/w.pth"),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("/nonexistent/w.pth"), "{e}");
 }
 
 #[test]
 fn missing_memo_slot() {
     let z = torch_zip(b"\x80\x02}q\x00h\x07.", &[]);
     let (e, msg) = err(&z, "memo.pth");
-    let Error::Pickle { err, .. } = &e else {
-        panic!("{msg}")
-    };
+    let Error::Pickle { err, .. } = &e else { panic!("{msg}") };
     assert_eq!(err.offset, 5);
     assert_eq!(err.opcode, Some(b'h'));
-    assert!(
-        msg.contains("byte 5") && msg.contains("BINGET") && msg.contains("memo slot 7"),
-        "{msg}"
-    );
+    assert!(msg.contains("byte 5") && msg.contains("BINGET") && msg.contains("memo slot 7"), "{msg}");
 }
 
 #[test]
 fn no_state_dict_lists_keys() {
-    let p = P::new()
-        .op(b"}(")
-        .s("epoch")
-        .int(3)
-        .s("model")
-        .global("mymodels", "Net")
-        .op(b")\x81")
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("epoch").int(3).s("model").global("mymodels", "Net").op(b")\x81").op(b"u").stop();
     let (e, msg) = err(&torch_zip(&p, &[]), "whole_model.pth");
     assert!(matches!(e, Error::StateDict { .. }), "{msg}");
     assert!(msg.contains("'epoch'") && msg.contains("'model'"), "{msg}");
@@ -135,86 +96,35 @@ fn no_state_dict_lists_keys() {
     // A pickled nn.Module as root.
     let p = P::new().global("mymodels", "Net").op(b")\x81").stop();
     let (_, msg) = err(&torch_zip(&p, &[]), "module.pth");
-    assert!(
-        msg.contains("not a dict") && msg.contains("state_dict()"),
-        "{msg}"
-    );
+    assert!(msg.contains("not a dict") && msg.contains("state_dict()"), "{msg}");
 }
 
 #[test]
 fn non_tensor_in_state_dict_is_named() {
-    let p = P::new()
-        .op(b"}(")
-        .s("model")
-        .op(b"}(")
-        .s("w")
-        .tensor("0", 2, 0, &[2], &[1])
-        .s("n_averaged")
-        .int(3)
-        .op(b"u")
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("model").op(b"}(").s("w").tensor("0", 2, 0, &[2], &[1]).s("n_averaged").int(3).op(b"u").op(b"u").stop();
     let (e, msg) = err(&torch_zip(&p, &[("0", &[0u8; 8])]), "mixed.pth");
     assert!(matches!(e, Error::StateDict { .. }), "{msg}");
-    assert!(
-        msg.contains("'model'") && msg.contains("'n_averaged'") && msg.contains("int"),
-        "{msg}"
-    );
+    assert!(msg.contains("'model'") && msg.contains("'n_averaged'") && msg.contains("int"), "{msg}");
 }
 
 #[test]
 fn view_out_of_storage_bounds() {
-    let p = P::new()
-        .op(b"}(")
-        .s("w")
-        .tensor("0", 2, 1, &[2, 2], &[1, 1])
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("w").tensor("0", 2, 1, &[2, 2], &[1, 1]).op(b"u").stop();
     let (e, msg) = err(&torch_zip(&p, &[("0", &[0u8; 8])]), "oob.pth");
-    assert!(
-        matches!(&e, Error::Tensor { tensor, .. } if tensor == "w"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("reaches element 3") && msg.contains("has 2 elements"),
-        "{msg}"
-    );
+    assert!(matches!(&e, Error::Tensor { tensor, .. } if tensor == "w"), "{msg}");
+    assert!(msg.contains("reaches element 3") && msg.contains("has 2 elements"), "{msg}");
     // Strides whose products overflow.
-    let p = P::new()
-        .op(b"}(")
-        .s("w")
-        .tensor("0", 2, 0, &[3, 3], &[i64::MAX, 1])
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("w").tensor("0", 2, 0, &[3, 3], &[i64::MAX, 1]).op(b"u").stop();
     let (_, msg) = err(&torch_zip(&p, &[("0", &[0u8; 8])]), "ovf.pth");
-    assert!(
-        msg.contains("tensor 'w'") && msg.contains("beyond 2^64"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'w'") && msg.contains("beyond 2^64"), "{msg}");
     // A shape whose element count overflows.
-    let p = P::new()
-        .op(b"}(")
-        .s("w")
-        .tensor("0", 2, 0, &[1 << 40, 1 << 40], &[0, 0])
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("w").tensor("0", 2, 0, &[1 << 40, 1 << 40], &[0, 0]).op(b"u").stop();
     let (_, msg) = err(&torch_zip(&p, &[("0", &[0u8; 8])]), "big.pth");
-    assert!(
-        msg.contains("tensor 'w'") && msg.contains("overflows"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'w'") && msg.contains("overflows"), "{msg}");
     // A broadcast view that would expand a 4-byte storage to 4 GiB.
-    let p = P::new()
-        .op(b"}(")
-        .s("w")
-        .tensor("0", 1, 0, &[1 << 30], &[0])
-        .op(b"u")
-        .stop();
+    let p = P::new().op(b"}(").s("w").tensor("0", 1, 0, &[1 << 30], &[0]).op(b"u").stop();
     let (_, msg) = err(&torch_zip(&p, &[("0", &[0u8; 4])]), "bcast.pth");
-    assert!(
-        msg.contains("tensor 'w'") && msg.contains("expand"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'w'") && msg.contains("expand"), "{msg}");
 }
 
 #[test]
@@ -227,10 +137,7 @@ fn corrupt_entry_crc() {
     let data_at = (at + name.len()..z.len()).find(|&i| i % 64 == 0).unwrap();
     z[data_at] ^= 0xff;
     let (e, msg) = err(&z, "crc.pth");
-    assert!(
-        matches!(&e, Error::Zip { entry: Some(en), .. } if en == "archive/data/0"),
-        "{msg}"
-    );
+    assert!(matches!(&e, Error::Zip { entry: Some(en), .. } if en == "archive/data/0"), "{msg}");
     assert!(msg.contains("CRC"), "{msg}");
 }
 
@@ -241,10 +148,7 @@ fn truncated_legacy() {
     assert!(matches!(e, Error::Storage { .. }), "{msg}");
     assert!(msg.contains("truncated"), "{msg}");
     let (e, msg) = err(&full[..400], "legacy_cut2.pth");
-    assert!(
-        matches!(e, Error::Pickle { ref part, .. } if part == "legacy object pickle"),
-        "{msg}"
-    );
+    assert!(matches!(e, Error::Pickle { ref part, .. } if part == "legacy object pickle"), "{msg}");
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! Every fixture reads back to exactly the values torch saved
 //! (tests/fixtures/expected.json, written by make_pth_fixtures.py).
 
-
-
 use super::common::*;
 use snnet_io::pickle::Value;
 use snnet_io::pth::TorchFile;
@@ -11,18 +9,9 @@ use snnet_io::{read_weights, read_weights_file, DType, Format, RawTensor};
 fn int_values(t: &RawTensor) -> Vec<i64> {
     let b = &t.bytes;
     match t.dtype {
-        DType::I64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        DType::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect(),
-        DType::I16 => b
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes(c.try_into().unwrap()) as i64)
-            .collect(),
+        DType::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+        DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+        DType::I16 => b.chunks_exact(2).map(|c| i16::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
         DType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
         DType::U8 | DType::Bool => b.iter().map(|&x| x as i64).collect(),
         d => panic!("{d} is not an integer type"),
@@ -31,8 +20,7 @@ fn int_values(t: &RawTensor) -> Vec<i64> {
 
 #[test]
 fn every_fixture_matches_expected_values() {
-    let expected: serde_json::Value =
-        serde_json::from_slice(&fixture("expected.json")).expect("expected.json");
+    let expected: serde_json::Value = serde_json::from_slice(&fixture("expected.json")).expect("expected.json");
     let expected = expected.as_object().unwrap();
     assert!(expected.len() >= 9);
     for (name, exp) in expected {
@@ -45,17 +33,8 @@ fn every_fixture_matches_expected_values() {
             Format::TorchZip
         };
         assert_eq!(wf.format, want_format, "{name}");
-        assert_eq!(
-            wf.state_dict_entry.as_deref(),
-            exp["state_dict_entry"].as_str(),
-            "{name}"
-        );
-        let other: Vec<&str> = exp["other_entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        assert_eq!(wf.state_dict_entry.as_deref(), exp["state_dict_entry"].as_str(), "{name}");
+        let other: Vec<&str> = exp["other_entries"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(wf.other_entries, other, "{name}");
         let tensors = exp["tensors"].as_object().unwrap();
         let keys: Vec<&String> = wf.tensors.keys().collect();
@@ -64,17 +43,8 @@ fn every_fixture_matches_expected_values() {
         for (key, e) in tensors {
             let t = &wf.tensors[key];
             let ctx = format!("{name}: {key}");
-            assert_eq!(
-                format!("{:?}", t.dtype),
-                e["dtype"].as_str().unwrap(),
-                "{ctx}"
-            );
-            let shape: Vec<usize> = e["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect();
+            assert_eq!(format!("{:?}", t.dtype), e["dtype"].as_str().unwrap(), "{ctx}");
+            let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
             assert_eq!(t.shape, shape, "{ctx}");
             assert_eq!(t.bytes.len(), t.numel() * t.dtype.size(), "{ctx}");
             // Exact bytes (little-endian, contiguous) as torch holds them.
@@ -98,11 +68,7 @@ fn every_fixture_matches_expected_values() {
         }
         if let Some(meta) = exp.get("metadata") {
             for (k, v) in meta.as_object().unwrap() {
-                assert_eq!(
-                    wf.metadata.get(k).map(String::as_str),
-                    v.as_str(),
-                    "{name}: metadata {k}"
-                );
+                assert_eq!(wf.metadata.get(k).map(String::as_str), v.as_str(), "{name}: metadata {k}");
             }
         } else {
             assert!(wf.metadata.is_empty(), "{name}");
@@ -125,66 +91,35 @@ fn checkpoint_object_tree() {
     let root = &tf.root;
     assert_eq!(root.get("epoch"), Some(&Value::Int(3)));
     // args is an argparse.Namespace: a generic object whose BUILD state is its __dict__.
-    let Some(Value::Object {
-        class,
-        state: Some(state),
-        ..
-    }) = root.get("args")
-    else {
-        panic!("args: {:?}", root.get("args"))
-    };
-    assert_eq!(
-        **class,
-        Value::Class {
-            module: "argparse".into(),
-            name: "Namespace".into()
-        }
-    );
+    let Some(Value::Object { class, state: Some(state), .. }) = root.get("args") else { panic!("args: {:?}", root.get("args")) };
+    assert_eq!(**class, Value::Class { module: "argparse".into(), name: "Namespace".into() });
     assert_eq!(state.get("model"), Some(&Value::Str("x".into())));
     assert_eq!(state.get("lr"), Some(&Value::Float(5e-4)));
     assert_eq!(state.get("epochs"), Some(&Value::Int(300)));
     assert_eq!(state.get("distributed"), Some(&Value::Bool(false)));
     assert_eq!(state.get("none_val"), Some(&Value::None));
-    assert_eq!(
-        state.get("sizes"),
-        Some(&Value::List(vec![Value::Int(1), Value::Int(2)]))
-    );
-    assert_eq!(
-        state.get("pair"),
-        Some(&Value::Tuple(vec![Value::Int(3), Value::Int(4)]))
-    );
+    assert_eq!(state.get("sizes"), Some(&Value::List(vec![Value::Int(1), Value::Int(2)])));
+    assert_eq!(state.get("pair"), Some(&Value::Tuple(vec![Value::Int(3), Value::Int(4)])));
     // The optimizer state holds tensor references that are never materialised.
     let opt = root.get("optimizer").unwrap();
     let state = opt.get("state").and_then(Value::as_dict).unwrap();
     assert_eq!(state.len(), 4);
     let (_, p0) = &state[0];
-    assert!(
-        matches!(p0.get("exp_avg"), Some(Value::Tensor(_))),
-        "{p0:?}"
-    );
+    assert!(matches!(p0.get("exp_avg"), Some(Value::Tensor(_))), "{p0:?}");
     assert!(matches!(p0.get("step"), Some(Value::Tensor(_))), "{p0:?}");
     let groups = opt.get("param_groups").unwrap();
-    let Value::List(groups) = groups else {
-        panic!()
-    };
+    let Value::List(groups) = groups else { panic!() };
     assert_eq!(groups[0].get("initial_lr"), Some(&Value::Float(5e-4)));
     assert_eq!(groups[0].get("weight_decay"), Some(&Value::Float(0.05)));
-    assert!(
-        matches!(root.get("scaler").and_then(|s| s.get("scale")), Some(Value::Float(f)) if *f == 65536.0)
-    );
+    assert!(matches!(root.get("scaler").and_then(|s| s.get("scale")), Some(Value::Float(f)) if *f == 65536.0));
     // lr_scheduler: plain dict of numbers.
-    assert_eq!(
-        root.get("lr_scheduler").and_then(|s| s.get("T_max")),
-        Some(&Value::Int(10))
-    );
+    assert_eq!(root.get("lr_scheduler").and_then(|s| s.get("T_max")), Some(&Value::Int(10)));
     // Every storage referenced is listed (model + optimizer).
     assert!(tf.storages.len() >= 4 + 4 * 3, "{}", tf.storages.len());
     let sd = tf.state_dict().unwrap();
     assert_eq!(sd.entry.as_deref(), Some("model"));
     // An optimizer tensor can still be materialised on request.
-    let Some(Value::Tensor(t)) = p0.get("exp_avg") else {
-        panic!()
-    };
+    let Some(Value::Tensor(t)) = p0.get("exp_avg") else { panic!() };
     let raw = tf.materialize("optimizer.state.0.exp_avg", t).unwrap();
     assert_eq!(raw.dtype, DType::F32);
 }
@@ -194,20 +129,11 @@ fn views_parameters_and_storage_sharing() {
     let bytes = fixture("state_dict.pth");
     let tf = TorchFile::parse(&bytes, "state_dict.pth").unwrap();
     let sd = tf.state_dict().unwrap();
-    let get = |k: &str| {
-        sd.tensors
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, t)| *t)
-            .unwrap()
-    };
+    let get = |k: &str| sd.tensors.iter().find(|(n, _)| n == k).map(|(_, t)| *t).unwrap();
     assert!(get("param").is_parameter);
     assert!(!get("dense.weight").is_parameter);
     assert_eq!(get("dense.weight_t").stride, vec![1, 4]);
-    assert_eq!(
-        get("dense.weight_t").storage.key,
-        get("dense.weight").storage.key
-    );
+    assert_eq!(get("dense.weight_t").storage.key, get("dense.weight").storage.key);
     assert_eq!(get("slice").offset, 5);
     assert_eq!(get("strided").stride, vec![3]);
     assert_eq!(get("expanded").stride, vec![0, 0]);
@@ -293,10 +219,7 @@ fn legacy_storage_views() {
     assert_eq!(wf.tensors["v"].to_f32(), vec![3.0, 4.0]);
     // A view past its root storage is an error naming the storage.
     let mut file2 = file.clone();
-    let at = file2
-        .windows(9)
-        .position(|w| w == [0x8a, 8, 3, 0, 0, 0, 0, 0, 0])
-        .unwrap();
+    let at = file2.windows(9).position(|w| w == [0x8a, 8, 3, 0, 0, 0, 0, 0, 0]).unwrap();
     file2[at + 2] = 5; // view_numel 3 -> 5: 2 + 5 > 6
     let e = read_weights(&file2, "badview.pth").unwrap_err().to_string();
     assert!(e.contains("storage '0'") && e.contains("exceeds"), "{e}");

@@ -2,8 +2,6 @@
 //! of every fixture, both of the raw file and of the pickle inside a zip
 //! (re-wrapped with a valid CRC so the pickle reader, not the CRC check, sees it).
 
-
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::common::*;
@@ -64,11 +62,8 @@ fn pickle_truncations_and_corruptions_never_panic() {
         let Ok(archive) = ZipArchive::new(&full) else {
             continue;
         };
-        let Ok(entries) = archive
-            .entries()
-            .iter()
-            .map(|e| archive.read(e).map(|d| (e.name.clone(), d.into_owned())))
-            .collect::<Result<Vec<_>, _>>()
+        let Ok(entries) =
+            archive.entries().iter().map(|e| archive.read(e).map(|d| (e.name.clone(), d.into_owned()))).collect::<Result<Vec<_>, _>>()
         else {
             continue;
         };
@@ -77,26 +72,19 @@ fn pickle_truncations_and_corruptions_never_panic() {
         };
         let original = entries[pkl].1.clone();
         let wrap = |pickle: &[u8]| {
-            let list: Vec<(&str, &[u8])> = entries
-                .iter()
-                .enumerate()
-                .map(|(i, (n, d))| (n.as_str(), if i == pkl { pickle } else { d.as_slice() }))
-                .collect();
+            let list: Vec<(&str, &[u8])> =
+                entries.iter().enumerate().map(|(i, (n, d))| (n.as_str(), if i == pkl { pickle } else { d.as_slice() })).collect();
             write_stored(&list)
         };
         for len in 0..original.len() {
-            check(&wrap(&original[..len]), &|| {
-                format!("{name}: data.pkl truncated to {len} bytes")
-            });
+            check(&wrap(&original[..len]), &|| format!("{name}: data.pkl truncated to {len} bytes"));
             n += 1;
         }
         let mut p = original.clone();
         for i in 0..original.len() {
             for v in variants(original[i]) {
                 p[i] = v;
-                check(&wrap(&p), &|| {
-                    format!("{name}: data.pkl byte {i} set to {v:#04x}")
-                });
+                check(&wrap(&p), &|| format!("{name}: data.pkl byte {i} set to {v:#04x}"));
                 n += 1;
             }
             p[i] = original[i];
