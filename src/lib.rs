@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod latency;
+pub mod plot;
 
 pub use snnet_anchors as anchors;
 pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, VitConfig};

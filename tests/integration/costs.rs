@@ -72,3 +72,31 @@ fn correcting_the_final_norm_quirk_adds_its_cost() {
     assert_eq!(corrected[24].params, official[24].params);
     assert_eq!(corrected[1], official[1], "anchors are unaffected");
 }
+
+#[test]
+fn frontier_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
+    use snnet::plot::{write_frontier_plot, FrontierPlot, PlotError, PlotRoute};
+    let routes: Vec<PlotRoute> = (0..6)
+        .map(|i| PlotRoute {
+            cfg_id: i,
+            x: 1.0 + i as f64,
+            y: 70.0 + (i as f64 * 1.7) % 5.0,
+            size: 5.0 + i as f64,
+            anchor: (i < 2).then(|| format!("anchor {i}")),
+        })
+        .collect();
+    let plot = FrontierPlot { title: "test", x_label: "FLOPs (G)", y_label: "Top-1 (%)", routes: &routes, frontier: &[0, 1, 2] };
+    let dir = std::env::temp_dir().join(format!("snnet-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("f.png");
+    write_frontier_plot(&plot, &png).unwrap();
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    let svg = dir.join("f.svg");
+    write_frontier_plot(&plot, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg") && text.contains("Top-1 (%)") && text.contains("anchor 1"));
+    assert!(matches!(write_frontier_plot(&plot, &dir.join("f.jpg")), Err(PlotError::Extension(_))));
+    let nothing = FrontierPlot { routes: &[], ..plot.clone() };
+    assert!(matches!(write_frontier_plot(&nothing, &svg), Err(PlotError::Empty(_))));
+    assert!(matches!(write_frontier_plot(&plot, &dir.join("missing/f.png")), Err(PlotError::Draw { .. })));
+}

@@ -149,6 +149,9 @@ pub enum Command {
         /// Quality metric, larger is better: acc1, acc5, …
         #[arg(long, default_value = "acc1")]
         y: String,
+        /// Also draw every route and the frontier to these files (`.png` and/or `.svg`, comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "FILES")]
+        plot: Vec<PathBuf>,
         /// One JSON object per frontier route.
         #[arg(long)]
         json: bool,

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
     backend::{run_on_with, BackendTask, Precision},
     latency::{prewarm, time_route, TimingOptions},
+    plot::{write_frontier_plot, FrontierPlot, PlotRoute},
     select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics},
     weights::{read_tensors, write_safetensors, NamedTensor},
     Description, Route, RouteCost,
@@ -50,7 +51,7 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             let budgets = [("gflops", max_gflops), ("params", max_params), ("memory_mb", max_memory_mb), ("latency_ms", max_latency_ms)];
             select_route(&desc, &tables, &budgets, json)
         }
-        Command::Frontier { tables, x, y, json } => frontier(&desc, &tables, &x, &y, json),
+        Command::Frontier { tables, x, y, json, plot } => frontier(&desc, &tables, &x, &y, json, &plot),
     }
 }
 
@@ -126,7 +127,7 @@ fn select_route(desc: &Description, tables: &TableArgs, limits: &[(&str, Option<
     Ok(())
 }
 
-fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool) -> Result<(), BoxError> {
+fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool, plots: &[std::path::PathBuf]) -> Result<(), BoxError> {
     let routes = route_table(desc, tables)?;
     for metric in [x, y] {
         if !routes.iter().any(|r| r.get(metric).is_some()) {
@@ -145,6 +146,28 @@ fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool
             out!("{}", serde_json::json!({ "cfg_id": id, x: vx, y: vy }));
         } else {
             out!("{id:>6}  {vx:>14.4}  {vy:>14.4}");
+        }
+    }
+    if !plots.is_empty() {
+        let (space, _) = desc.space_with_costs()?;
+        let points: Vec<PlotRoute> = routes
+            .iter()
+            .filter_map(|r| {
+                let route = &space.routes[r.cfg_id];
+                Some(PlotRoute {
+                    cfg_id: r.cfg_id,
+                    x: r.get(x)?,
+                    y: r.get(y)?,
+                    size: r.get("params").unwrap_or(0.0) / 1e6,
+                    anchor: route.is_anchor().then(|| desc.anchors[route.comb_id[0]].name()),
+                })
+            })
+            .collect();
+        let title = format!("{} routes: {y} against {x}", routes.len());
+        let plot = FrontierPlot { title: &title, x_label: x, y_label: y, routes: &points, frontier: &front };
+        for path in plots {
+            write_frontier_plot(&plot, path)?;
+            eprintln!("wrote {}", path.display());
         }
     }
     Ok(())
@@ -300,6 +323,12 @@ impl BackendTask for Bench<'_> {
             for (i, &id) in routes.iter().enumerate() {
                 let first_ms = if i == 0 { cold[0] } else { snnet::latency::forward_ms(&net, id, &images)? };
                 let timing = time_route(&net, id, &images, self.options)?;
+                // Host heap growth during one forward: the activations, on the CPU backend.
+                let peak_activation_mb = (name == "flex").then(|| {
+                    let base = crate::ALLOCATOR.reset_peak();
+                    snnet::latency::forward_ms(&net, id, &images).map(|_| (crate::ALLOCATOR.peak() - base) as f64 / (1u64 << 20) as f64)
+                });
+                let peak_activation_mb = peak_activation_mb.transpose()?;
                 let cost = &net.costs()[id];
                 let line = serde_json::json!({
                     "impl": "snnet", "version": env!("CARGO_PKG_VERSION"), "device": name, "dtype": self.precision.to_string(),
@@ -307,6 +336,7 @@ impl BackendTask for Bench<'_> {
                     "latency_ms": timing.latency_ms, "min_ms": timing.min_ms, "repeats": timing.repeats,
                     "first_forward_ms": first_ms, "flops": cost.flops, "params": cost.params, "params_exact": cost.params_exact,
                     "weight_mb": (cost.params_exact * self.precision.bytes() as u64) as f64 / (1u64 << 20) as f64,
+                    "peak_activation_mb": peak_activation_mb,
                 });
                 if self.json {
                     pb.suspend(|| out!("{line}"));
@@ -318,25 +348,27 @@ impl BackendTask for Bench<'_> {
         }
         if !self.json {
             out!(
-                "{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10}",
+                "{:>6} {:>6}  {:>12} {:>10} {:>12} {:>10} {:>10} {:>12}",
                 "cfg_id",
                 "batch",
                 "latency ms",
                 "min ms",
                 "first ms",
                 "GFLOPs",
-                "weights MB"
+                "weights MB",
+                "act. peak MB"
             );
             for l in &lines {
                 out!(
-                    "{:>6} {:>6}  {:>12.3} {:>10.3} {:>12.1} {:>10.3} {:>10.1}",
+                    "{:>6} {:>6}  {:>12.3} {:>10.3} {:>12.1} {:>10.3} {:>10.1} {:>12}",
                     l["cfg_id"].as_u64().unwrap_or_default(),
                     l["batch"].as_u64().unwrap_or_default(),
                     l["latency_ms"].as_f64().unwrap_or(f64::NAN),
                     l["min_ms"].as_f64().unwrap_or(f64::NAN),
                     l["first_forward_ms"].as_f64().unwrap_or(f64::NAN),
                     l["flops"].as_f64().unwrap_or(f64::NAN) / 1e9,
-                    l["weight_mb"].as_f64().unwrap_or(f64::NAN)
+                    l["weight_mb"].as_f64().unwrap_or(f64::NAN),
+                    l["peak_activation_mb"].as_f64().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
                 );
             }
         }

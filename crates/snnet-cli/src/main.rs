@@ -2,8 +2,13 @@
 
 mod args;
 mod commands;
+mod peak_alloc;
 
 use clap::Parser;
+
+/// Tracks heap use so `snnet bench` can report peak activation memory on the CPU backend.
+#[global_allocator]
+static ALLOCATOR: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc::new();
 
 fn main() {
     let cli = args::Cli::parse();

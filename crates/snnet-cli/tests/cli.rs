@@ -173,3 +173,86 @@ fn import_builds_weight_files_from_timm_anchors_or_an_official_checkpoint() {
     let (ok, _, err) = snnet(&["--config", config, "import", "--from", &anchors[0], "--output", out.to_str().unwrap()]);
     assert!(!ok && err.contains("is not an SN-Net checkpoint"), "{err}");
 }
+
+#[test]
+fn bench_then_select_returns_a_route_within_the_latency_budget() {
+    let config = import_fixture("mini_vit.json");
+    let config = config.to_str().unwrap();
+    let table = tmp("latency.jsonl");
+    let (ok, out, err) = snnet(&[
+        "--config",
+        config,
+        "bench",
+        "--routes",
+        "0,1,2,5,20",
+        "--batch",
+        "1,2",
+        "--min-seconds",
+        "0",
+        "--repeats",
+        "3",
+        "--json",
+        "--output",
+        table.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 10);
+    for r in &rows {
+        assert!(r["latency_ms"].as_f64().unwrap() > 0.0 && r["weight_mb"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["peak_activation_mb"].as_f64().is_some(), "flex reports activation memory: {r}");
+    }
+    let batch1: Vec<&serde_json::Value> = rows.iter().filter(|r| r["batch"] == 1).collect();
+    let fastest = batch1.iter().map(|r| r["latency_ms"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    let budget = fastest * 1.5;
+    let (ok, out, err) = snnet(&[
+        "--config",
+        config,
+        "select",
+        "--latency",
+        table.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--max-latency-ms",
+        &budget.to_string(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let chosen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(chosen["latency_ms"].as_f64().unwrap() <= budget, "{chosen}");
+
+    // Below the fastest route: a clear error; several batch sizes without --batch: another.
+    let (ok, _, err) =
+        snnet(&["--config", config, "select", "--latency", table.to_str().unwrap(), "--batch", "1", "--max-latency-ms", "0.000001"]);
+    assert!(!ok && err.contains("no route satisfies the budget") && err.contains("smallest route"), "{err}");
+    let (ok, _, err) = snnet(&["--config", config, "select", "--latency", table.to_str().unwrap(), "--max-latency-ms", "5"]);
+    assert!(!ok && err.contains("choose one"), "{err}");
+    let (ok, _, err) = snnet(&["--config", config, "select", "--max-latency-ms", "5"]);
+    assert!(!ok && err.contains("needs a latency table"), "{err}");
+    // Without results, the largest route within a FLOPs budget.
+    let (ok, out, err) = snnet(&["--config", config, "select", "--max-gflops", "0.0006", "--json"]);
+    assert!(ok, "{err}");
+    let chosen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(chosen["gflops"].as_f64().unwrap() <= 0.0006);
+    // A frontier needs the metric it plots.
+    let (ok, _, err) = snnet(&["--config", config, "frontier"]);
+    assert!(!ok && err.contains("no route has the metric `acc1`"), "{err}");
+    let plot = tmp("frontier.svg");
+    let (ok, out, err) = snnet(&[
+        "--config",
+        config,
+        "frontier",
+        "--x",
+        "latency_ms",
+        "--y",
+        "gflops",
+        "--latency",
+        table.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("on the frontier"), "{err}");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+}

@@ -1,0 +1,168 @@
+//! Accuracy-against-cost plots of the routes (PNG or SVG), drawn as the official
+//! `visualize_stitches.py` draws them: every route a point whose size grows with its parameters,
+//! the anchors as labelled stars, plus the Pareto frontier as a line.
+//!
+//! Text is rendered with DejaVu Sans, embedded in the binary (`assets/fonts/`, Bitstream Vera
+//! licence), so PNGs come out the same on machines without fonts.
+
+use std::path::Path;
+
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::{register_font, FontStyle},
+};
+
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// One route on the plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlotRoute {
+    /// Route id.
+    pub cfg_id: usize,
+    /// Cost (x axis), e.g. GFLOPs.
+    pub x: f64,
+    /// Quality (y axis), e.g. top-1 accuracy.
+    pub y: f64,
+    /// Marker size measure, e.g. parameters in millions.
+    pub size: f64,
+    /// The anchor's name when the route is a plain anchor.
+    pub anchor: Option<String>,
+}
+
+/// What to draw.
+#[derive(Clone, Debug)]
+pub struct FrontierPlot<'a> {
+    /// Title above the plot.
+    pub title: &'a str,
+    /// x-axis label, e.g. `FLOPs (G)`.
+    pub x_label: &'a str,
+    /// y-axis label, e.g. `Top-1 (%)`.
+    pub y_label: &'a str,
+    /// Every route.
+    pub routes: &'a [PlotRoute],
+    /// Route ids on the frontier, in x order.
+    pub frontier: &'a [usize],
+}
+
+/// A plot that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// The file name ends in neither `.png` nor `.svg`.
+    #[error("plot file {0}: the name must end in .png or .svg")]
+    Extension(String),
+    /// Nothing finite to draw.
+    #[error("plot file {0}: no route has finite values to draw")]
+    Empty(String),
+    /// The drawing backend failed (e.g. the folder does not exist).
+    #[error("plot file {path}: {reason}")]
+    Draw {
+        /// The file.
+        path: String,
+        /// What the backend reported.
+        reason: String,
+    },
+}
+
+/// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
+pub fn write_frontier_plot(plot: &FrontierPlot<'_>, path: &Path) -> Result<(), PlotError> {
+    let shown = path.display().to_string();
+    let routes: Vec<&PlotRoute> = plot.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect();
+    if routes.is_empty() {
+        return Err(PlotError::Empty(shown));
+    }
+    // Registering the same font again is harmless; the first call wins.
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let size = (900, 600);
+    let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), plot, &routes).map_err(err),
+        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), plot, &routes).map_err(err),
+        _ => Err(PlotError::Extension(shown)),
+    }
+}
+
+fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &FrontierPlot<'_>, routes: &[&PlotRoute]) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    area.fill(&WHITE).map_err(e)?;
+    let (x0, x1) = padded(routes.iter().map(|r| r.x));
+    let (y0, y1) = padded(routes.iter().map(|r| r.y));
+    let mut chart = ChartBuilder::on(&area)
+        .caption(plot.title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(plot.x_label)
+        .y_desc(plot.y_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(e)?;
+
+    let (s_min, s_max) = routes.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.size), b.max(r.size)));
+    let radius = |s: f64| if s_max > s_min { 3.0 + 5.0 * (s - s_min) / (s_max - s_min) } else { 5.0 };
+    let blue = RGBColor(55, 110, 180);
+    chart
+        .draw_series(
+            routes.iter().filter(|r| r.anchor.is_none()).map(|r| Circle::new((r.x, r.y), radius(r.size) as i32, blue.mix(0.55).filled())),
+        )
+        .map_err(e)?
+        .label("stitched routes (size ∝ parameters)")
+        .legend(move |(x, y)| Circle::new((x, y), 5, blue.mix(0.55).filled()));
+
+    let frontier: Vec<(f64, f64)> =
+        plot.frontier.iter().filter_map(|id| routes.iter().find(|r| r.cfg_id == *id)).map(|r| (r.x, r.y)).collect();
+    let grey = RGBColor(60, 60, 60);
+    chart
+        .draw_series(LineSeries::new(frontier, grey.stroke_width(2)))
+        .map_err(e)?
+        .label("Pareto frontier")
+        .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], grey.stroke_width(2)));
+
+    let orange = RGBColor(240, 140, 30);
+    let anchors: Vec<&&PlotRoute> = routes.iter().filter(|r| r.anchor.is_some()).collect();
+    chart
+        .draw_series(anchors.iter().map(|r| {
+            let label = r.anchor.clone().unwrap_or_default();
+            // Labels of anchors in the right part of the plot go to the left of their star.
+            let dx = if (r.x - x0) / (x1 - x0) > 0.6 { -10 - 8 * label.chars().count() as i32 } else { 10 };
+            EmptyElement::at((r.x, r.y)) + star(10, orange) + Text::new(label, (dx, -18), ("sans-serif", 14).into_font())
+        }))
+        .map_err(e)?
+        .label("anchors")
+        .legend(move |(x, y)| EmptyElement::at((x, y)) + star(7, orange));
+
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    area.present().map_err(e)
+}
+
+/// A filled five-pointed star of outer radius `r` pixels, centred on the element's anchor point.
+fn star(r: i32, colour: RGBColor) -> Polygon<(i32, i32)> {
+    let points = (0..10)
+        .map(|i| {
+            let radius = if i % 2 == 0 { r as f64 } else { r as f64 * 0.45 };
+            let angle = std::f64::consts::PI * (i as f64 / 5.0) - std::f64::consts::FRAC_PI_2;
+            ((radius * angle.cos()).round() as i32, (radius * angle.sin()).round() as i32)
+        })
+        .collect::<Vec<_>>();
+    Polygon::new(points, colour.filled())
+}
+
+/// The range of `values` widened by 5 % on each side (1 unit when all are equal).
+fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = if hi > lo { (hi - lo) * 0.05 } else { 1.0 };
+    (lo - pad, hi + pad)
+}
