@@ -1,0 +1,135 @@
+//! Datasets end to end: Fashion-MNIST IDX files (plain and gzipped) and ImageFolder trees, with the
+//! errors that bad files give.
+
+use std::{io::Write, path::PathBuf};
+
+use snnet_train::data::{load_batch, DataError, Dataset, FashionMnist, ImageFolder, Preprocess, Split};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snnet-train-tests-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn idx(magic_rank: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, magic_rank];
+    for d in dims {
+        out.extend(d.to_be_bytes());
+    }
+    out.extend(data);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Three 2×2 images with pixel values i*10+j and labels 0, 9, 4.
+fn write_split(dir: &PathBuf, prefix: &str, gz: bool) {
+    let pixels: Vec<u8> = (0..3u8).flat_map(|i| (0..4u8).map(move |j| i * 10 + j)).collect();
+    let files = [
+        (format!("{prefix}-images-idx3-ubyte"), idx(3, &[3, 2, 2], &pixels)),
+        (format!("{prefix}-labels-idx1-ubyte"), idx(1, &[3], &[0, 9, 4])),
+    ];
+    for (name, bytes) in files {
+        if gz {
+            std::fs::write(dir.join(format!("{name}.gz")), gzip(&bytes)).unwrap();
+        } else {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fashion_mnist_reads_plain_and_gzipped_idx_files() {
+    let dir = tmp("fmnist");
+    write_split(&dir, "train", false);
+    write_split(&dir, "t10k", true);
+    for split in [Split::Train, Split::Test] {
+        let ds = FashionMnist::load(&dir, split).unwrap();
+        assert_eq!((ds.len(), ds.shape(), ds.num_classes()), (3, [1, 2, 2], 10));
+        let s = ds.get(1).unwrap();
+        assert_eq!(s.label, 9);
+        let expected = (11.0 / 255.0 - 0.2860) / 0.3530;
+        assert!((s.image[1] - expected).abs() < 1e-6);
+    }
+    let ds = FashionMnist::load(&dir, Split::Train).unwrap();
+    assert!(matches!(ds.get(3), Err(DataError::OutOfRange { index: 3, len: 3 })));
+    let batch = load_batch(&ds, &[2, 0, 7]);
+    assert_eq!(batch.labels, vec![4, 0]);
+    assert_eq!(batch.images.len(), 8);
+    assert_eq!(batch.skipped.len(), 1);
+}
+
+#[test]
+fn broken_idx_files_name_the_file_and_the_problem() {
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+        ("magic", idx(2, &[3, 2], &[0; 6]), idx(1, &[3], &[0, 1, 2]), "magic 00 00 08 02"),
+        ("short", idx(3, &[3, 2, 2], &[0; 11]), idx(1, &[3], &[0, 1, 2]), "12 bytes of data, the file holds 11"),
+        ("header", vec![0, 0, 8], idx(1, &[3], &[0, 1, 2]), "shorter than the 16-byte header"),
+        ("count", idx(3, &[3, 2, 2], &[0; 12]), idx(1, &[2], &[0, 1]), "holds 3 images but"),
+        ("label", idx(3, &[3, 2, 2], &[0; 12]), idx(1, &[3], &[0, 10, 2]), "label 10 of sample 1"),
+        ("gzip", gzip(&idx(3, &[3, 2, 2], &[0; 12]))[..20].to_vec(), idx(1, &[3], &[0, 1, 2]), "corrupt gzip stream"),
+    ];
+    for (name, images, labels, expected) in cases {
+        let dir = tmp(&format!("bad-{name}"));
+        let (i, l) = (dir.join("i"), dir.join("l"));
+        std::fs::write(&i, images).unwrap();
+        std::fs::write(&l, labels).unwrap();
+        let err = FashionMnist::from_files(&i, &l).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    let err = FashionMnist::load(&tmp("nothing"), Split::Test).unwrap_err().to_string();
+    assert!(err.contains("neither t10k-images-idx3-ubyte nor t10k-images-idx3-ubyte.gz"), "{err}");
+}
+
+#[test]
+fn image_folder_decodes_png_and_jpeg_and_skips_corrupt_files() {
+    let root = tmp("folder");
+    for (class, colour) in [("cat", [200u8, 30, 30]), ("dog", [30, 30, 200])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        let img = image::RgbImage::from_pixel(40, 30, image::Rgb(colour));
+        img.save(root.join(class).join("a.png")).unwrap();
+        img.save(root.join(class).join("b.JPG")).unwrap();
+    }
+    std::fs::write(root.join("dog").join("broken.jpg"), b"not a jpeg at all").unwrap();
+    std::fs::write(root.join("dog").join("notes.txt"), b"ignored").unwrap();
+    let ds = ImageFolder::open(&root, Preprocess::imagenet(16)).unwrap();
+    assert_eq!(ds.classes(), ["cat", "dog"]);
+    assert_eq!((ds.len(), ds.shape(), ds.num_classes()), (5, [3, 16, 16], 2));
+    let cat = ds.get(0).unwrap();
+    assert_eq!(cat.label, 0);
+    let red = (200.0 / 255.0 - 0.485) / 0.229;
+    assert!((cat.image[0] - red).abs() < 0.02, "{}", cat.image[0]);
+    let batch = load_batch(&ds, &(0..ds.len()).collect::<Vec<_>>());
+    assert_eq!(batch.labels, vec![0, 0, 1, 1]);
+    assert_eq!(batch.skipped.len(), 1);
+    let (index, err) = &batch.skipped[0];
+    assert_eq!(ds.sample_path(*index).unwrap().0.file_name().unwrap(), "broken.jpg");
+    assert!(err.to_string().contains("broken.jpg") && err.to_string().contains("cannot decode"), "{err}");
+
+    let empty = tmp("empty-folder");
+    assert!(ImageFolder::open(&empty, Preprocess::imagenet(16)).unwrap_err().to_string().contains("no class sub-folders"));
+    std::fs::create_dir_all(empty.join("only")).unwrap();
+    assert!(ImageFolder::open(&empty, Preprocess::imagenet(16)).unwrap_err().to_string().contains("no .jpg/.jpeg/.png files"));
+}
+
+#[test]
+fn evaluation_preprocessing_matches_timm() {
+    // tools/make_preprocess_fixture.py: timm 0.6.13's eval transform at 32 px (resize 36, crop 32).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let bytes = std::fs::read(dir.join("preprocess_expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor("expected").unwrap();
+    assert_eq!(view.shape(), [3, 32, 32]);
+    let expected: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let image = image::open(dir.join("preprocess.png")).unwrap().to_rgb8();
+    let ours = Preprocess::imagenet(32).apply(&image);
+    let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let mean = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
+    eprintln!("preprocessing vs timm: max |diff| {worst:.4}, mean {mean:.5} (normalised units)");
+    // One 8-bit level is 1/255/0.224 = 0.0175 in normalised units: at most two levels apart.
+    assert!(worst < 0.036 && mean < 0.005, "max {worst}, mean {mean}");
+}
