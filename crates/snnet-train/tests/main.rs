@@ -133,3 +133,45 @@ fn evaluation_preprocessing_matches_timm() {
     // One 8-bit level is 1/255/0.224 = 0.0175 in normalised units: at most two levels apart.
     assert!(worst < 0.036 && mean < 0.005, "max {worst}, mean {mean}");
 }
+
+#[test]
+fn uniform_sampler_is_reproducible_resumable_and_uniform() {
+    use snnet_train::{RouteSampler, UniformSampler};
+    let mut a = UniformSampler::new(71, 7);
+    let first: Vec<usize> = (0..1000).map(|_| a.next_route()).collect();
+    let mut b = UniformSampler::new(71, 7);
+    assert_eq!(first, (0..1000).map(|_| b.next_route()).collect::<Vec<_>>(), "same seed, same routes");
+    // Resume from a saved state mid-way.
+    let mut c = UniformSampler::new(71, 7);
+    (0..400).for_each(|_| drop(c.next_route()));
+    let saved = c.state();
+    let mut d = UniformSampler::new(71, 99);
+    d.restore(saved);
+    assert_eq!(first[400..], (0..600).map(|_| d.next_route()).collect::<Vec<_>>()[..]);
+    // Every route appears, none far from 1/71 over many draws.
+    let mut counts = vec![0usize; 71];
+    let mut e = UniformSampler::new(71, 1);
+    (0..71_000).for_each(|_| counts[e.next_route()] += 1);
+    assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "{counts:?}");
+}
+
+#[test]
+fn cosine_schedule_follows_timm_and_the_official_stepping() {
+    use snnet_train::CosineSchedule;
+    // DeiT recipe: base 1e-4, warmup 1e-7 for 5 epochs, min 1e-6, 50 epochs, no prefix.
+    let s = CosineSchedule { base_lr: 1e-4, warmup_lr: 1e-7, min_lr: 1e-6, warmup_t: 5.0, t_initial: 50.0, warmup_prefix: false };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 + 1e-9 * b.abs();
+    assert!(close(s.lr_at(0.0), 1e-7));
+    assert!(close(s.lr_at(2.0), 1e-7 + 2.0 * (1e-4 - 1e-7) / 5.0));
+    // After warmup without prefix the cosine is evaluated at t itself.
+    let at = |t: f64| 1e-6 + 0.5 * (1e-4 - 1e-6) * (1.0 + (std::f64::consts::PI * t / 50.0).cos());
+    assert!(close(s.lr_at(5.0), at(5.0)) && close(s.lr_at(49.0), at(49.0)));
+    assert!(close(s.lr_at(50.0), 1e-6) && close(s.lr_at(80.0), 1e-6));
+    // DeiT stepping: epochs 0 and 1 at the warmup rate, epoch e at f(e - 1).
+    assert!(close(s.deit_epoch_lr(0), 1e-7) && close(s.deit_epoch_lr(1), 1e-7));
+    assert!(close(s.deit_epoch_lr(7), s.lr_at(6.0)));
+    // Swin: prefix, per step.
+    let w = CosineSchedule { warmup_prefix: true, warmup_t: 10.0, t_initial: 90.0, ..s.clone() };
+    assert!(close(w.lr_at(10.0), 1e-4) && close(w.lr_at(100.0), 1e-6));
+    assert!(close(w.swin_step_lr(0), 1e-7) && close(w.swin_step_lr(11), w.lr_at(10.0)));
+}
