@@ -341,6 +341,12 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         Ok(())
     }
 
+    /// The official key (`stitch_layers.{pair}.{layer}.…`, `anchors.{i}.…`) of a parameter given
+    /// by its key under burn's module path (stitching layers are numbered by slot there).
+    pub fn official_key(&self, module_key: &str) -> String {
+        official_key_of(&self.space, module_key)
+    }
+
     /// The description stored in weight files.
     pub fn description(&self) -> NetworkDescription {
         NetworkDescription { anchors: self.layouts.clone(), space: self.space.settings.clone(), behaviour: self.behaviour.clone() }

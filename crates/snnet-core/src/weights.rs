@@ -34,27 +34,30 @@ pub struct NamedTensor {
 /// Tensors by key.
 pub type TensorMap = BTreeMap<String, NamedTensor>;
 
-/// Tracks the module path during a visit and derives PyTorch names from it.
-#[derive(Default)]
-struct PathStack {
+/// Tracks the module path during a burn visit or map (`enter_module`/`exit_module`) and derives
+/// the PyTorch key of the parameter being visited from it.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPath {
     names: Vec<String>,
     containers: Vec<String>,
 }
 
-impl PathStack {
-    fn enter(&mut self, name: &str, container: &str) {
+impl KeyPath {
+    /// A module was entered (`ModuleVisitor::enter_module`).
+    pub fn enter(&mut self, name: &str, container: &str) {
         self.names.push(name.to_string());
         self.containers.push(container.to_string());
     }
 
-    fn exit(&mut self) {
+    /// The innermost module was left.
+    pub fn exit(&mut self) {
         self.names.pop();
         self.containers.pop();
     }
 
     /// The PyTorch key of the parameter at the top of the stack, and whether burn stores it
     /// transposed with respect to PyTorch.
-    fn torch_key(&self) -> (String, bool) {
+    pub fn torch_key(&self) -> (String, bool) {
         let parent = self.containers.last().map(String::as_str).unwrap_or("");
         let field = self.names.last().map(String::as_str).unwrap_or("");
         let is_norm = matches!(parent, "Struct:LayerNorm" | "Struct:BatchNorm" | "Struct:GroupNorm");
@@ -78,7 +81,7 @@ impl PathStack {
 }
 
 struct Exporter<'a, F: Fn(&str) -> String> {
-    path: PathStack,
+    path: KeyPath,
     remap: &'a F,
     out: Vec<(String, NamedTensor)>,
 }
@@ -106,13 +109,13 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleVisitor<B> for Exporter<'_, F> {
 
 /// Every float parameter of `module` under its PyTorch key (after `remap`), in PyTorch orientation.
 pub fn export_tensors<B: Backend, M: Module<B>>(module: &M, remap: &impl Fn(&str) -> String) -> Vec<(String, NamedTensor)> {
-    let mut exporter = Exporter { path: PathStack::default(), remap, out: Vec::new() };
+    let mut exporter = Exporter { path: KeyPath::default(), remap, out: Vec::new() };
     module.visit(&mut exporter);
     exporter.out
 }
 
 struct Importer<'a, F: Fn(&str) -> String> {
-    path: PathStack,
+    path: KeyPath,
     remap: &'a F,
     wanted: &'a dyn Fn(&str) -> bool,
     tensors: &'a mut TensorMap,
@@ -197,7 +200,7 @@ pub fn import_tensors_where<B: Backend, M: Module<B>>(
     wanted: &dyn Fn(&str) -> bool,
     source: &str,
 ) -> Result<M> {
-    let mut importer = Importer { path: PathStack::default(), remap, wanted, tensors, errors: Vec::new() };
+    let mut importer = Importer { path: KeyPath::default(), remap, wanted, tensors, errors: Vec::new() };
     let module = module.map(&mut importer);
     if importer.errors.is_empty() {
         Ok(module)

@@ -7,15 +7,22 @@
 //! - [`sampler`]: which route each step trains (uniform by default, seeded, resumable).
 //! - [`schedule`]: the official cosine learning-rate schedule with warmup and its stepping rules.
 //! - [`rng`]: the seeded generator behind sampling and data order.
+//! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
+//!   parameters, gradient clipping), touching only parameters that received gradients.
+//! - [`step`]: one joint-training step of a route (label smoothing, distillation).
 
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod step;
 
 pub use data::{DataError, Dataset, FashionMnist, ImageFolder, Preprocess, Sample, Split};
+pub use optim::{AdamW, AdamWConfig};
 pub use rng::SplitMix64;
 pub use sampler::{RouteSampler, UniformSampler};
 pub use schedule::CosineSchedule;
+pub use step::{train_step, Distillation, StepConfig};

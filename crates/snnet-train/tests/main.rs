@@ -143,7 +143,9 @@ fn uniform_sampler_is_reproducible_resumable_and_uniform() {
     assert_eq!(first, (0..1000).map(|_| b.next_route()).collect::<Vec<_>>(), "same seed, same routes");
     // Resume from a saved state mid-way.
     let mut c = UniformSampler::new(71, 7);
-    (0..400).for_each(|_| drop(c.next_route()));
+    for _ in 0..400 {
+        c.next_route();
+    }
     let saved = c.state();
     let mut d = UniformSampler::new(71, 99);
     d.restore(saved);
@@ -174,4 +176,95 @@ fn cosine_schedule_follows_timm_and_the_official_stepping() {
     let w = CosineSchedule { warmup_prefix: true, warmup_t: 10.0, t_initial: 90.0, ..s.clone() };
     assert!(close(w.lr_at(10.0), 1e-4) && close(w.lr_at(100.0), 1e-6));
     assert!(close(w.swin_step_lr(0), 1e-7) && close(w.swin_step_lr(11), w.lr_at(10.0)));
+}
+
+mod training {
+    use std::collections::BTreeMap;
+
+    use burn::{
+        backend::{Autodiff, Flex},
+        tensor::{backend::Backend, Distribution, Int, Tensor},
+    };
+    use snnet_anchors::{AnchorSpec, Architecture, Description, VitConfig};
+    use snnet_train::{train_step, AdamW, AdamWConfig, Distillation, StepConfig};
+
+    type B = Autodiff<Flex>;
+
+    fn family() -> Description {
+        let vit = |d, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, ..VitConfig::new(d, 3, h) };
+        let anchors = [(8, 2), (12, 3)].map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, h)))).to_vec();
+        Description { anchors, space: Default::default(), behaviour: Default::default() }
+    }
+
+    fn params(net: &snnet_core::StitchedNet<B, snnet_anchors::AnyAnchor<B>>) -> BTreeMap<String, Vec<f32>> {
+        net.named_tensors().into_iter().map(|(k, t)| (k, t.data)).collect()
+    }
+
+    /// Keys of parameters a route runs: the front anchor's stem, the blocks of each segment, the
+    /// stitching layers, the end anchor's head (and its final norm only for plain anchors).
+    fn used_by(net: &snnet_core::StitchedNet<B, snnet_anchors::AnyAnchor<B>>, id: usize, key: &str) -> bool {
+        let route = net.route(id).unwrap();
+        let first = route.segments[0].anchor;
+        let last = route.segments.last().unwrap().anchor;
+        let stem = ["patch_embed.", "cls_token", "pos_embed"].iter().any(|p| key.starts_with(&format!("anchors.{first}.{p}")));
+        let blocks = route.segments.iter().any(|s| s.blocks.clone().any(|b| key.starts_with(&format!("anchors.{}.blocks.{b}.", s.anchor))));
+        let head = key.starts_with(&format!("anchors.{last}.head."));
+        let norm = route.is_anchor() && key.starts_with(&format!("anchors.{last}.norm."));
+        let stitch = route.slots.iter().any(|&s| key.starts_with(&format!("{}.", net.space().layers[s].key())));
+        stem || blocks || head || norm || stitch
+    }
+
+    fn step_changes(
+        anchor_lr_scale: f64,
+        route: usize,
+        distill: bool,
+    ) -> (Vec<String>, snnet_core::StitchedNet<B, snnet_anchors::AnyAnchor<B>>) {
+        let device = Default::default();
+        B::seed(&device, 3);
+        let net = family().build::<B>(&device).unwrap();
+        let before = params(&net);
+        let images = Tensor::<B, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let labels = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &device);
+        let teacher = distill.then(|| {
+            (Tensor::<B, 2>::random([4, 5], Distribution::Normal(0.0, 1.0), &device), Distillation::Soft { alpha: 0.5, tau: 2.0 })
+        });
+        let mut optimizer = AdamW::<B>::new(AdamWConfig { clip_grad_norm: Some(1.0), ..Default::default() });
+        let config = StepConfig { anchor_lr_scale, ..Default::default() };
+        let (net, outcome) = train_step(net, &mut optimizer, images, labels, teacher, route, 1e-2, &config).unwrap();
+        assert!(outcome.loss.is_finite() && outcome.optimizer.grad_norm > 0.0);
+        let after = params(&net);
+        let changed = before.keys().filter(|k| before[*k] != after[*k]).cloned().collect();
+        (changed, net)
+    }
+
+    #[test]
+    fn a_step_changes_only_the_parameters_of_the_sampled_route() {
+        let device = Default::default();
+        let net = family().build::<B>(&device).unwrap();
+        let stitched = (0..net.num_routes()).find(|&i| !net.route(i).unwrap().is_anchor()).unwrap();
+        for (route, distill) in [(0, false), (1, true), (stitched, false), (net.num_routes() - 1, true)] {
+            let (changed, net) = step_changes(1.0, route, distill);
+            assert!(!changed.is_empty());
+            for key in &changed {
+                assert!(used_by(&net, route, key), "route {route}: {key} changed but is not on the route");
+            }
+            assert!(changed.iter().any(|k| k.contains(".head.")), "route {route}: the head trains");
+            if !net.route(route).unwrap().is_anchor() {
+                assert!(changed.iter().any(|k| k.starts_with("stitch_layers.")), "route {route}: its stitching layer trains");
+                assert!(!changed.iter().any(|k| k.ends_with(".norm.weight") && !k.contains("blocks")), "no final norm on stitched routes");
+            }
+        }
+    }
+
+    #[test]
+    fn frozen_anchors_leave_only_stitching_layers_to_train() {
+        let device = Default::default();
+        let net = family().build::<B>(&device).unwrap();
+        let stitched = (0..net.num_routes()).rev().find(|&i| !net.route(i).unwrap().is_anchor()).unwrap();
+        let (changed, _) = step_changes(0.0, stitched, false);
+        assert!(!changed.is_empty());
+        assert!(changed.iter().all(|k| k.starts_with("stitch_layers.")), "{changed:?}");
+        let (changed, _) = step_changes(0.0, 0, false);
+        assert!(changed.is_empty(), "an anchor route with frozen anchors changes nothing: {changed:?}");
+    }
 }

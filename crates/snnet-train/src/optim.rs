@@ -1,0 +1,223 @@
+//! AdamW as timm builds it for the official recipes, over any burn module on an autodiff backend:
+//! decoupled weight decay except on biases, norms and other 1-D parameters, `cls_token` and
+//! `pos_embed`; a learning-rate scale per parameter (e.g. 0.1 for anchors as the Swin recipe);
+//! frozen parameters; gradient clipping by global norm. PyTorch's defaults are stated explicitly:
+//! betas (0.9, 0.999), eps 1e-8, weight decay 0.05 (timm's recipe; PyTorch's own default is 0.01).
+//!
+//! Only parameters that received a gradient in the step are touched — moments, step counts and
+//! decay included — so a step on one route leaves every other route's parameters exactly as they
+//! were (the official run under torch 1.x let momentum and decay move them; corrected here).
+//! State is kept by parameter key, so it can be saved and matched by name on resume.
+
+use std::collections::HashMap;
+
+use burn::{
+    module::{Module, ModuleMapper, ModuleVisitor, Param},
+    tensor::{
+        backend::{AutodiffBackend, Backend},
+        ElementConversion, Tensor, TensorData,
+    },
+};
+use snnet_core::weights::KeyPath;
+
+/// Hyper-parameters of [`AdamW`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// First-moment decay (PyTorch default 0.9).
+    pub beta1: f64,
+    /// Second-moment decay (PyTorch default 0.999).
+    pub beta2: f64,
+    /// Added to the denominator (PyTorch default 1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay (timm recipes 0.05).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm of each step to this value (`None`: no clipping).
+    pub clip_grad_norm: Option<f64>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05, clip_grad_norm: None }
+    }
+}
+
+/// How one parameter is treated, decided from its key and rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamRule {
+    /// Multiplies the step's learning rate (0 freezes the parameter).
+    pub lr_scale: f64,
+    /// Whether weight decay applies.
+    pub decay: bool,
+}
+
+/// timm's rule: no decay on 1-D parameters (biases, norm weights), on `*.bias`, `cls_token` and
+/// `pos_embed`.
+pub fn timm_decays(key: &str, rank: usize) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    !(rank <= 1 || last == "bias" || last == "cls_token" || last == "pos_embed")
+}
+
+/// Moments and step count of one parameter, on the inner backend, flattened.
+struct Moments<B: Backend> {
+    step: u64,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+}
+
+/// AdamW with per-parameter state kept by key.
+pub struct AdamW<B: AutodiffBackend> {
+    config: AdamWConfig,
+    state: HashMap<String, Moments<B::InnerBackend>>,
+}
+
+/// What one optimiser step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Parameters updated (those with a gradient and a non-zero learning-rate scale).
+    pub updated: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    /// A fresh optimiser.
+    pub fn new(config: AdamWConfig) -> Self {
+        Self { config, state: HashMap::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Keys of the parameters that have optimiser state.
+    pub fn state_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.state.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Moments and step of parameter `key` as host values (`exp_avg`, `exp_avg_sq`, step), for
+    /// checkpoints.
+    pub fn export_state(&self, key: &str) -> Option<(Vec<f32>, Vec<f32>, u64)> {
+        let s = self.state.get(key)?;
+        let host = |t: &Tensor<B::InnerBackend, 1>| t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        Some((host(&s.m), host(&s.v), s.step))
+    }
+
+    /// Restores the state of parameter `key` (from [`export_state`](Self::export_state)).
+    pub fn import_state(
+        &mut self,
+        key: &str,
+        exp_avg: Vec<f32>,
+        exp_avg_sq: Vec<f32>,
+        step: u64,
+        device: &burn::tensor::Device<B::InnerBackend>,
+    ) {
+        let (n, n2) = (exp_avg.len(), exp_avg_sq.len());
+        let m = Tensor::from_data(TensorData::new(exp_avg, [n]), device);
+        let v = Tensor::from_data(TensorData::new(exp_avg_sq, [n2]), device);
+        self.state.insert(key.to_string(), Moments { step, m, v });
+    }
+
+    /// One step on `module` with `grads` at learning rate `lr`; `rule` gives each parameter's
+    /// treatment from its key (`key_of` maps burn's key to the name used for state and rules).
+    pub fn step<M: Module<B>>(
+        &mut self,
+        module: M,
+        grads: &B::Gradients,
+        lr: f64,
+        key_of: &dyn Fn(&str) -> String,
+        rule: &dyn Fn(&str, usize) -> ParamRule,
+    ) -> (M, StepReport) {
+        let mut norm = GradNorm::<B> { grads, sum_sq: 0.0 };
+        module.visit(&mut norm);
+        let grad_norm = norm.sum_sq.sqrt();
+        let clip = match self.config.clip_grad_norm {
+            Some(max) if grad_norm > max => max / (grad_norm + 1e-6),
+            _ => 1.0,
+        };
+        let mut mapper = Update { optimizer: self, grads, lr, clip, key_of, rule, path: KeyPath::default(), updated: 0 };
+        let module = module.map(&mut mapper);
+        let updated = mapper.updated;
+        (module, StepReport { updated, grad_norm })
+    }
+}
+
+struct GradNorm<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    sum_sq: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            let s: f64 = g.powi_scalar(2).sum().into_scalar().elem();
+            self.sum_sq += s;
+        }
+    }
+}
+
+struct Update<'a, B: AutodiffBackend> {
+    optimizer: &'a mut AdamW<B>,
+    grads: &'a B::Gradients,
+    lr: f64,
+    clip: f64,
+    key_of: &'a dyn Fn(&str) -> String,
+    rule: &'a dyn Fn(&str, usize) -> ParamRule,
+    path: KeyPath,
+    updated: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (module_key, _) = self.path.torch_key();
+        let key = (self.key_of)(&module_key);
+        let rule = (self.rule)(&key, D);
+        let value = param.val();
+        let Some(grad) = value.grad(self.grads) else { return param };
+        if rule.lr_scale == 0.0 {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let c = &self.optimizer.config;
+        let lr = self.lr * rule.lr_scale;
+        let dims = tensor.dims();
+        let requires_grad = tensor.is_require_grad();
+        let numel: usize = dims.iter().product();
+        let mut p = tensor.inner();
+        let g: Tensor<B::InnerBackend, 1> = grad.reshape([numel]).mul_scalar(self.clip);
+        let device = p.device();
+        let state = self.optimizer.state.entry(key).or_insert_with(|| Moments {
+            step: 0,
+            m: Tensor::zeros([numel], &device),
+            v: Tensor::zeros([numel], &device),
+        });
+        state.step += 1;
+        if rule.decay && c.weight_decay != 0.0 {
+            p = p.mul_scalar(1.0 - lr * c.weight_decay);
+        }
+        state.m = state.m.clone().mul_scalar(c.beta1).add(g.clone().mul_scalar(1.0 - c.beta1));
+        state.v = state.v.clone().mul_scalar(c.beta2).add(g.powi_scalar(2).mul_scalar(1.0 - c.beta2));
+        let bias1 = 1.0 - c.beta1.powi(state.step as i32);
+        let bias2 = 1.0 - c.beta2.powi(state.step as i32);
+        // PyTorch: p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)
+        let denom = state.v.clone().sqrt().div_scalar(bias2.sqrt()).add_scalar(c.eps);
+        let delta = state.m.clone().div(denom).mul_scalar(lr / bias1);
+        let p = p.sub(delta.reshape(dims));
+        self.updated += 1;
+        let mut value = Tensor::<B, D>::from_inner(p);
+        if requires_grad {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
