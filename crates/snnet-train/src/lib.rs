@@ -10,10 +10,13 @@
 //! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
 //!   parameters, gradient clipping), touching only parameters that received gradients.
 //! - [`step`]: one joint-training step of a route (label smoothing, distillation).
+//! - [`eval`]: every route on a validation set, as resumable JSON lines in the official results
+//!   format.
 
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod eval;
 pub mod optim;
 pub mod rng;
 pub mod sampler;
@@ -21,6 +24,7 @@ pub mod schedule;
 pub mod step;
 
 pub use data::{DataError, Dataset, FashionMnist, ImageFolder, Preprocess, Sample, Split};
+pub use eval::{append_result, done_routes, evaluate_routes, RouteResult};
 pub use optim::{AdamW, AdamWConfig};
 pub use rng::SplitMix64;
 pub use sampler::{RouteSampler, UniformSampler};

@@ -268,3 +268,82 @@ mod training {
         assert!(changed.is_empty(), "an anchor route with frozen anchors changes nothing: {changed:?}");
     }
 }
+
+mod evaluation {
+    use burn::{
+        backend::Flex,
+        tensor::{Tensor, TensorData},
+    };
+    use snnet_anchors::{AnchorSpec, Architecture, Description, VitConfig};
+    use snnet_train::{
+        append_result,
+        data::{DataError, Dataset, Sample},
+        done_routes, evaluate_routes,
+    };
+
+    /// 10 deterministic images of 3×16×16 with labels 0..5; sample 4 is unreadable.
+    struct Synthetic;
+
+    impl Dataset for Synthetic {
+        fn len(&self) -> usize {
+            10
+        }
+        fn shape(&self) -> [usize; 3] {
+            [3, 16, 16]
+        }
+        fn num_classes(&self) -> usize {
+            5
+        }
+        fn get(&self, index: usize) -> Result<Sample, DataError> {
+            if index == 4 {
+                return Err(DataError::Mismatch("sample 4 is broken on purpose".into()));
+            }
+            let image = (0..768).map(|i| (((i * 7 + index * 131) % 97) as f32 / 48.0) - 1.0).collect();
+            Ok(Sample { image, label: index % 5 })
+        }
+    }
+
+    #[test]
+    fn every_route_is_evaluated_and_results_resume() {
+        let device = Default::default();
+        let vit = |d, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, ..VitConfig::new(d, 3, h) };
+        let anchors = [(8, 2), (12, 3)].map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, h)))).to_vec();
+        let net = Description { anchors, space: Default::default(), behaviour: Default::default() }.build::<Flex>(&device).unwrap();
+        let routes: Vec<usize> = (0..net.num_routes()).collect();
+        let mut progress = Vec::new();
+        let results = evaluate_routes(&net, &Synthetic, &routes, 4, |n| progress.push(n)).unwrap();
+        assert_eq!(progress, vec![4, 7, 9], "the broken sample (in the second batch) is skipped");
+        assert_eq!(results.len(), net.num_routes());
+        // Route 1 by hand: forward the 9 readable images, count arg-max hits.
+        let readable: Vec<usize> = (0..10).filter(|&i| i != 4).collect();
+        let data: Vec<f32> = readable.iter().flat_map(|&i| Synthetic.get(i).unwrap().image).collect();
+        let logits = net.forward(Tensor::<Flex, 4>::from_data(TensorData::new(data, [9, 3, 16, 16]), &device), 1).unwrap();
+        let hits = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap()
+            .iter()
+            .zip(&readable)
+            .filter(|(p, &i)| **p as usize == i % 5)
+            .count();
+        assert!((results[1].acc1 - 100.0 * hits as f64 / 9.0).abs() < 1e-9);
+        assert!(results.iter().all(|r| r.acc5 >= r.acc1 && r.images == 9 && r.flops > 0));
+
+        let dir = std::env::temp_dir().join(format!("snnet-eval-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("results.jsonl");
+        let _ = std::fs::remove_file(&file);
+        assert!(done_routes(&file).unwrap().is_empty());
+        for r in &results[..3] {
+            append_result(&file, r).unwrap();
+        }
+        assert_eq!(done_routes(&file).unwrap().into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&file).unwrap().lines().next().unwrap()).unwrap();
+        for field in ["cfg_id", "flops", "params", "acc1", "acc5", "params_exact"] {
+            assert!(line.get(field).is_some(), "{field} in {line}");
+        }
+        assert!(evaluate_routes(&net, &Synthetic, &[999], 4, |_| {}).is_err());
+    }
+}
