@@ -80,6 +80,44 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Least-squares initialise the stitching layers from calibration images and write the
+    /// weight file (anchors from `--weights`, e.g. a file made by `import`).
+    Init {
+        /// The data: a Fashion-MNIST folder (IDX files) or an ImageFolder tree (`train/`, `val/` or class folders).
+        #[command(flatten)]
+        data: DataArgs,
+        /// Calibration images (the official recipe: 100), drawn from the training split.
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+        /// Images per forward while accumulating.
+        #[arg(long, default_value_t = 25)]
+        chunk: usize,
+        /// The weight file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Evaluate every route (or `--routes`) on the validation split: JSON lines in the official
+    /// results format, resumable (routes already in the file are skipped), and a plot.
+    Eval {
+        /// The data (see `init`).
+        #[command(flatten)]
+        data: DataArgs,
+        /// Route ids, comma separated (default: every route).
+        #[arg(long, value_delimiter = ',')]
+        routes: Option<Vec<usize>>,
+        /// Images per forward.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Evaluate only the first N validation images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Results file (JSON lines), appended to.
+        #[arg(long)]
+        output: PathBuf,
+        /// Accuracy-against-FLOPs plots to write (`.png`/`.svg`, comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "FILES")]
+        plot: Vec<PathBuf>,
+    },
     /// Measure the latency of routes on the device (warm-up, median of repeats).
     Bench {
         /// Route ids, comma separated (default: every route).
@@ -156,6 +194,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where the images come from.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// Dataset folder: Fashion-MNIST IDX files, or an ImageFolder tree.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Seed of the calibration draw.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
 }
 
 /// Metric tables that `select` and `frontier` read beside the route costs.

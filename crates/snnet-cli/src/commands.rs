@@ -14,9 +14,13 @@ use snnet::{
     Description, Route, RouteCost,
 };
 
-use crate::args::{Cli, Command, NetworkArgs, TableArgs};
+use crate::{
+    args::{Cli, Command, NetworkArgs, TableArgs},
+    evaluate::{Eval, Init},
+};
 
-type BoxError = Box<dyn std::error::Error>;
+/// Errors of the commands, shown to the user.
+pub(crate) type BoxError = Box<dyn std::error::Error>;
 
 /// `println!` that ends the program quietly when stdout is closed (e.g. `snnet space | head`)
 /// instead of panicking.
@@ -38,6 +42,14 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Space { json } => space(&desc, json),
         Command::Infer { route, input, output } => {
             let task = Infer { desc, net: &cli.network, route, input: &input, output: &output };
+            run_on_with(device, precision, task)?
+        }
+        Command::Init { data, images, chunk, output } => {
+            let task = Init { desc, net: &cli.network, data: &data, images, chunk, output: &output };
+            run_on_with(device, precision, task)?
+        }
+        Command::Eval { data, routes, batch, limit, output, plot } => {
+            let task = Eval { desc, net: &cli.network, data: &data, routes, batch, limit, output: &output, plots: &plot };
             run_on_with(device, precision, task)?
         }
         Command::Import { from, output } => run_on_with(device, precision, Import { desc, net: &cli.network, from, output })?,
@@ -255,7 +267,7 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
 }
 
 /// A progress bar on stderr with rate and ETA.
-fn progress_bar(len: usize, what: &str) -> ProgressBar {
+pub(crate) fn progress_bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
@@ -272,7 +284,7 @@ fn build_net<B: Backend>(desc: &Description, args: &NetworkArgs, device: &B::Dev
 }
 
 /// [`build_net`], also returning the weight file's metadata (empty without `--weights`).
-fn build_net_with_metadata<B: Backend>(
+pub(crate) fn build_net_with_metadata<B: Backend>(
     desc: &Description,
     args: &NetworkArgs,
     device: &B::Device,

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod evaluate;
 mod peak_alloc;
 
 use clap::Parser;

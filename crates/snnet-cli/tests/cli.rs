@@ -256,3 +256,77 @@ fn bench_then_select_returns_a_route_within_the_latency_budget() {
     assert!(ok && out.contains("on the frontier"), "{err}");
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
 }
+
+#[test]
+fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
+    let config = import_fixture("mini_vit.json");
+    let config = config.to_str().unwrap();
+    let weights = import_fixture("snnet_official.safetensors");
+    let data = tmp("folder-data");
+    for split in ["train", "val"] {
+        for (c, class) in ["bird", "fish"].iter().enumerate() {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..4u32 {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([(x * 6 + i * 9) as u8, (y * 7) as u8, (c * 200) as u8]));
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    std::fs::write(data.join("train/fish/broken.png"), b"garbage").unwrap();
+    let init = tmp("ls.safetensors");
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config,
+        "--weights",
+        weights.to_str().unwrap(),
+        "init",
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        "6",
+        "--chunk",
+        "4",
+        "--output",
+        init.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("least squares over 6 images") && err.contains("6 stitching layers"), "{err}");
+    assert_eq!(read_tensors(&init).unwrap().1["snnet.stitching"], "least-squares");
+
+    let results = tmp("results.jsonl");
+    let _ = std::fs::remove_file(&results);
+    let plot = tmp("eval.svg");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["--config", config, "--weights", init.to_str().unwrap(), "eval", "--data", data.to_str().unwrap()];
+        args.extend_from_slice(&["--batch", "3", "--output", results.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        snnet(&args)
+    };
+    let (ok, out, err) = eval(&["--routes", "0,5,20"]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 3);
+    assert!(out.contains("cfg_id"));
+    let (ok, _, err) = eval(&["--plot", plot.to_str().unwrap()]);
+    assert!(ok && err.contains("3 route(s) already in"), "{err}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&results).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 23);
+    assert!(lines.iter().all(|l| l["images"] == 8 && l["acc1"].as_f64().unwrap() <= 100.0));
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+
+    // A Fashion-MNIST-shaped network cannot take RGB folders: a clear error.
+    let gray = serde_json::json!({"anchors": [{"arch": "vit", "img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 10}]});
+    let gray_config = tmp("gray.json");
+    std::fs::write(&gray_config, gray.to_string()).unwrap();
+    let (ok, _, err) = snnet(&[
+        "--config",
+        gray_config.to_str().unwrap(),
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        tmp("g.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("the network takes [1, 28, 28]"), "{err}");
+}
