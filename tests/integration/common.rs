@@ -29,6 +29,7 @@ pub fn mini_vit(dim: usize, heads: usize, in_chans: usize) -> VitConfig {
         qkv_bias: true,
         num_classes: 10,
         layer_norm_eps: 1e-6,
+        drop_path_rate: 0.0,
     }
 }
 

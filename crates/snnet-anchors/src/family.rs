@@ -15,6 +15,15 @@ pub enum AnyAnchor<B: Backend> {
     Vit(Vit<B>),
 }
 
+impl<B: Backend> AnyAnchor<B> {
+    /// Sets the stochastic depth rate of the anchor's blocks (see [`Vit::set_drop_path_rate`]).
+    pub fn set_drop_path_rate(&mut self, rate: f64) -> crate::error::Result<()> {
+        match self {
+            AnyAnchor::Vit(m) => m.set_drop_path_rate(rate),
+        }
+    }
+}
+
 impl<B: Backend> Anchor<B> for AnyAnchor<B> {
     fn layout(&self) -> &AnchorLayout {
         match self {
@@ -49,6 +58,12 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
         match self {
             AnyAnchor::Vit(m) => m.head(x, final_norm),
+        }
+    }
+
+    fn reseed(&self, seed: u64) {
+        match self {
+            AnyAnchor::Vit(m) => m.reseed(seed),
         }
     }
 }

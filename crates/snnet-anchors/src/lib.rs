@@ -8,6 +8,7 @@
 pub mod description;
 pub mod error;
 pub mod family;
+pub mod kernels;
 pub mod vit;
 
 pub use description::{AnchorSpec, Architecture, Description, PRESETS};

@@ -1,12 +1,13 @@
 //! Vision Transformer (ViT/DeiT) with timm's structure and parameter names.
 
+use crate::kernels::{gelu, softmax_scaled};
 use burn::{
     module::{Module, Param},
     nn::{conv::Conv2d, conv::Conv2dConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig},
-    tensor::{activation, backend::Backend, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
 use serde::{Deserialize, Serialize};
-use snnet_core::{Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, PartCost, StageLayout};
+use snnet_core::{drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
 
 use crate::error::{Error, Result};
 
@@ -41,6 +42,10 @@ pub struct VitConfig {
     /// LayerNorm epsilon (timm ViT: 1e-6).
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Stochastic depth: block `i` drops its branches with probability `drop_path_rate · i / (depth − 1)`
+    /// during training (timm's linear rule); 0 disables it. Not part of the weights or the layout.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 fn default_img_size() -> usize {
@@ -79,6 +84,7 @@ impl VitConfig {
             qkv_bias: true,
             num_classes: 1000,
             layer_norm_eps: 1e-6,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -122,10 +128,22 @@ impl VitConfig {
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden() == 0 {
             return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
         }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return bad("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
+        }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }
         Ok(())
+    }
+
+    /// Drop-path probability of block `i` (timm: `torch.linspace(0, drop_path_rate, depth)`).
+    pub fn block_drop_path(&self, i: usize) -> f64 {
+        if self.depth > 1 {
+            self.drop_path_rate * i as f64 / (self.depth - 1) as f64
+        } else {
+            0.0
+        }
     }
 
     fn hidden(&self) -> usize {
@@ -188,12 +206,14 @@ impl VitConfig {
         let linear =
             |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).with_initializer(std.clone()).init::<B>(device);
         let norm = || LayerNormConfig::new(c).with_epsilon(self.layer_norm_eps).init::<B>(device);
+        let rate = |i: usize| self.block_drop_path(i);
         let blocks = (0..self.depth)
-            .map(|_| Block {
+            .map(|i| Block {
                 norm1: norm(),
                 attn: Attention { qkv: linear(c, 3 * c, self.qkv_bias), proj: linear(c, c, true), num_heads: self.num_heads },
                 norm2: norm(),
                 mlp: Mlp { fc1: linear(c, self.hidden(), true), fc2: linear(self.hidden(), c, true) },
+                drop_path: rate(i),
             })
             .collect();
         Ok(Vit {
@@ -209,6 +229,7 @@ impl VitConfig {
             head: linear(c, self.num_classes, true),
             layout: self.layout(name),
             config: self.clone(),
+            noise: NoiseSeed::default(),
         })
     }
 }
@@ -234,14 +255,25 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `[b, n, c] → [b, n, c]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, c] = x.dims();
+        linear_rows(&self.proj, self.core(linear_rows(&self.qkv, x)))
+    }
+
+    /// The attention proper, from the qkv projection `[b, n, 3c]` to the merged heads `[b, n, c]`.
+    pub fn core(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, c3] = qkv.dims();
+        let c = c3 / 3;
         let (h, d) = (self.num_heads, c / self.num_heads);
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, n, d]);
-        let (q, k, v) = (part(0), part(1), part(2));
-        let attn = activation::softmax(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]);
-        self.proj.forward(out)
+        // timm: qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4). Here q, k, v `[b, h, n, d]` stay
+        // strided views of the projection (row stride 3c), which the matmuls take as they are.
+        let heads = qkv.reshape([b, n, 3 * h, d]).swap_dims(1, 2);
+        let q = heads.clone().narrow(1, 0, h);
+        let k = heads.clone().narrow(1, h, h);
+        let v = heads.narrow(1, 2 * h, h);
+        let attn = softmax_scaled(q.matmul(k.swap_dims(2, 3)), (d as f64).powf(-0.5));
+        // timm: (attn @ v).transpose(1, 2).reshape(b, n, c). Computing the transpose (attn v)ᵀ = vᵀ attnᵀ
+        // instead gives `[b, h, d, n]`, which is `[b, c, n]` as it lies in memory, so the merged heads
+        // are a transposed view and no copy is made (the projection's matmul takes the strides).
+        v.swap_dims(2, 3).matmul(attn.swap_dims(2, 3)).reshape([b, c, n]).swap_dims(1, 2)
     }
 }
 
@@ -252,6 +284,13 @@ pub struct Mlp<B: Backend> {
     pub fc1: Linear<B>,
     /// Projection back.
     pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `fc2(gelu(fc1(x)))`, with timm's exact (erf) GELU.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x)))
+    }
 }
 
 /// A pre-norm transformer block.
@@ -265,13 +304,22 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     /// MLP.
     pub mlp: Mlp<B>,
+    /// Drop-path probability of both branches in training.
+    pub drop_path: f64,
 }
 
 impl<B: Backend> Block<B> {
-    /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+    /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))` (in training, drop path with fixed seeds:
+    /// use [`forward_seeded`](Self::forward_seeded) for fresh masks).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        let y = self.mlp.fc2.forward(activation::gelu(self.mlp.fc1.forward(self.norm2.forward(x.clone()))));
+        self.forward_seeded(x, [0, 1])
+    }
+
+    /// `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`; drop path acts only in
+    /// training (an autodiff backend), its two masks drawn from `seeds`.
+    pub fn forward_seeded(&self, x: Tensor<B, 3>, seeds: [u64; 2]) -> Tensor<B, 3> {
+        let x = x.clone() + drop_path(self.attn.forward(self.norm1.forward(x)), self.drop_path, seeds[0]);
+        let y = drop_path(self.mlp.forward(self.norm2.forward(x.clone())), self.drop_path, seeds[1]);
         x + y
     }
 }
@@ -295,12 +343,26 @@ pub struct Vit<B: Backend> {
     layout: AnchorLayout,
     #[module(skip)]
     config: VitConfig,
+    #[module(skip)]
+    noise: NoiseSeed,
 }
 
 impl<B: Backend> Vit<B> {
     /// The architecture.
     pub fn config(&self) -> &VitConfig {
         &self.config
+    }
+
+    /// Sets the stochastic depth rate (timm's linear rule over the blocks, as
+    /// [`VitConfig::drop_path_rate`]); a rate outside `[0, 1)` is an error.
+    pub fn set_drop_path_rate(&mut self, rate: f64) -> Result<()> {
+        let config = VitConfig { drop_path_rate: rate, ..self.config.clone() };
+        config.validate()?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.drop_path = config.block_drop_path(i);
+        }
+        self.config = config;
+        Ok(())
     }
 
     fn tokens(x: Features<B>) -> Tensor<B, 3> {
@@ -329,7 +391,12 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     }
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {
-        Features::Tokens(self.blocks[index].forward(Self::tokens(x)))
+        let seeds = [self.noise.for_branch(2 * index), self.noise.for_branch(2 * index + 1)];
+        Features::Tokens(self.blocks[index].forward_seeded(Self::tokens(x), seeds))
+    }
+
+    fn reseed(&self, seed: u64) {
+        self.noise.set(seed);
     }
 
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
@@ -339,5 +406,35 @@ impl<B: Backend> Anchor<B> for Vit<B> {
         let cls = x.narrow(1, 0, 1);
         let cls = if final_norm { self.norm.forward(cls) } else { cls };
         self.head.forward(cls.reshape([b, c]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::{
+        backend::Flex,
+        tensor::{activation, DType, Distribution, Tensor, TensorData},
+    };
+
+    use super::*;
+
+    #[test]
+    fn attention_matches_timm_formulation() {
+        let device = Default::default();
+        for (c, heads, b) in [(192, 3, 1), (384, 6, 2)] {
+            let vit = VitConfig::new(c, 1, heads).init::<Flex>("t", &device).unwrap();
+            let attn = &vit.blocks[0].attn;
+            let x = Tensor::<Flex, 3>::random([b, 197, c], Distribution::Normal(0.0, 1.0), &device);
+            // timm 0.6: qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4); softmax(q kᵀ · scale) v.
+            let d = c / heads;
+            let qkv = attn.qkv.forward(x.clone()).reshape([b, 197, 3, heads, d]).permute([2, 0, 3, 1, 4]);
+            let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, 197, d]);
+            let p = activation::softmax(part(0).matmul(part(1).swap_dims(2, 3)) * (d as f64).powf(-0.5), 3);
+            let expected = attn.proj.forward(p.matmul(part(2)).swap_dims(1, 2).reshape([b, 197, c]));
+            let got = attn.forward(x);
+            let diff = (got - expected.clone()).abs().max().into_scalar();
+            let scale = expected.abs().max().into_scalar();
+            assert!(diff <= 1e-5 * scale, "max diff {diff} (scale {scale})");
+        }
     }
 }

@@ -44,6 +44,12 @@ pub trait Anchor<B: Backend>: Module<B> + ModuleDisplay {
     /// DeiT routes do (spec §9 B1); families without such a norm ignore it.
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2>;
 
+    /// Seeds the stochastic layers (drop path) for the next training forward, so a run reproduces
+    /// and resumes exactly ([`crate::stochastic`]). Families without any keep the default (nothing).
+    fn reseed(&self, seed: u64) {
+        let _ = seed;
+    }
+
     /// Runs the blocks in `range` (global indices), applying a stage transition before each block
     /// that starts a new stage, except the first block of the range (its input is already there).
     fn blocks(&self, mut x: Features<B>, range: Range<usize>) -> Features<B> {

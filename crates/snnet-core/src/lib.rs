@@ -4,7 +4,9 @@
 //! - [`StitchSpace`]: every route and stitching layer, enumerated in the official order;
 //! - [`StitchedNet`]: the anchors plus stitching layers; forward through any route, least-squares
 //!   initialisation, weight files;
-//! - [`cost`], [`select`]: FLOPs/parameters per route, Pareto frontiers and budgets.
+//! - [`cost`], [`select`]: FLOPs/parameters per route, Pareto frontiers and budgets;
+//! - [`stochastic`], [`rng`]: seeded stochastic depth and the generator behind it, so training runs
+//!   reproduce and resume exactly.
 
 #![warn(missing_docs)]
 
@@ -15,9 +17,12 @@ pub mod features;
 pub mod layout;
 pub mod lstsq;
 pub mod net;
+pub mod ops;
+pub mod rng;
 pub mod select;
 pub mod space;
 pub mod stitching_layer;
+pub mod stochastic;
 pub mod weights;
 
 pub use anchor::Anchor;
@@ -29,3 +34,4 @@ pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StatePart, St
 pub use select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
 pub use stitching_layer::StitchingLayer;
+pub use stochastic::{drop_path, NoiseSeed};

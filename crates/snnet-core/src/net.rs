@@ -126,6 +126,14 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         Ok(net)
     }
 
+    /// Seeds every anchor's stochastic layers (drop path) for the next training forward; a
+    /// training loop calls it once per step with a seed derived from the step.
+    pub fn reseed(&self, seed: u64) {
+        for (i, anchor) in self.anchors.iter().enumerate() {
+            anchor.reseed(crate::rng::SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
+        }
+    }
+
     /// The stitch space.
     pub fn space(&self) -> &StitchSpace {
         &self.space
@@ -375,6 +383,22 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
         write_safetensors(path, &self.named_tensors(), meta)
     }
 
+    /// Writes anchor `index` alone as a timm-style state dict (keys without the `anchors.{i}.`
+    /// prefix, PyTorch orientation), the file [`load_anchor`](Self::load_anchor) and timm read;
+    /// `extra` goes into the metadata with the anchor's layout.
+    pub fn save_anchor(&self, index: usize, path: &Path, extra: HashMap<String, String>) -> Result<()> {
+        let layout = self.layouts.get(index).ok_or_else(|| Error::WeightFile {
+            path: path.display().to_string(),
+            reason: format!("anchor {index} does not exist: the network has {} anchors", self.anchors.len()),
+        })?;
+        let prefix = format!("anchors.{index}.");
+        let tensors: Vec<_> =
+            self.named_tensors().into_iter().filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t))).collect();
+        let mut meta = extra;
+        meta.insert("snnet.anchor".into(), serde_json::to_string(layout).expect("serialisable"));
+        write_safetensors(path, &tensors, meta)
+    }
+
     /// Loads a weight file: an snnet file (its stored description must equal this network's; the
     /// first difference is the error), or an official SN-Net checkpoint (`.pth` as the official
     /// training script saves it, or its state dict as safetensors), whose keys are the same.
@@ -456,6 +480,14 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
     pub fn load_anchor(self, index: usize, path: &Path) -> Result<(Self, LoadedWeights)> {
         let shown = path.display().to_string();
         let loaded = read_weights(path)?;
+        if let (Some(stored), Some(layout)) = (loaded.metadata.get("snnet.anchor"), self.layouts.get(index)) {
+            let file: serde_json::Value = serde_json::from_str(stored)
+                .map_err(|e| Error::WeightFile { path: shown.clone(), reason: format!("corrupt `snnet.anchor` metadata: {e}") })?;
+            let ours = serde_json::to_value(layout).expect("serialisable");
+            if let Some(difference) = first_difference("", &file, &ours) {
+                return Err(Error::DescriptionMismatch { path: shown, difference });
+            }
+        }
         let mut tensors: TensorMap = loaded.tensors.iter().map(|(k, v)| (format!("anchors.{index}.{k}"), v.clone())).collect();
         if tensors.keys().all(|k| k.starts_with(&format!("anchors.{index}.module."))) {
             tensors = tensors.into_iter().map(|(k, v)| (k.replacen(".module.", ".", 1), v)).collect();

@@ -6,7 +6,7 @@ use burn::{
     tensor::{backend::Backend, Tensor, TensorData},
 };
 
-use crate::{features::Features, layout::FeatureKind};
+use crate::{features::Features, layout::FeatureKind, ops::linear_rows};
 
 /// `y = W x + b` over channels: a Linear on tokens, a 1×1 convolution on maps (applied channels-last),
 /// with the map→tokens reshape of the official CNN→ViT stitch when the end anchor takes tokens.
@@ -30,9 +30,9 @@ impl<B: Backend> StitchingLayer<B> {
     /// Applies the map.
     pub fn forward(&self, x: Features<B>) -> Features<B> {
         match x {
-            Features::Tokens(t) => Features::Tokens(self.transform.forward(t)),
+            Features::Tokens(t) => Features::Tokens(linear_rows(&self.transform, t)),
             Features::Map(m) => {
-                let y = self.transform.forward(m.permute([0, 2, 3, 1]));
+                let y = linear_rows(&self.transform, m.permute([0, 2, 3, 1]));
                 match self.out_kind {
                     FeatureKind::Map => Features::Map(y.permute([0, 3, 1, 2])),
                     FeatureKind::Tokens => {

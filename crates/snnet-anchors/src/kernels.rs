@@ -1,0 +1,419 @@
+//! Elementwise kernels of the ViT family that burn-flex runs slowly: exact GELU and the scaled
+//! softmax of attention. On burn-flex (f32) they run our vectorised, multi-threaded CPU kernels
+//! ([`cpu`]), in training too; on every other backend, burn's own operations.
+
+use burn::tensor::{activation, backend::Backend, DType, Tensor, TensorData};
+
+/// Exact (erf) GELU, timm's `nn.GELU()`.
+///
+/// On burn-flex (f32) this runs [`cpu::gelu`] in place on the tensor's buffer: burn-flex's own GELU
+/// calls `libm::erff` element by element on one thread, the largest elementwise cost of a DeiT block
+/// on the CPU (docs/benchmarks.md, "CPU forward: where the time goes"). Elsewhere: burn's GELU.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 && B::name(&x.device()) == "autodiff<flex>" {
+        return gelu_from_parts(x);
+    }
+    match cpu::map_in_place(x, cpu::gelu) {
+        Ok(y) => y,
+        Err(x) => activation::gelu(x),
+    }
+}
+
+/// GELU under autodiff on burn-flex, from two constants our kernel computes ([`cpu::gelu_parts`]):
+/// `x·Φ(x) + (x − x̄)·xφ(x)`, where `x̄` is `x` detached. The second term is zero, so the value is
+/// exact GELU, and the gradient is `Φ(x) + x·φ(x)`, exact GELU's derivative — with four cheap
+/// elementwise operations recorded instead of burn-flex's scalar, single-threaded erf in both passes.
+fn gelu_from_parts<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let (shape, device) = (x.shape(), x.device());
+    let data = x.clone().detach().into_data();
+    let Ok(values) = data.as_slice::<f32>() else { return activation::gelu(x) };
+    let mut cdf = values.to_vec();
+    let mut slope = cdf.clone();
+    cpu::gelu_parts(&mut cdf, &mut slope);
+    let cdf = Tensor::<B, D>::from_data(TensorData::new(cdf, shape.clone()), &device);
+    let slope = Tensor::<B, D>::from_data(TensorData::new(slope, shape), &device);
+    x.clone() * cdf + (x.clone() - x.detach()) * slope
+}
+
+/// `softmax(x · scale)` over the last dimension.
+///
+/// On burn-flex (f32) this runs [`cpu::softmax_rows`] in place (the scale fused into the row pass,
+/// a vectorised `exp`); elsewhere burn's `softmax(x * scale)`.
+pub fn softmax_scaled<B: Backend, const D: usize>(x: Tensor<B, D>, scale: f64) -> Tensor<B, D> {
+    let row = x.dims()[D - 1];
+    match cpu::map_in_place(x, |data| cpu::softmax_rows(data, row, scale as f32)) {
+        Ok(y) => y,
+        Err(x) => activation::softmax(x * scale, D - 1),
+    }
+}
+
+/// Elementwise kernels used on the CPU backend (burn-flex) in place of burn-flex's scalar ones.
+///
+/// Both work on whole rows of a contiguous f32 buffer, vectorise (AVX-512 / AVX2+FMA chosen at run
+/// time, plain Rust elsewhere) and split large buffers across threads (as many as burn-flex's rayon
+/// pool: `RAYON_NUM_THREADS`, else the available parallelism). The approximations are our own fits
+/// (rational for erf, polynomial for exp); their errors are below f32 rounding of the results that
+/// matter (see the tests).
+pub mod cpu {
+    use std::sync::OnceLock;
+
+    use burn::tensor::{backend::Backend, DType, Tensor};
+
+    /// Applies `f` to the buffer of `x` in place when `x` is an f32 tensor of burn-flex (whose
+    /// `into_data`/`from_data` move the buffer without copying when the tensor is not shared);
+    /// returns `x` untouched otherwise.
+    pub fn map_in_place<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(&mut [f32])) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let device = x.device();
+        if x.dtype() != DType::F32 || B::name(&device) != "flex" {
+            return Err(x);
+        }
+        let mut data = x.into_data();
+        match data.as_mut_slice::<f32>() {
+            Ok(values) => f(values),
+            Err(_) => unreachable!("an f32 tensor gives f32 data"),
+        }
+        Ok(Tensor::from_data(data, (&device, DType::F32)))
+    }
+
+    /// Threads for large buffers: `RAYON_NUM_THREADS` (what burn-flex's pool uses), else the
+    /// available parallelism.
+    pub fn threads() -> usize {
+        static THREADS: OnceLock<usize> = OnceLock::new();
+        *THREADS.get_or_init(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&t| t > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        })
+    }
+
+    /// Below this many elements per thread a buffer is processed on the calling thread
+    /// (a spawn costs about as much as this many elements of work).
+    const MIN_PER_THREAD: usize = 1 << 18;
+
+    /// Runs `f` over `data` split into chunks of whole rows, on up to [`threads`] threads.
+    fn for_row_chunks(data: &mut [f32], row: usize, f: impl Fn(&mut [f32]) + Sync) {
+        let rows = data.len() / row.max(1);
+        let t = threads().min(data.len() / MIN_PER_THREAD).min(rows).max(1);
+        if t == 1 {
+            return f(data);
+        }
+        let per = rows.div_ceil(t) * row;
+        std::thread::scope(|s| {
+            let mut chunks = data.chunks_mut(per);
+            let first = chunks.next();
+            for chunk in chunks {
+                let f = &f;
+                s.spawn(move || f(chunk));
+            }
+            if let Some(chunk) = first {
+                f(chunk);
+            }
+        });
+    }
+
+    /// `x · Φ(x) = x/2 · (1 + erf(x/√2))` in place, for every element.
+    pub fn gelu(data: &mut [f32]) {
+        for_row_chunks(data, 1, gelu_best);
+    }
+
+    /// Row-wise `softmax(x · scale)` in place, over rows of `row` elements; `scale > 0`.
+    pub fn softmax_rows(data: &mut [f32], row: usize, scale: f32) {
+        assert!(row > 0 && data.len() % row == 0, "softmax_rows: {} elements are not rows of {row}", data.len());
+        assert!(scale > 0.0, "softmax_rows: the scale must be positive");
+        for_row_chunks(data, row, |xs| softmax_best(xs, row, scale));
+    }
+
+    /// Whether the CPU has AVX-512F (checked once).
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx512() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+
+    /// Whether the CPU has AVX2 and FMA (checked once).
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx2_fma() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+    }
+
+    /// Runs `f` compiled for the best vector extension this CPU has (AVX-512, AVX2+FMA, or none):
+    /// `f` is inlined into a function built with those target features.
+    #[inline(always)]
+    fn with_best_simd(f: impl FnOnce()) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn avx512(f: impl FnOnce()) {
+                f()
+            }
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2(f: impl FnOnce()) {
+                f()
+            }
+            if has_avx512() {
+                // SAFETY: the CPU has the features `avx512` is compiled for.
+                return unsafe { avx512(f) };
+            }
+            if has_avx2_fma() {
+                // SAFETY: the CPU has the features `avx2` is compiled for.
+                return unsafe { avx2(f) };
+            }
+        }
+        f()
+    }
+
+    fn gelu_best(xs: &mut [f32]) {
+        with_best_simd(|| gelu_slice(xs))
+    }
+
+    fn softmax_best(xs: &mut [f32], row: usize, scale: f32) {
+        with_best_simd(|| softmax_slice(xs, row, scale))
+    }
+
+    /// For GELU's gradient: `x` becomes `Φ(x)` (the normal CDF) and `slope` (holding a copy of `x`)
+    /// becomes `x·φ(x)`, so that `gelu(x) = x·Φ(x)` and `gelu'(x) = Φ(x) + x·φ(x)`.
+    pub fn gelu_parts(x: &mut [f32], slope: &mut [f32]) {
+        assert_eq!(x.len(), slope.len(), "gelu_parts: buffers of different lengths");
+        for_row_chunks(x, 1, |xs| with_best_simd(|| cdf_slice(xs)));
+        for_row_chunks(slope, 1, |xs| with_best_simd(|| x_pdf_slice(xs)));
+    }
+
+    #[inline(always)]
+    fn cdf_slice(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            let v = *x;
+            let e = if v <= -ERF_CLAMP {
+                -1.0
+            } else if v >= ERF_CLAMP {
+                1.0
+            } else {
+                erf_over_sqrt2(v)
+            };
+            *x = 0.5 * (1.0 + e);
+        }
+    }
+
+    #[inline(always)]
+    fn x_pdf_slice(xs: &mut [f32]) {
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for x in xs.iter_mut() {
+            let v = *x;
+            *x = v * INV_SQRT_2PI * exp_nonpositive(-0.5 * v * v);
+        }
+    }
+
+    /// `erf(x/√2)` for |x| ≤ [`ERF_CLAMP`] as `x·P(x²)/Q(x²)`: a rational fit of ours (least squares
+    /// with Lawson reweighting on [0, 5.5]); max error 4e-8 in exact arithmetic, 3.4e-7 evaluated in
+    /// f32 (libm's `erff` is within about 6e-8). Beyond the clamp, erf(x/√2) rounds to ±1 in f32.
+    const ERF_P: [f32; 6] = [0.797_884_5, 0.066_150_686, 0.009_266_948, 0.000_323_028_93, 0.000_012_715_498, 4.739_797_3e-8];
+    const ERF_Q: [f32; 6] = [1.0, 0.249_573_79, 0.028_210_951, 0.001_842_721_2, 0.000_071_601_735, 1.225_762e-6];
+    const ERF_CLAMP: f32 = 5.5;
+
+    /// `erf(x / √2)`.
+    #[inline(always)]
+    fn erf_over_sqrt2(x: f32) -> f32 {
+        let x = if x < -ERF_CLAMP {
+            -ERF_CLAMP
+        } else if x > ERF_CLAMP {
+            ERF_CLAMP
+        } else {
+            x
+        };
+        let t = x * x;
+        let p = ((((ERF_P[5] * t + ERF_P[4]) * t + ERF_P[3]) * t + ERF_P[2]) * t + ERF_P[1]) * t + ERF_P[0];
+        let q = ((((ERF_Q[5] * t + ERF_Q[4]) * t + ERF_Q[3]) * t + ERF_Q[2]) * t + ERF_Q[1]) * t + ERF_Q[0];
+        x * p / q
+    }
+
+    #[inline(always)]
+    fn gelu_slice(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            let v = *x;
+            // Exactly ±1 beyond the clamp, as erff rounds there (so gelu(x) = 0 for x ≪ 0).
+            let e = if v <= -ERF_CLAMP {
+                -1.0
+            } else if v >= ERF_CLAMP {
+                1.0
+            } else {
+                erf_over_sqrt2(v)
+            };
+            *x = 0.5 * v * (1.0 + e);
+        }
+    }
+
+    /// `e^x` for x ≤ 0 (inputs below -87 give e^-87 ≈ 1.6e-38): 2^k · p(r) with k = round(x/ln 2),
+    /// r = x - k·ln 2 (two-part ln 2), p a degree-6 polynomial fitted by us on [-ln2/2, ln2/2]
+    /// (relative error 3e-9 exact, 8e-8 in f32).
+    #[inline(always)]
+    fn exp_nonpositive(x: f32) -> f32 {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4; // 0.693359375, exact in 9 bits
+        const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 - LN2_HI
+        const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting it rounds to an integer
+        const C: [f32; 5] = [0.499_999_94, 0.166_665_21, 0.041_668_386, 0.008_368_688, 0.001_381_451];
+        let x = if x < -87.0 { -87.0 } else { x };
+        // y = ROUND + k exactly, so k is both y - ROUND and the low bits of y (integer ops only,
+        // which vectorise where a float-to-int cast does not).
+        let y = x * LOG2_E + ROUND;
+        let k = y - ROUND;
+        let two_k = f32::from_bits(y.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+        let r = (x - k * LN2_HI) - k * LN2_LO;
+        let p = (((C[4] * r + C[3]) * r + C[2]) * r + C[1]) * r + C[0];
+        let p = (p * r + 1.0) * r + 1.0;
+        p * two_k
+    }
+
+    const LANES: usize = 16;
+
+    #[inline(always)]
+    fn softmax_slice(xs: &mut [f32], row: usize, scale: f32) {
+        for r in xs.chunks_exact_mut(row) {
+            // Row max (scale > 0, so max(x·scale) = max(x)·scale), in LANES accumulators.
+            let mut acc = [f32::NEG_INFINITY; LANES];
+            let mut chunks = r.chunks_exact(LANES);
+            for c in &mut chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a = if v > *a { v } else { *a };
+                }
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in acc.iter().chain(chunks.remainder()) {
+                max = if v > max { v } else { max };
+            }
+            let shift = max * scale;
+            if !shift.is_finite() {
+                // Infinite or NaN entries: burn's softmax in the fallback defines the result.
+                let sum: f32 = r.iter().map(|&v| (v * scale - shift).exp()).sum();
+                r.iter_mut().for_each(|v| *v = (*v * scale - shift).exp() / sum);
+                continue;
+            }
+            let mut sums = [0.0f32; LANES];
+            let mut chunks = r.chunks_exact_mut(LANES);
+            for c in &mut chunks {
+                for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+                    let e = exp_nonpositive(*v * scale - shift);
+                    *v = e;
+                    *s += e;
+                }
+            }
+            let mut sum: f32 = sums.iter().sum();
+            for v in chunks.into_remainder() {
+                let e = exp_nonpositive(*v * scale - shift);
+                *v = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            for v in r.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::{
+        backend::{Autodiff, Flex},
+        tensor::{activation, DType, Distribution, Tensor, TensorData},
+    };
+
+    use super::*;
+
+    fn values() -> Vec<f32> {
+        let mut v: Vec<f32> = (-16_000..=16_000).map(|i| i as f32 * 5e-4).collect();
+        v.extend([-1e30, -100.0, -9.0, -5.5, 5.5, 9.0, 100.0, 1e30, 0.0, -0.0]);
+        v
+    }
+
+    #[test]
+    fn cpu_gelu_matches_exact_gelu() {
+        let xs = values();
+        let device = Default::default();
+        let reference: Vec<f64> = activation::gelu(Tensor::<Flex, 1>::from_data(
+            TensorData::new(xs.iter().map(|&x| x as f64).collect::<Vec<_>>(), [xs.len()]),
+            (&device, DType::F64),
+        ))
+        .into_data()
+        .to_vec()
+        .unwrap();
+        let mut ours = xs.clone();
+        cpu::gelu(&mut ours);
+        for ((&x, &r), &o) in xs.iter().zip(&reference).zip(&ours) {
+            let err = (o as f64 - r).abs();
+            assert!(err <= 1e-6 * (x as f64).abs().max(1.0), "gelu({x}) = {o}, expected {r}");
+        }
+        // The burn-flex f32 tensor path runs the same kernel.
+        let t = gelu(Tensor::<Flex, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device));
+        assert_eq!(t.into_data().to_vec::<f32>().unwrap(), ours);
+    }
+
+    #[test]
+    fn cpu_softmax_matches_f64() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([2, 3, 197, 197], Distribution::Normal(0.0, 4.0), &device);
+        let xs = x.clone().into_data().to_vec::<f32>().unwrap();
+        let scale = 0.125f64;
+        let ours = softmax_scaled(x, scale).into_data().to_vec::<f32>().unwrap();
+        for (row, out) in xs.chunks(197).zip(ours.chunks(197)) {
+            let max = row.iter().map(|&v| v as f64 * scale).fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 * scale - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (&o, &ei) in out.iter().zip(&e) {
+                let r = ei / sum;
+                assert!((o as f64 - r).abs() <= 1e-6 * r + 1e-9, "softmax {o} vs {r}");
+            }
+        }
+        // Odd row lengths (no full SIMD chunk, a remainder) and a row of equal values.
+        let mut short = vec![1.0f32, 2.0, 3.0, 1.0, 1.0, 1.0];
+        cpu::softmax_rows(&mut short, 3, 1.0);
+        let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|v| (v - 3.0f64).exp()).collect();
+        let s: f64 = e.iter().sum();
+        for (o, r) in short[..3].iter().zip(e.iter().map(|v| v / s)) {
+            assert!((*o as f64 - r).abs() < 1e-7);
+        }
+        assert!(short[3..].iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-7));
+    }
+
+    #[test]
+    fn cpu_kernels_split_across_threads() {
+        // Large enough to be split: the result equals the single-chunk one.
+        let n: usize = 4 * 197 * 197 * 8;
+        let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2000) as f32 * 0.01 - 10.0).collect();
+        let mut whole = xs.clone();
+        cpu::gelu(&mut whole);
+        let mut by_part = xs.clone();
+        by_part.chunks_mut(1000).for_each(cpu::gelu);
+        assert_eq!(whole, by_part);
+        let mut whole = xs.clone();
+        cpu::softmax_rows(&mut whole, 197, 0.5);
+        let mut by_part = xs;
+        by_part.chunks_mut(197).for_each(|r| cpu::softmax_rows(r, 197, 0.5));
+        assert_eq!(whole, by_part);
+    }
+
+    #[test]
+    fn autodiff_gelu_has_exact_values_and_gradients() {
+        let device = Default::default();
+        let xs: Vec<f64> = (-800..=800).map(|i| i as f64 * 0.01).chain([-30.0, 30.0]).collect();
+        let x =
+            Tensor::<Autodiff<Flex>, 1>::from_data(TensorData::new(xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), [xs.len()]), &device)
+                .require_grad();
+        let y = gelu(x.clone());
+        let grads = y.clone().sum().backward();
+        let values = y.into_data().to_vec::<f32>().unwrap();
+        let slopes = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let reference =
+            Tensor::<Autodiff<Flex>, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), (&device, DType::F64)).require_grad();
+        let r = activation::gelu(reference.clone());
+        let rg = r.clone().sum().backward();
+        let r_values = r.into_data().to_vec::<f64>().unwrap();
+        let r_slopes = reference.grad(&rg).unwrap().into_data().to_vec::<f64>().unwrap();
+        for i in 0..xs.len() {
+            assert!((values[i] as f64 - r_values[i]).abs() <= 1e-6 * xs[i].abs().max(1.0), "gelu({}) = {}", xs[i], values[i]);
+            assert!((slopes[i] as f64 - r_slopes[i]).abs() <= 2e-6, "gelu'({}) = {}, expected {}", xs[i], slopes[i], r_slopes[i]);
+        }
+    }
+}
