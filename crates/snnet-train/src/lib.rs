@@ -1,4 +1,4 @@
-//! # snnet-train — data, preprocessing and (to come) joint training of SN-Nets
+//! # snnet-train — data, preprocessing, joint training and evaluation of SN-Nets
 //!
 //! - [`data`]: datasets that yield preprocessed images and labels — Fashion-MNIST from its IDX files
 //!   (gzipped or not) and ImageFolder trees (class sub-folders of JPEG/PNG files, as ImageNet is laid
@@ -6,27 +6,36 @@
 //!   are reported and skipped, never fatal.
 //! - [`sampler`]: which route each step trains (uniform by default, seeded, resumable).
 //! - [`schedule`]: the official cosine learning-rate schedule with warmup and its stepping rules.
-//! - [`rng`]: the seeded generator behind sampling and data order.
+//! - [`rng`]: the seeded generator behind sampling, data order and drop path (from snnet-core).
 //! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
 //!   parameters, gradient clipping), touching only parameters that received gradients.
 //! - [`step`]: one joint-training step of a route (label smoothing, distillation).
+//! - [`train`]: the joint-training loop (a sampled route per step, schedule, augmentation, drop
+//!   path) with [`checkpoint`]s that a killed run resumes from exactly.
+//! - [`augment`]: seeded flips and shifts of training images.
 //! - [`eval`]: every route on a validation set, as resumable JSON lines in the official results
 //!   format.
 
 #![warn(missing_docs)]
 
+pub mod augment;
+pub mod checkpoint;
 pub mod data;
+pub mod error;
 pub mod eval;
 pub mod optim;
-pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod step;
+pub mod train;
 
+pub use augment::Augment;
 pub use data::{DataError, Dataset, FashionMnist, ImageFolder, Preprocess, Sample, Split};
+pub use error::{TrainError, TrainResult};
 pub use eval::{append_result, done_routes, evaluate_routes, RouteResult};
 pub use optim::{AdamW, AdamWConfig};
-pub use rng::SplitMix64;
-pub use sampler::{RouteSampler, UniformSampler};
+pub use sampler::{ListSampler, RouteSampler, UniformSampler};
 pub use schedule::CosineSchedule;
+pub use snnet_core::rng::{self, SplitMix64};
 pub use step::{train_step, Distillation, StepConfig};
+pub use train::{train, RunOptions, Stepping, Teacher, TrainConfig, TrainProgress, TrainReport};

@@ -21,7 +21,7 @@ use burn::{
 use snnet_core::weights::KeyPath;
 
 /// Hyper-parameters of [`AdamW`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
     /// First-moment decay (PyTorch default 0.9).
     pub beta1: f64,

@@ -41,3 +41,32 @@ impl RouteSampler for UniformSampler {
         self.rng = SplitMix64::new(state);
     }
 }
+
+/// Uniform over a fixed list of routes (e.g. only the anchors, to pretrain them in one run).
+#[derive(Clone, Debug)]
+pub struct ListSampler {
+    routes: Vec<usize>,
+    rng: SplitMix64,
+}
+
+impl ListSampler {
+    /// Uniform over `routes` (at least one).
+    pub fn new(routes: Vec<usize>, seed: u64) -> Self {
+        assert!(!routes.is_empty(), "a sampler needs at least one route");
+        Self { routes, rng: SplitMix64::new(seed) }
+    }
+}
+
+impl RouteSampler for ListSampler {
+    fn next_route(&mut self) -> usize {
+        self.routes[self.rng.below(self.routes.len())]
+    }
+
+    fn state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    fn restore(&mut self, state: u64) {
+        self.rng = SplitMix64::new(state);
+    }
+}

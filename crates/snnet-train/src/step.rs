@@ -7,7 +7,7 @@ use snnet_core::{Anchor, Result, StitchedNet};
 use crate::optim::{timm_decays, AdamW, ParamRule, StepReport};
 
 /// Distillation from a teacher's logits (DeiT's `DistillationLoss`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Distillation {
     /// Cross-entropy against the teacher's arg-max class, weighted `alpha`.
     Hard {
@@ -24,7 +24,7 @@ pub enum Distillation {
 }
 
 /// How a step is trained.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepConfig {
     /// Label smoothing ε of the classification term (timm `LabelSmoothingCrossEntropy`).
     pub label_smoothing: f64,

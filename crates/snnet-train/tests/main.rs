@@ -269,6 +269,153 @@ mod training {
     }
 }
 
+mod joint_training {
+    use std::collections::BTreeMap;
+
+    use burn::backend::{Autodiff, Flex};
+    use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, VitConfig};
+    use snnet_core::StitchedNet;
+    use snnet_train::{
+        data::{DataError, Dataset, Sample},
+        train, Augment, RouteSampler, RunOptions, TrainConfig, TrainError, UniformSampler,
+    };
+
+    type B = Autodiff<Flex>;
+    type Net = StitchedNet<B, AnyAnchor<B>>;
+
+    /// 26 deterministic 3×16×16 images in 5 classes (two are left over at batch 4).
+    struct Synthetic;
+
+    impl Dataset for Synthetic {
+        fn len(&self) -> usize {
+            26
+        }
+        fn shape(&self) -> [usize; 3] {
+            [3, 16, 16]
+        }
+        fn num_classes(&self) -> usize {
+            5
+        }
+        fn get(&self, index: usize) -> Result<Sample, DataError> {
+            let label = index % 5;
+            let image = (0..768).map(|i| (((i * 13 + index * 71) % 89) as f32 / 44.0) - 1.0 + label as f32 * 0.3).collect();
+            Ok(Sample { image, label })
+        }
+    }
+
+    fn net() -> Net {
+        let vit = |d, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, drop_path_rate: 0.3, ..VitConfig::new(d, 3, h) };
+        let anchors = [(8, 2), (12, 3)].map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, h)))).to_vec();
+        Description { anchors, space: Default::default(), behaviour: Default::default() }.build::<B>(&Default::default()).unwrap()
+    }
+
+    fn config() -> TrainConfig {
+        TrainConfig { epochs: 2, batch_size: 4, lr: 2e-3, warmup_epochs: 0.5, augment: Some(Augment::default()), ..Default::default() }
+    }
+
+    fn params(net: &Net) -> BTreeMap<String, Vec<f32>> {
+        net.named_tensors().into_iter().map(|(k, t)| (k, t.data)).collect()
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("snnet-train-run-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn run(
+        net: Net,
+        options: &RunOptions,
+        config: &TrainConfig,
+        routes: &mut Vec<usize>,
+    ) -> Result<(Net, snnet_train::TrainReport), TrainError> {
+        let mut sampler = UniformSampler::new(net.num_routes(), 11);
+        train(net, &Synthetic, &mut sampler as &mut dyn RouteSampler, config, None, options, |p| routes.push(p.route))
+    }
+
+    #[test]
+    fn a_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights() {
+        let start = net();
+        let config = config();
+        let mut routes_whole = Vec::new();
+        let whole_dir = dir("whole");
+        let options = RunOptions { checkpoint_dir: Some(whole_dir.clone()), checkpoint_every: Some(4), ..Default::default() };
+        let (whole, report) = run(start.clone(), &options, &config, &mut routes_whole).unwrap();
+        assert_eq!(report.steps, 12, "2 epochs of 6 full batches");
+        assert_eq!(routes_whole.len(), 12);
+        assert!(report.epoch_losses.iter().all(|l| l.is_finite()));
+        assert_ne!(params(&whole), params(&start), "training changed the weights");
+
+        // Killed after step 10: the last checkpoint is the one of step 8 (mid second epoch).
+        let killed_dir = dir("killed");
+        let mut routes_killed = Vec::new();
+        let killed = RunOptions {
+            checkpoint_dir: Some(killed_dir.clone()),
+            checkpoint_every: Some(4),
+            stop_after_steps: Some(10),
+            ..Default::default()
+        };
+        let (_, report) = run(start.clone(), &killed, &config, &mut routes_killed).unwrap();
+        assert_eq!(report.steps, 10);
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(killed_dir.join("checkpoint.json")).unwrap()).unwrap();
+        assert_eq!(index["position"]["global_step"], 8);
+        assert_eq!(index["position"]["batch_in_epoch"], 2);
+
+        // Resumed into a network with other (fresh random) weights: the checkpoint decides.
+        let mut routes_resumed = Vec::new();
+        let resume = RunOptions { checkpoint_dir: Some(killed_dir.clone()), checkpoint_every: Some(4), resume: true, ..Default::default() };
+        let (resumed, report) = run(net(), &resume, &config, &mut routes_resumed).unwrap();
+        assert_eq!((report.resumed_from, report.steps), (8, 12));
+        assert_eq!(routes_resumed, routes_whole[8..], "the sampler continues where it was");
+        let (a, b) = (params(&whole), params(&resumed));
+        for (key, va) in &a {
+            let vb = &b[key];
+            let scale = va.iter().map(|v| v.abs()).fold(1e-6, f32::max);
+            let diff = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(diff <= 1e-5 * scale, "{key}: resumed differs by {diff} (scale {scale})");
+        }
+        // Only the current generation is kept.
+        let files: Vec<String> = std::fs::read_dir(&killed_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+    }
+
+    #[test]
+    fn resuming_with_other_settings_or_a_broken_checkpoint_is_a_clear_error() {
+        let d = dir("settings");
+        let options = RunOptions { checkpoint_dir: Some(d.clone()), stop_after_steps: Some(7), ..Default::default() };
+        run(net(), &options, &config(), &mut Vec::new()).unwrap();
+        let resume = RunOptions { checkpoint_dir: Some(d.clone()), resume: true, ..Default::default() };
+        let other = TrainConfig { lr: 1e-3, ..config() };
+        let err = run(net(), &resume, &other, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.json") && err.contains("lr"), "{err}");
+
+        let index = d.join("checkpoint.json");
+        let text = std::fs::read_to_string(&index).unwrap();
+        std::fs::write(&index, &text[..text.len() / 2]).unwrap();
+        let err = run(net(), &resume, &config(), &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.json") && err.contains("corrupt"), "{err}");
+
+        std::fs::write(&index, &text).unwrap();
+        let model = d.join(serde_json::from_str::<serde_json::Value>(&text).unwrap()["model"].as_str().unwrap());
+        std::fs::write(&model, b"not a safetensors file").unwrap();
+        let err = run(net(), &resume, &config(), &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("model-"), "{err}");
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_before_training() {
+        for (config, setting) in [
+            (TrainConfig { batch_size: 0, ..config() }, "batch_size"),
+            (TrainConfig { batch_size: 27, ..config() }, "batch_size"),
+            (TrainConfig { lr: f64::NAN, ..config() }, "lr"),
+            (TrainConfig { warmup_epochs: 3.0, ..config() }, "warmup_epochs"),
+        ] {
+            let err = run(net(), &RunOptions::default(), &config, &mut Vec::new()).unwrap_err();
+            assert!(matches!(&err, TrainError::Setting { setting: s, .. } if s == setting), "{err}");
+        }
+    }
+}
+
 mod evaluation {
     use burn::{
         backend::Flex,

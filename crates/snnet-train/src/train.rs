@@ -1,0 +1,336 @@
+//! The joint-training loop of SN-Net: every step trains one sampled route on one batch, with the
+//! official schedule, AdamW, optional distillation, seeded data order, augmentation and drop path,
+//! and checkpoints from which a killed run resumes exactly.
+
+use std::{path::PathBuf, time::Instant};
+
+use burn::{
+    module::Module,
+    tensor::{backend::AutodiffBackend, Int, Tensor, TensorData},
+};
+use serde::{Deserialize, Serialize};
+use snnet_core::{rng::SplitMix64, Anchor, StitchedNet};
+
+use crate::{
+    augment::Augment,
+    checkpoint::{load_checkpoint, read_index, save_checkpoint, RunPosition},
+    data::{load_batch, Dataset},
+    error::{TrainError, TrainResult},
+    optim::{AdamW, AdamWConfig},
+    sampler::RouteSampler,
+    schedule::CosineSchedule,
+    step::{train_step, Distillation, StepConfig},
+};
+
+/// How the learning rate follows the cosine schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stepping {
+    /// Updated after every optimiser step, warmup then cosine counted in steps (the Swin recipe).
+    PerStep,
+    /// Updated after every epoch, the DeiT/LeViT way (epochs 0 and 1 at the warmup rate).
+    PerEpoch,
+}
+
+/// Settings of a training run. A resumed run must repeat them exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (the last incomplete batch of an epoch is dropped, as timm does).
+    pub batch_size: usize,
+    /// Base learning rate, reached after warmup.
+    pub lr: f64,
+    /// Learning rate at the start of warmup.
+    pub warmup_lr: f64,
+    /// Learning rate at the end of the cosine.
+    pub min_lr: f64,
+    /// Warmup length in epochs (may be fractional with [`Stepping::PerStep`]).
+    pub warmup_epochs: f64,
+    /// How the rate is stepped.
+    pub stepping: Stepping,
+    /// Loss and learning-rate scales of anchors and stitching layers.
+    pub step: StepConfig,
+    /// Optimiser hyper-parameters.
+    pub adamw: AdamWConfig,
+    /// Augmentation of training images (`None`: none).
+    pub augment: Option<Augment>,
+    /// Seed of data order, augmentation and drop path (the sampler has its own).
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 128,
+            lr: 5e-4,
+            warmup_lr: 1e-6,
+            min_lr: 1e-5,
+            warmup_epochs: 0.0,
+            stepping: Stepping::PerStep,
+            step: StepConfig::default(),
+            adamw: AdamWConfig::default(),
+            augment: Some(Augment::default()),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Steps in one epoch of `samples` images.
+    pub fn steps_per_epoch(&self, samples: usize) -> usize {
+        samples / self.batch_size.max(1)
+    }
+
+    /// The schedule for a run with `steps_per_epoch` steps an epoch.
+    pub fn schedule(&self, steps_per_epoch: usize) -> CosineSchedule {
+        match self.stepping {
+            Stepping::PerStep => {
+                let warmup = self.warmup_epochs * steps_per_epoch as f64;
+                CosineSchedule {
+                    base_lr: self.lr,
+                    warmup_lr: self.warmup_lr,
+                    min_lr: self.min_lr,
+                    warmup_t: warmup,
+                    t_initial: (self.epochs * steps_per_epoch) as f64 - warmup,
+                    warmup_prefix: true,
+                }
+            }
+            Stepping::PerEpoch => CosineSchedule {
+                base_lr: self.lr,
+                warmup_lr: self.warmup_lr,
+                min_lr: self.min_lr,
+                warmup_t: self.warmup_epochs,
+                t_initial: self.epochs as f64,
+                warmup_prefix: false,
+            },
+        }
+    }
+
+    /// The learning rate of global step `step` in epoch `epoch`.
+    pub fn lr_at(&self, schedule: &CosineSchedule, epoch: usize, step: usize) -> f64 {
+        match self.stepping {
+            Stepping::PerStep => schedule.swin_step_lr(step),
+            Stepping::PerEpoch => schedule.deit_epoch_lr(epoch),
+        }
+    }
+
+    fn validate(&self, samples: usize) -> TrainResult<()> {
+        let bad = |setting: &str, reason: String| Err(TrainError::Setting { setting: setting.into(), reason });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if samples < self.batch_size {
+            return bad("batch_size", format!("{} is more than the {samples} readable training samples", self.batch_size));
+        }
+        for (name, v) in [("lr", self.lr), ("warmup_lr", self.warmup_lr), ("min_lr", self.min_lr), ("warmup_epochs", self.warmup_epochs)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(name, format!("{v} is not a non-negative number"));
+            }
+        }
+        if self.warmup_epochs > self.epochs as f64 {
+            return bad("warmup_epochs", format!("{} is longer than the {} epochs", self.warmup_epochs, self.epochs));
+        }
+        Ok(())
+    }
+}
+
+/// Distillation from a teacher: its logits for a batch, and the loss that uses them.
+pub struct Teacher<'a, B: AutodiffBackend> {
+    /// Logits `[batch, classes]` of the teacher for the images (no gradient is taken).
+    pub logits: &'a dyn Fn(Tensor<B::InnerBackend, 4>) -> snnet_core::Result<Tensor<B::InnerBackend, 2>>,
+    /// Hard or soft distillation, and its weight.
+    pub kind: Distillation,
+}
+
+/// Where and how a run is saved and stopped.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Folder of the checkpoints (`None`: no checkpoints).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Also checkpoint every this many steps (checkpoints are always written at each epoch's end).
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the checkpoint in `checkpoint_dir` if there is one.
+    pub resume: bool,
+    /// Stop after this global step without writing anything, as a killed run would (for tests and
+    /// for budgeted runs).
+    pub stop_after_steps: Option<usize>,
+}
+
+/// What the loop reports after every step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainProgress {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Epochs in the run.
+    pub epochs: usize,
+    /// Global steps done (this one included).
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total_steps: usize,
+    /// Route trained at this step.
+    pub route: usize,
+    /// Loss of this step.
+    pub loss: f64,
+    /// Mean loss over the epoch so far.
+    pub epoch_loss: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Training images per second since the run (or the resumed part) started.
+    pub images_per_s: f64,
+}
+
+/// A finished (or stopped) run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainReport {
+    /// Global steps done in total (including those before a resume).
+    pub steps: usize,
+    /// Step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// Mean loss of each epoch that ended in this process.
+    pub epoch_losses: Vec<f64>,
+    /// Images per second over this process's steps.
+    pub images_per_s: f64,
+    /// Seconds spent in this process.
+    pub seconds: f64,
+    /// Samples skipped because they could not be read.
+    pub skipped_samples: usize,
+}
+
+/// Order of the training samples in `epoch`: a permutation drawn from the run's seed.
+pub fn epoch_order(seed: u64, epoch: usize, samples: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..samples).collect();
+    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)).shuffle(&mut order);
+    order
+}
+
+/// A seed for `step` in stream `stream` (augmentation, drop path), independent of how the run got there.
+fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
+    SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25) ^ stream.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)).next_u64()
+}
+
+/// Trains `net` jointly on `dataset`: each step draws a route from `sampler` and trains it on the
+/// next batch. With a checkpoint folder, writes a checkpoint after every epoch (and every
+/// `checkpoint_every` steps) and, with `resume`, continues exactly where the last one left off.
+pub fn train<B: AutodiffBackend, A: Anchor<B>>(
+    net: StitchedNet<B, A>,
+    dataset: &dyn Dataset,
+    sampler: &mut dyn RouteSampler,
+    config: &TrainConfig,
+    teacher: Option<&Teacher<'_, B>>,
+    options: &RunOptions,
+    mut progress: impl FnMut(&TrainProgress),
+) -> TrainResult<(StitchedNet<B, A>, TrainReport)> {
+    let samples = dataset.len();
+    config.validate(samples)?;
+    let steps_per_epoch = config.steps_per_epoch(samples);
+    let total_steps = steps_per_epoch * config.epochs;
+    let schedule = config.schedule(steps_per_epoch);
+    let config_json = serde_json::to_value(config).expect("a config serialises");
+    let device = net.devices().into_iter().next().unwrap_or_default();
+    let [c, h, w] = dataset.shape();
+
+    let mut net = net;
+    let mut optimizer = AdamW::<B>::new(config.adamw.clone());
+    let mut position = RunPosition { epoch: 0, batch_in_epoch: 0, global_step: 0, sampler_state: sampler.state() };
+    if let (true, Some(dir)) = (options.resume, &options.checkpoint_dir) {
+        if let Some(index) = read_index(dir)? {
+            let shown = dir.join(crate::checkpoint::CHECKPOINT_FILE).display().to_string();
+            if let Some(diff) = snnet_core::weights::first_difference("", &index.config, &config_json) {
+                return Err(TrainError::Checkpoint { path: shown, reason: format!("written with other settings: {diff}") });
+            }
+            if index.samples != samples {
+                return Err(TrainError::Checkpoint {
+                    path: shown,
+                    reason: format!("written for {} training samples, the data now has {samples}", index.samples),
+                });
+            }
+            net = load_checkpoint(dir, &index, net, &mut optimizer)?;
+            position = index.position;
+            sampler.restore(position.sampler_state);
+        }
+    }
+    let resumed_from = position.global_step;
+
+    let started = Instant::now();
+    let mut images_done = 0usize;
+    let mut skipped = 0usize;
+    let mut epoch_losses = Vec::new();
+    let checkpoint = |net: &StitchedNet<B, A>, optimizer: &AdamW<B>, position: &RunPosition| -> TrainResult<()> {
+        match &options.checkpoint_dir {
+            Some(dir) => save_checkpoint(dir, net, optimizer, position, config_json.clone(), samples),
+            None => Ok(()),
+        }
+    };
+
+    while position.epoch < config.epochs {
+        let order = epoch_order(config.seed, position.epoch, samples);
+        let (mut loss_sum, mut loss_count) = (0.0, 0usize);
+        while position.batch_in_epoch < steps_per_epoch {
+            if options.stop_after_steps.is_some_and(|s| position.global_step >= s) {
+                return Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)));
+            }
+            let start = position.batch_in_epoch * config.batch_size;
+            let mut batch = load_batch(dataset, &order[start..start + config.batch_size]);
+            if let Some((index, err)) = batch.skipped.first() {
+                eprintln!("skipping {} unreadable training sample(s), e.g. {index}: {err}", batch.skipped.len());
+                skipped += batch.skipped.len();
+            }
+            let step = position.global_step;
+            if !batch.is_empty() {
+                if let Some(augment) = &config.augment {
+                    augment.apply(&mut batch.images, [c, h, w], &mut SplitMix64::new(step_seed(config.seed, step, 1)));
+                }
+                let n = batch.len();
+                let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [n, c, h, w]), &device);
+                let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), &device);
+                let route = sampler.next_route();
+                let lr = config.lr_at(&schedule, position.epoch, step);
+                let teacher_logits = match teacher {
+                    Some(t) => Some((Tensor::from_inner((t.logits)(images.clone().inner())?), t.kind)),
+                    None => None,
+                };
+                net.reseed(step_seed(config.seed, step, 2));
+                let (trained, outcome) = train_step(net, &mut optimizer, images, labels, teacher_logits, route, lr, &config.step)?;
+                net = trained;
+                if !outcome.loss.is_finite() {
+                    return Err(TrainError::Diverged { step, route, loss: outcome.loss });
+                }
+                loss_sum += outcome.loss;
+                loss_count += 1;
+                images_done += n;
+                let elapsed = started.elapsed().as_secs_f64();
+                progress(&TrainProgress {
+                    epoch: position.epoch,
+                    epochs: config.epochs,
+                    step: step + 1,
+                    total_steps,
+                    route,
+                    loss: outcome.loss,
+                    epoch_loss: loss_sum / loss_count as f64,
+                    lr,
+                    images_per_s: images_done as f64 / elapsed.max(1e-9),
+                });
+            }
+            position.batch_in_epoch += 1;
+            position.global_step += 1;
+            position.sampler_state = sampler.state();
+            let end_of_epoch = position.batch_in_epoch == steps_per_epoch;
+            if !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && position.global_step % n == 0) {
+                checkpoint(&net, &optimizer, &position)?;
+            }
+        }
+        epoch_losses.push(if loss_count > 0 { loss_sum / loss_count as f64 } else { f64::NAN });
+        position.epoch += 1;
+        position.batch_in_epoch = 0;
+        checkpoint(&net, &optimizer, &position)?;
+    }
+    Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)))
+}
+
+fn report(steps: usize, resumed_from: usize, epoch_losses: Vec<f64>, images: usize, started: Instant, skipped: usize) -> TrainReport {
+    let seconds = started.elapsed().as_secs_f64();
+    TrainReport { steps, resumed_from, epoch_losses, images_per_s: images as f64 / seconds.max(1e-9), seconds, skipped_samples: skipped }
+}
