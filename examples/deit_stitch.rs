@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
-    backend::{run_on, BackendTask},
+    backend::{run_or_exit, BackendTask},
     latency::route_latency_ms,
     Description,
 };
@@ -120,15 +120,5 @@ fn main() {
             }
         }
     }
-    match run_on(&device, opts) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    }
+    run_or_exit(&device, opts);
 }

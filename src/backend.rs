@@ -97,6 +97,26 @@ pub enum BackendError {
     },
 }
 
+/// For programs: runs `task` on the backend called `name` (f32) and exits the process with a
+/// message on stderr if the backend cannot be used (status 2) or the task fails (status 1).
+pub fn run_or_exit<T, E>(name: &str, task: T)
+where
+    T: BackendTask<Output = Result<(), E>>,
+    E: fmt::Display,
+{
+    match run_on(name, task) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Runs `task` on the backend called `name`, in f32.
 pub fn run_on<T: BackendTask>(name: &str, task: T) -> Result<T::Output, BackendError> {
     run_on_with(name, Precision::F32, task)

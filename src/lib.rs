@@ -20,8 +20,10 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod demo;
 pub mod latency;
 pub mod plot;
+pub mod workflow;
 
 pub use snnet_anchors as anchors;
 pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, VitConfig};
@@ -31,3 +33,4 @@ pub use snnet_core::{
     LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout, StatePart,
     StitchSpace, StitchedNet, StitchingLayer,
 };
+pub use snnet_train as train;

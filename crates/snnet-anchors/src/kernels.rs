@@ -184,15 +184,7 @@ pub mod cpu {
     #[inline(always)]
     fn cdf_slice(xs: &mut [f32]) {
         for x in xs.iter_mut() {
-            let v = *x;
-            let e = if v <= -ERF_CLAMP {
-                -1.0
-            } else if v >= ERF_CLAMP {
-                1.0
-            } else {
-                erf_over_sqrt2(v)
-            };
-            *x = 0.5 * (1.0 + e);
+            *x = normal_cdf(*x);
         }
     }
 
@@ -228,19 +220,24 @@ pub mod cpu {
         x * p / q
     }
 
+    /// `Φ(x) = (1 + erf(x/√2)) / 2`, with erf exactly ±1 beyond the clamp, as erff rounds there
+    /// (so gelu(x) = 0 for x ≪ 0).
+    #[inline(always)]
+    fn normal_cdf(v: f32) -> f32 {
+        let e = if v <= -ERF_CLAMP {
+            -1.0
+        } else if v >= ERF_CLAMP {
+            1.0
+        } else {
+            erf_over_sqrt2(v)
+        };
+        0.5 * (1.0 + e)
+    }
+
     #[inline(always)]
     fn gelu_slice(xs: &mut [f32]) {
         for x in xs.iter_mut() {
-            let v = *x;
-            // Exactly ±1 beyond the clamp, as erff rounds there (so gelu(x) = 0 for x ≪ 0).
-            let e = if v <= -ERF_CLAMP {
-                -1.0
-            } else if v >= ERF_CLAMP {
-                1.0
-            } else {
-                erf_over_sqrt2(v)
-            };
-            *x = 0.5 * v * (1.0 + e);
+            *x *= normal_cdf(*x);
         }
     }
 

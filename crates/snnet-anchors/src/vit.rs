@@ -413,7 +413,7 @@ impl<B: Backend> Anchor<B> for Vit<B> {
 mod tests {
     use burn::{
         backend::Flex,
-        tensor::{activation, DType, Distribution, Tensor, TensorData},
+        tensor::{activation, Distribution, Tensor},
     };
 
     use super::*;

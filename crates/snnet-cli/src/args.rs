@@ -62,9 +62,10 @@ pub enum Command {
         /// Route id, or `all`.
         #[arg(long)]
         route: String,
-        /// safetensors file with the input `[batch, channels, height, width]` (tensor `input`, or the only one).
-        #[arg(long)]
-        input: PathBuf,
+        /// A safetensors file with the input `[batch, channels, height, width]` (tensor `input`, or
+        /// the only one), or image files (PNG/JPEG, comma separated), preprocessed for the network.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "FILES")]
+        input: Vec<PathBuf>,
         /// Output safetensors file (`logits`, or `logits.{id}` for `all`).
         #[arg(long)]
         output: PathBuf,
@@ -118,6 +119,10 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "FILES")]
         plot: Vec<PathBuf>,
     },
+    /// Train every route jointly (one random route per step, the SN-Net recipe) from `--weights`
+    /// and write the weight file. Checkpoints go to `--checkpoint-dir` after every epoch (and every
+    /// `--checkpoint-every` steps); `--resume` continues a killed run exactly.
+    Train(TrainArgs),
     /// Measure the latency of routes on the device (warm-up, median of repeats).
     Bench {
         /// Route ids, comma separated (default: every route).
@@ -219,4 +224,90 @@ pub struct TableArgs {
     /// Use the latency table's rows of this batch size (needed when it holds several).
     #[arg(long)]
     pub batch: Option<usize>,
+}
+
+/// `snnet train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The data (see `init`); training uses the training split.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Base learning rate (after warmup).
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Learning rate at the end of the cosine.
+    #[arg(long, default_value_t = 1e-5)]
+    pub min_lr: f64,
+    /// Learning rate at the start of warmup.
+    #[arg(long, default_value_t = 1e-6)]
+    pub warmup_lr: f64,
+    /// Warmup length in epochs.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Step the schedule after every optimiser step (`step`, the Swin recipe) or epoch (`epoch`, DeiT).
+    #[arg(long, default_value = "step", value_parser = ["step", "epoch"])]
+    pub lr_stepping: String,
+    /// Learning-rate scale of the anchors (the Swin recipe: 0.1).
+    #[arg(long, default_value_t = 1.0)]
+    pub anchor_lr_scale: f64,
+    /// Learning-rate scale of the stitching layers.
+    #[arg(long, default_value_t = 1.0)]
+    pub stitch_lr_scale: f64,
+    /// Train only the stitching layers (anchor learning-rate scale 0).
+    #[arg(long)]
+    pub freeze_anchors: bool,
+    /// AdamW weight decay (not on biases, norms, `cls_token`, `pos_embed`).
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    pub smoothing: f64,
+    /// Distil from a teacher route of the starting weights: `hard` or `soft`.
+    #[arg(long, value_parser = ["hard", "soft"])]
+    pub distill: Option<String>,
+    /// Weight of the distillation term.
+    #[arg(long, default_value_t = 0.5)]
+    pub distill_alpha: f64,
+    /// Temperature of soft distillation.
+    #[arg(long, default_value_t = 1.0)]
+    pub distill_tau: f64,
+    /// Teacher route (default: the last anchor, usually the largest).
+    #[arg(long)]
+    pub teacher_route: Option<usize>,
+    /// Stochastic depth rate of every ViT anchor (overrides the description).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// No flips or shifts of training images.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Train only these routes, comma separated (default: every route, uniformly).
+    #[arg(long, value_delimiter = ',')]
+    pub routes: Option<Vec<usize>>,
+    /// Seed of the route sampler, data order, augmentation and drop path.
+    #[arg(long, default_value_t = 0)]
+    pub train_seed: u64,
+    /// Folder for checkpoints.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Also checkpoint every N steps.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the checkpoint in `--checkpoint-dir`.
+    #[arg(long, requires = "checkpoint_dir")]
+    pub resume: bool,
+    /// Stop after this many steps (e.g. to measure throughput); the weight file is still written.
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<usize>,
+    /// The weight file to write at the end.
+    #[arg(long)]
+    pub output: PathBuf,
 }

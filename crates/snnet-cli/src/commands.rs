@@ -4,13 +4,13 @@ use std::{collections::HashMap, path::Path};
 
 use burn::tensor::Distribution;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
     backend::{run_on_with, BackendTask, Precision},
     latency::{prewarm, time_route, TimingOptions},
     plot::{write_frontier_plot, FrontierPlot, PlotRoute},
     select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics},
     weights::{read_tensors, write_safetensors, NamedTensor},
+    workflow::progress_bar,
     Description, Route, RouteCost,
 };
 
@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             let task = Eval { desc, net: &cli.network, data: &data, routes, batch, limit, output: &output, plots: &plot };
             run_on_with(device, precision, task)?
         }
+        Command::Train(args) => run_on_with(device, precision, crate::train::Train { desc, net: &cli.network, args: &args })?,
         Command::Import { from, output } => run_on_with(device, precision, Import { desc, net: &cli.network, from, output })?,
         Command::Bench { routes, batch, warmup, repeats, min_seconds, json, output } => {
             let options = TimingOptions { warmup, repeats, min_seconds, max_repeats: 200 };
@@ -264,16 +265,6 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
         );
     }
     Ok(())
-}
-
-/// A progress bar on stderr with rate and ETA.
-pub(crate) fn progress_bar(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
 }
 
 type Net<B> = snnet::StitchedNet<B, snnet::AnyAnchor<B>>;
@@ -578,8 +569,32 @@ struct Infer<'a> {
     desc: Description,
     net: &'a NetworkArgs,
     route: String,
-    input: &'a Path,
+    input: &'a [std::path::PathBuf],
     output: &'a Path,
+}
+
+/// The input batch of `snnet infer`: one safetensors file (tensor `input`, or its only tensor), or
+/// image files (PNG/JPEG), one image each, preprocessed for the network's input `[c, h, w]`.
+fn read_input(paths: &[std::path::PathBuf], [c, h, w]: [usize; 3]) -> Result<NamedTensor, BoxError> {
+    let is_image = |p: &std::path::PathBuf| {
+        p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+    };
+    if !paths.is_empty() && paths.iter().all(is_image) {
+        let mut data = Vec::new();
+        for path in paths {
+            data.extend(snnet_train::data::load_image_file(path, [c, h, w])?);
+        }
+        return Ok(NamedTensor { shape: vec![paths.len(), c, h, w], data, stored_as: "U8" });
+    }
+    let [path] = paths else {
+        return Err(format!("--input takes one safetensors file or image files (.png, .jpg), got {} files", paths.len()).into());
+    };
+    let (mut tensors, _) = read_tensors(path)?;
+    match tensors.remove("input") {
+        Some(t) => Ok(t),
+        None if tensors.len() == 1 => Ok(tensors.into_values().next().expect("one tensor")),
+        None => Err(format!("{}: no tensor named `input` and {} tensors to choose from", path.display(), tensors.len()).into()),
+    }
 }
 
 impl BackendTask for Infer<'_> {
@@ -595,14 +610,9 @@ impl BackendTask for Infer<'_> {
             net.route(id)?;
             vec![id]
         };
-        let (mut tensors, _) = read_tensors(self.input)?;
-        let shown = self.input.display();
-        let input = match tensors.remove("input") {
-            Some(t) => t,
-            None if tensors.len() == 1 => tensors.into_values().next().expect("one tensor"),
-            None => return Err(format!("{shown}: no tensor named `input` and {} tensors to choose from", tensors.len()).into()),
-        };
         let [c, h, w] = net.layouts()[0].input;
+        let input = read_input(self.input, [c, h, w])?;
+        let shown = self.input.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",");
         if input.shape.len() != 4 || input.shape[1..] != [c, h, w] {
             return Err(format!("{shown}: input has shape {:?}, the network takes [batch, {c}, {h}, {w}]", input.shape).into());
         }
@@ -615,6 +625,11 @@ impl BackendTask for Infer<'_> {
             let logits = net.forward(images.clone(), id)?;
             let shape = logits.dims().to_vec();
             let data = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            let classes: Vec<usize> = data
+                .chunks(shape[1].max(1))
+                .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i))
+                .collect();
+            out!("route {id}: predicted classes {classes:?}");
             let key = if routes.len() == 1 && self.route != "all" { "logits".to_string() } else { format!("logits.{id}") };
             out.push((key, NamedTensor { shape, data, stored_as: "F32" }));
         }

@@ -5,39 +5,18 @@ use std::path::Path;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use snnet::{
-    plot::{write_frontier_plot, FrontierPlot, PlotRoute},
-    select::{pareto_frontier, Goal, RouteMetrics},
+    workflow::{evaluate_into, open_dataset, progress_bar, route_table, write_accuracy_plots},
     Description,
 };
 use snnet_train::{
-    append_result,
-    data::{load_batch, Dataset, FashionMnist, ImageFolder, Preprocess, Split},
-    done_routes, evaluate_routes, SplitMix64,
+    data::{load_batch, Dataset, Split},
+    SplitMix64,
 };
 
 use crate::{
     args::{DataArgs, NetworkArgs},
-    commands::{build_net_with_metadata, progress_bar, BoxError},
+    commands::{build_net_with_metadata, BoxError},
 };
-
-/// The dataset split in `dir` that matches the network's input `[c, h, w]`.
-fn open_dataset(dir: &Path, split: Split, input: [usize; 3]) -> Result<Box<dyn Dataset>, BoxError> {
-    let idx = |prefix: &str| ["-images-idx3-ubyte", "-images-idx3-ubyte.gz"].iter().any(|s| dir.join(format!("{prefix}{s}")).is_file());
-    let dataset: Box<dyn Dataset> = if idx("train") || idx("t10k") {
-        Box::new(FashionMnist::load(dir, split)?)
-    } else {
-        let sub = match split {
-            Split::Train => "train",
-            Split::Test => "val",
-        };
-        let root = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
-        Box::new(ImageFolder::open(&root, Preprocess::imagenet(input[1]))?)
-    };
-    if dataset.shape() != input {
-        return Err(format!("{}: images are {:?}, the network takes {input:?}", dir.display(), dataset.shape()).into());
-    }
-    Ok(dataset)
-}
 
 /// `snnet init`.
 pub struct Init<'a> {
@@ -61,7 +40,7 @@ impl snnet::backend::BackendTask for Init<'_> {
     fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let (mut net, mut meta) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let input = net.layouts()[0].input;
-        let dataset = open_dataset(&self.data.data, Split::Train, input)?;
+        let dataset = open_dataset(&self.data.data, Split::Train, &net.layouts()[0])?;
         let mut order: Vec<usize> = (0..dataset.len()).collect();
         SplitMix64::new(self.data.data_seed).shuffle(&mut order);
         // Draw until `images` readable samples are found (unreadable ones are reported and skipped).
@@ -145,65 +124,15 @@ impl snnet::backend::BackendTask for Eval<'_> {
 
     fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
-        let dataset = open_dataset(&self.data.data, Split::Test, net.layouts()[0].input)?;
-        if dataset.num_classes() > net.layouts()[0].num_classes {
-            return Err(format!("the data has {} classes, the network {}", dataset.num_classes(), net.layouts()[0].num_classes).into());
-        }
+        let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let data = Prefix { inner: dataset.as_ref(), len: self.limit.unwrap_or(usize::MAX).min(dataset.len()) };
-        let done = done_routes(self.output)?;
         let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
-        let todo: Vec<usize> = wanted.iter().copied().filter(|id| !done.contains(id)).collect();
-        if todo.len() < wanted.len() {
-            eprintln!("{} route(s) already in {}; evaluating {}", wanted.len() - todo.len(), self.output.display(), todo.len());
-        }
-        if !todo.is_empty() {
-            let pb = progress_bar(data.len(), &format!("{} routes", todo.len()));
-            let results = evaluate_routes(&net, &data, &todo, self.batch, |n| pb.set_position(n as u64))?;
-            pb.finish_and_clear();
-            for r in &results {
-                append_result(self.output, r)?;
-            }
-        }
-        let text = std::fs::read_to_string(self.output).map_err(|e| format!("cannot read {}: {e}", self.output.display()))?;
-        let rows = snnet::select::parse_metric_lines(&text, &self.output.display().to_string(), &|_| true)?;
-        let rows: Vec<RouteMetrics> = rows
-            .into_iter()
-            .map(|mut r| {
-                if let Some(f) = r.get("flops") {
-                    r.values.insert("gflops".into(), f / 1e9);
-                }
-                r
-            })
-            .collect();
-        let front = pareto_frontier(&rows, ("gflops", Goal::Minimize), ("acc1", Goal::Maximize));
-        println!("{:>6}  {:>10}  {:>12}  {:>7}  {:>7}  frontier", "cfg_id", "GFLOPs", "params", "acc1", "acc5");
-        let mut sorted = rows.clone();
-        sorted.sort_by_key(|r| r.cfg_id);
-        for r in &sorted {
-            let v = |k: &str| r.get(k).unwrap_or(f64::NAN);
-            let mark = if front.contains(&r.cfg_id) { "*" } else { "" };
-            println!("{:>6}  {:>10.4}  {:>12}  {:>7.2}  {:>7.2}  {mark}", r.cfg_id, v("gflops"), v("params"), v("acc1"), v("acc5"));
-        }
+        let rows = evaluate_into(&net, &data, &wanted, self.batch, self.output)?;
+        let names: Vec<String> = self.desc.anchors.iter().map(|a| a.name()).collect();
+        print!("{}", route_table(&net, &rows, &names));
         if !self.plots.is_empty() {
-            let points: Vec<PlotRoute> = sorted
-                .iter()
-                .filter_map(|r| {
-                    let route = net.route(r.cfg_id).ok()?;
-                    Some(PlotRoute {
-                        cfg_id: r.cfg_id,
-                        x: r.get("gflops")?,
-                        y: r.get("acc1")?,
-                        size: r.get("params").unwrap_or(0.0) / 1e6,
-                        anchor: route.is_anchor().then(|| self.desc.anchors[route.comb_id[0]].name()),
-                    })
-                })
-                .collect();
-            let title = format!("{} routes evaluated on {} images", points.len(), data.len());
-            let plot = FrontierPlot { title: &title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", routes: &points, frontier: &front };
-            for path in self.plots {
-                write_frontier_plot(&plot, path)?;
-                eprintln!("wrote {}", path.display());
-            }
+            let title = format!("{} routes evaluated on {} images", rows.len(), data.len());
+            write_accuracy_plots(&net, &rows, &names, &title, self.plots)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod evaluate;
 mod peak_alloc;
+mod train;
 
 use clap::Parser;
 

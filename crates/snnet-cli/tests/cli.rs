@@ -1,4 +1,4 @@
-//! The `snnet` binary end to end: `space`, `infer`, and its errors.
+//! The `snnet` binary end to end: every command, and its errors.
 
 use std::{path::PathBuf, process::Command};
 
@@ -294,6 +294,43 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
     assert!(err.contains("least squares over 6 images") && err.contains("6 stitching layers"), "{err}");
     assert_eq!(read_tensors(&init).unwrap().1["snnet.stitching"], "least-squares");
 
+    // Joint training from the LS weights: checkpoints, the weight file, then a resume of the
+    // finished run (nothing left to do) and a distilled run with frozen anchors.
+    let trained = tmp("trained.safetensors");
+    let checkpoints = tmp("train-checkpoints");
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    let train = |extra: &[&str]| {
+        let mut args = vec!["--config", config, "--weights", init.to_str().unwrap(), "train", "--data", data.to_str().unwrap()];
+        args.extend_from_slice(&[
+            "--epochs",
+            "2",
+            "--batch",
+            "3",
+            "--lr",
+            "1e-3",
+            "--drop-path",
+            "0.1",
+            "--output",
+            trained.to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        snnet(&args)
+    };
+    let ck = ["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-every", "1"];
+    let (ok, _, err) = train(&ck);
+    assert!(ok, "{err}");
+    // 9 files (one unreadable) in batches of 3: 3 steps an epoch, the broken sample skipped.
+    assert!(err.contains("epoch loss 2") && err.contains("6 steps") && err.contains("skipping 1 unreadable"), "{err}");
+    assert_eq!(read_tensors(&trained).unwrap().1["snnet.stitching"], "trained");
+    assert!(checkpoints.join("checkpoint.json").is_file());
+    let (ok, _, err) = train(&[&ck[..], &["--resume"]].concat());
+    assert!(ok && err.contains("resumed from step 6"), "{err}");
+    let (ok, _, err) = train(&[&ck[..], &["--resume", "--min-lr", "2e-3"]].concat());
+    assert!(!ok && err.contains("other settings") && err.contains("min_lr"), "{err}");
+    let (ok, _, err) = train(&["--distill", "soft", "--distill-tau", "2", "--freeze-anchors", "--routes", "3,4,5"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("training 3 routes"), "{err}");
+
     let results = tmp("results.jsonl");
     let _ = std::fs::remove_file(&results);
     let plot = tmp("eval.svg");
@@ -329,4 +366,37 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
         tmp("g.jsonl").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("the network takes [1, 28, 28]"), "{err}");
+}
+
+#[test]
+fn infer_reads_image_files_for_one_channel_networks() {
+    let vit = |d: usize| serde_json::json!({"arch": "vit", "img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": d, "depth": 2, "num_heads": 2, "num_classes": 10});
+    let config = tmp("gray-infer.json");
+    std::fs::write(&config, serde_json::json!({"anchors": [vit(16), vit(24)]}).to_string()).unwrap();
+    let (a, b) = (tmp("shirt.png"), tmp("photo.png"));
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 3) % 256) as u8])).save(&a).unwrap();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])).save(&b).unwrap();
+    let logits = tmp("image-logits.safetensors");
+    let input = format!("{},{}", a.display(), b.display());
+    let (ok, out, err) =
+        snnet(&["--config", config.to_str().unwrap(), "infer", "--route", "all", "--input", &input, "--output", logits.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("route 0: predicted classes ["), "{out}");
+    let (tensors, _) = read_tensors(&logits).unwrap();
+    assert_eq!(tensors["logits.0"].shape, vec![2, 10]);
+    // A broken image is an error naming the file.
+    let broken = tmp("broken.jpg");
+    std::fs::write(&broken, b"not a jpeg").unwrap();
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "infer",
+        "--route",
+        "0",
+        "--input",
+        broken.to_str().unwrap(),
+        "--output",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("broken.jpg"), "{err}");
 }

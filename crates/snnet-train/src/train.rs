@@ -179,6 +179,8 @@ pub struct TrainProgress {
     pub lr: f64,
     /// Training images per second since the run (or the resumed part) started.
     pub images_per_s: f64,
+    /// Seconds of this step's forward, backward and optimiser update (data loading excluded).
+    pub step_seconds: f64,
 }
 
 /// A finished (or stopped) run.
@@ -293,8 +295,10 @@ pub fn train<B: AutodiffBackend, A: Anchor<B>>(
                     None => None,
                 };
                 net.reseed(step_seed(config.seed, step, 2));
+                let step_started = Instant::now();
                 let (trained, outcome) = train_step(net, &mut optimizer, images, labels, teacher_logits, route, lr, &config.step)?;
                 net = trained;
+                let step_seconds = step_started.elapsed().as_secs_f64();
                 if !outcome.loss.is_finite() {
                     return Err(TrainError::Diverged { step, route, loss: outcome.loss });
                 }
@@ -312,6 +316,7 @@ pub fn train<B: AutodiffBackend, A: Anchor<B>>(
                     epoch_loss: loss_sum / loss_count as f64,
                     lr,
                     images_per_s: images_done as f64 / elapsed.max(1e-9),
+                    step_seconds,
                 });
             }
             position.batch_in_epoch += 1;

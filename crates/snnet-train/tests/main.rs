@@ -178,6 +178,33 @@ fn cosine_schedule_follows_timm_and_the_official_stepping() {
     assert!(close(w.swin_step_lr(0), 1e-7) && close(w.swin_step_lr(11), w.lr_at(10.0)));
 }
 
+/// `len` deterministic 3×16×16 images in 5 classes (label = index mod 5, shifted by the label so
+/// they can be learnt); sample `broken` cannot be read.
+struct Synthetic {
+    len: usize,
+    broken: Option<usize>,
+}
+
+impl Dataset for Synthetic {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn shape(&self) -> [usize; 3] {
+        [3, 16, 16]
+    }
+    fn num_classes(&self) -> usize {
+        5
+    }
+    fn get(&self, index: usize) -> Result<snnet_train::Sample, DataError> {
+        if Some(index) == self.broken {
+            return Err(DataError::Mismatch(format!("sample {index} is broken on purpose")));
+        }
+        let label = index % 5;
+        let image = (0..768).map(|i| (((i * 13 + index * 71) % 89) as f32 / 44.0) - 1.0 + label as f32 * 0.3).collect();
+        Ok(snnet_train::Sample { image, label })
+    }
+}
+
 mod training {
     use std::collections::BTreeMap;
 
@@ -275,33 +302,13 @@ mod joint_training {
     use burn::backend::{Autodiff, Flex};
     use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, VitConfig};
     use snnet_core::StitchedNet;
-    use snnet_train::{
-        data::{DataError, Dataset, Sample},
-        train, Augment, RouteSampler, RunOptions, TrainConfig, TrainError, UniformSampler,
-    };
+    use snnet_train::{train, Augment, RouteSampler, RunOptions, TrainConfig, TrainError, UniformSampler};
 
     type B = Autodiff<Flex>;
     type Net = StitchedNet<B, AnyAnchor<B>>;
 
-    /// 26 deterministic 3×16×16 images in 5 classes (two are left over at batch 4).
-    struct Synthetic;
-
-    impl Dataset for Synthetic {
-        fn len(&self) -> usize {
-            26
-        }
-        fn shape(&self) -> [usize; 3] {
-            [3, 16, 16]
-        }
-        fn num_classes(&self) -> usize {
-            5
-        }
-        fn get(&self, index: usize) -> Result<Sample, DataError> {
-            let label = index % 5;
-            let image = (0..768).map(|i| (((i * 13 + index * 71) % 89) as f32 / 44.0) - 1.0 + label as f32 * 0.3).collect();
-            Ok(Sample { image, label })
-        }
-    }
+    /// 26 images in 5 classes (two are left over at batch 4).
+    const SYNTHETIC: super::Synthetic = super::Synthetic { len: 26, broken: None };
 
     fn net() -> Net {
         let vit = |d, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, drop_path_rate: 0.3, ..VitConfig::new(d, 3, h) };
@@ -330,7 +337,7 @@ mod joint_training {
         routes: &mut Vec<usize>,
     ) -> Result<(Net, snnet_train::TrainReport), TrainError> {
         let mut sampler = UniformSampler::new(net.num_routes(), 11);
-        train(net, &Synthetic, &mut sampler as &mut dyn RouteSampler, config, None, options, |p| routes.push(p.route))
+        train(net, &SYNTHETIC, &mut sampler as &mut dyn RouteSampler, config, None, options, |p| routes.push(p.route))
     }
 
     #[test]
@@ -422,33 +429,10 @@ mod evaluation {
         tensor::{Tensor, TensorData},
     };
     use snnet_anchors::{AnchorSpec, Architecture, Description, VitConfig};
-    use snnet_train::{
-        append_result,
-        data::{DataError, Dataset, Sample},
-        done_routes, evaluate_routes,
-    };
+    use snnet_train::{append_result, data::Dataset, done_routes, evaluate_routes};
 
-    /// 10 deterministic images of 3×16×16 with labels 0..5; sample 4 is unreadable.
-    struct Synthetic;
-
-    impl Dataset for Synthetic {
-        fn len(&self) -> usize {
-            10
-        }
-        fn shape(&self) -> [usize; 3] {
-            [3, 16, 16]
-        }
-        fn num_classes(&self) -> usize {
-            5
-        }
-        fn get(&self, index: usize) -> Result<Sample, DataError> {
-            if index == 4 {
-                return Err(DataError::Mismatch("sample 4 is broken on purpose".into()));
-            }
-            let image = (0..768).map(|i| (((i * 7 + index * 131) % 97) as f32 / 48.0) - 1.0).collect();
-            Ok(Sample { image, label: index % 5 })
-        }
-    }
+    /// 10 images with labels 0..5; sample 4 is unreadable.
+    const SYNTHETIC: super::Synthetic = super::Synthetic { len: 10, broken: Some(4) };
 
     #[test]
     fn every_route_is_evaluated_and_results_resume() {
@@ -458,12 +442,12 @@ mod evaluation {
         let net = Description { anchors, space: Default::default(), behaviour: Default::default() }.build::<Flex>(&device).unwrap();
         let routes: Vec<usize> = (0..net.num_routes()).collect();
         let mut progress = Vec::new();
-        let results = evaluate_routes(&net, &Synthetic, &routes, 4, |n| progress.push(n)).unwrap();
+        let results = evaluate_routes(&net, &SYNTHETIC, &routes, 4, |n| progress.push(n)).unwrap();
         assert_eq!(progress, vec![4, 7, 9], "the broken sample (in the second batch) is skipped");
         assert_eq!(results.len(), net.num_routes());
         // Route 1 by hand: forward the 9 readable images, count arg-max hits.
         let readable: Vec<usize> = (0..10).filter(|&i| i != 4).collect();
-        let data: Vec<f32> = readable.iter().flat_map(|&i| Synthetic.get(i).unwrap().image).collect();
+        let data: Vec<f32> = readable.iter().flat_map(|&i| SYNTHETIC.get(i).unwrap().image).collect();
         let logits = net.forward(Tensor::<Flex, 4>::from_data(TensorData::new(data, [9, 3, 16, 16]), &device), 1).unwrap();
         let hits = logits
             .argmax(1)
@@ -491,6 +475,6 @@ mod evaluation {
         for field in ["cfg_id", "flops", "params", "acc1", "acc5", "params_exact"] {
             assert!(line.get(field).is_some(), "{field} in {line}");
         }
-        assert!(evaluate_routes(&net, &Synthetic, &[999], 4, |_| {}).is_err());
+        assert!(evaluate_routes(&net, &SYNTHETIC, &[999], 4, |_| {}).is_err());
     }
 }

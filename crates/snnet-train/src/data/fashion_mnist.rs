@@ -98,9 +98,14 @@ impl Dataset for FashionMnist {
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         let label = *self.labels.get(index).ok_or(DataError::OutOfRange { index, len: self.labels.len() })?;
         let size = self.rows * self.cols;
-        let image = self.pixels[index * size..(index + 1) * size].iter().map(|&p| (p as f32 / 255.0 - MEAN) / STD).collect();
+        let image = self.pixels[index * size..(index + 1) * size].iter().map(|&p| normalise(p)).collect();
         Ok(Sample { image, label: label as usize })
     }
+}
+
+/// A pixel byte scaled to `[0, 1]` and normalised by the training set's mean and deviation.
+pub(crate) fn normalise(pixel: u8) -> f32 {
+    (pixel as f32 / 255.0 - MEAN) / STD
 }
 
 /// `dir/name` or `dir/name.gz`, whichever exists.

@@ -88,12 +88,39 @@ impl Dataset for ImageFolder {
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         let (path, label) = self.samples.get(index).ok_or(DataError::OutOfRange { index, len: self.samples.len() })?;
-        let decoded = image::ImageReader::open(path)
-            .map_err(|source| DataError::Io { path: path.clone(), source })?
-            .with_guessed_format()
-            .map_err(|source| DataError::Io { path: path.clone(), source })?
-            .decode()
-            .map_err(|e| DataError::Decode { path: path.clone(), reason: e.to_string() })?;
-        Ok(Sample { image: self.preprocess.apply(&decoded.to_rgb8()), label: *label })
+        Ok(Sample { image: self.preprocess.apply(&decode(path)?.to_rgb8()), label: *label })
+    }
+}
+
+/// Decodes an image file (format guessed from its bytes).
+fn decode(path: &Path) -> Result<image::DynamicImage, DataError> {
+    image::ImageReader::open(path)
+        .map_err(|source| DataError::Io { path: path.into(), source })?
+        .with_guessed_format()
+        .map_err(|source| DataError::Io { path: path.into(), source })?
+        .decode()
+        .map_err(|e| DataError::Decode { path: path.into(), reason: e.to_string() })
+}
+
+/// One image file preprocessed for a network whose input is `[channels, height, width]`: RGB
+/// networks get timm's evaluation preprocessing ([`Preprocess::imagenet`]); one-channel networks
+/// get the luminance resized to `height × width` and normalised as [`FashionMnist`](super::FashionMnist) is.
+pub fn load_image_file(path: &Path, input: [usize; 3]) -> Result<Vec<f32>, DataError> {
+    let image = decode(path)?;
+    match input {
+        [3, h, w] if h == w => Ok(Preprocess::imagenet(h).apply(&image.to_rgb8())),
+        [1, h, w] => {
+            let gray = image.to_luma8();
+            let gray = if gray.dimensions() == (w as u32, h as u32) {
+                gray
+            } else {
+                image::imageops::resize(&gray, w as u32, h as u32, image::imageops::FilterType::Triangle)
+            };
+            Ok(gray.pixels().map(|p| super::fashion_mnist::normalise(p[0])).collect())
+        }
+        other => Err(DataError::Mismatch(format!(
+            "{}: image files are read for square RGB or one-channel networks, this one takes {other:?}",
+            path.display()
+        ))),
     }
 }

@@ -10,7 +10,7 @@ mod preprocess;
 
 pub use error::DataError;
 pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES};
-pub use image_folder::ImageFolder;
+pub use image_folder::{load_image_file, ImageFolder};
 pub use preprocess::{Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 /// One preprocessed image and its class.

@@ -1,0 +1,137 @@
+//! `snnet train`: joint training of every route (or the listed ones) on a dataset folder, with
+//! checkpoints and exact resume.
+
+use burn::{
+    backend::Autodiff,
+    module::AutodiffModule,
+    tensor::{
+        backend::{AutodiffBackend, Backend},
+        Tensor,
+    },
+};
+use snnet::{
+    train::{
+        data::Split, AdamWConfig, Augment, Distillation, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping, Teacher, TrainConfig,
+        UniformSampler,
+    },
+    workflow::{median_after, open_dataset, train_with_progress},
+    Description,
+};
+
+use crate::{
+    args::{NetworkArgs, TrainArgs},
+    commands::{build_net_with_metadata, BoxError},
+};
+
+/// `snnet train`.
+pub struct Train<'a> {
+    /// The network.
+    pub desc: Description,
+    /// Shared flags.
+    pub net: &'a NetworkArgs,
+    /// Training flags.
+    pub args: &'a TrainArgs,
+}
+
+impl Train<'_> {
+    /// The run's settings from the flags.
+    fn config(&self) -> TrainConfig {
+        let a = self.args;
+        TrainConfig {
+            epochs: a.epochs,
+            batch_size: a.batch,
+            lr: a.lr,
+            warmup_lr: a.warmup_lr,
+            min_lr: a.min_lr,
+            warmup_epochs: a.warmup_epochs,
+            stepping: if a.lr_stepping == "epoch" { Stepping::PerEpoch } else { Stepping::PerStep },
+            step: StepConfig {
+                label_smoothing: a.smoothing,
+                anchor_lr_scale: if a.freeze_anchors { 0.0 } else { a.anchor_lr_scale },
+                stitch_lr_scale: a.stitch_lr_scale,
+            },
+            adamw: AdamWConfig { weight_decay: a.weight_decay, clip_grad_norm: a.clip_grad, ..Default::default() },
+            augment: (!a.no_augment).then(Augment::default),
+            seed: a.train_seed,
+        }
+    }
+
+    fn distillation(&self) -> Option<Distillation> {
+        match self.args.distill.as_deref() {
+            Some("hard") => Some(Distillation::Hard { alpha: self.args.distill_alpha }),
+            Some(_) => Some(Distillation::Soft { alpha: self.args.distill_alpha, tau: self.args.distill_tau }),
+            None => None,
+        }
+    }
+
+    fn train<B: AutodiffBackend>(self, device: B::Device) -> Result<(), BoxError> {
+        let (mut net, mut meta) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
+        if let Some(rate) = self.args.drop_path {
+            for anchor in &mut net.anchors {
+                anchor.set_drop_path_rate(rate)?;
+            }
+        }
+        let dataset = open_dataset(&self.args.data.data, Split::Train, &net.layouts()[0])?;
+        let mut sampler: Box<dyn RouteSampler> = match &self.args.routes {
+            Some(routes) => {
+                for &id in routes {
+                    net.route(id)?;
+                }
+                Box::new(ListSampler::new(routes.clone(), self.args.train_seed))
+            }
+            None => Box::new(UniformSampler::new(net.num_routes(), self.args.train_seed)),
+        };
+        // The teacher is a frozen copy of the starting weights (the same file on resume).
+        let teacher_route = self.args.teacher_route.unwrap_or(net.anchors.len().saturating_sub(1));
+        net.route(teacher_route)?;
+        let teacher_net = net.valid();
+        let teacher_logits = move |x: Tensor<B::InnerBackend, 4>| teacher_net.forward(x, teacher_route);
+        let teacher = self.distillation().map(|kind| Teacher::<B> { logits: &teacher_logits, kind });
+        let config = self.config();
+        let options = RunOptions {
+            checkpoint_dir: self.args.checkpoint_dir.clone(),
+            checkpoint_every: self.args.checkpoint_every,
+            resume: self.args.resume,
+            stop_after_steps: self.args.max_steps,
+        };
+        eprintln!(
+            "training {} routes on {} images: {} epoch(s) of {} steps, batch {}",
+            self.args.routes.as_ref().map_or(net.num_routes(), Vec::len),
+            dataset.len(),
+            config.epochs,
+            config.steps_per_epoch(dataset.len()),
+            config.batch_size
+        );
+        let (net, report, step_seconds) =
+            train_with_progress(net, dataset.as_ref(), sampler.as_mut(), &config, teacher.as_ref(), &options)?;
+        if report.resumed_from > 0 {
+            eprintln!("resumed from step {}", report.resumed_from);
+        }
+        for (i, loss) in report.epoch_losses.iter().enumerate() {
+            eprintln!("epoch loss {}: {loss:.4}", i + 1);
+        }
+        eprintln!("{} steps, {:.0} images/s over {:.1} s", report.steps, report.images_per_s, report.seconds);
+        if let Some(median) = median_after(&step_seconds, 5) {
+            // The figure tools/compare_train.sh reads: steps after 5 warm-up steps, data loading excluded.
+            eprintln!(
+                "{}",
+                serde_json::json!({"impl": "snnet", "batch": config.batch_size, "steps": step_seconds.len() - 5,
+                                   "step_ms_median": median * 1e3, "images_per_s": config.batch_size as f64 / median})
+            );
+        }
+        meta.retain(|k, _| !k.starts_with("format") && k != "snnet.network");
+        meta.insert("snnet.stitching".into(), "trained".into());
+        meta.insert("snnet.train".into(), serde_json::to_string(&config).expect("serialisable"));
+        net.save(&self.args.output, meta)?;
+        eprintln!("wrote {}", self.args.output.display());
+        Ok(())
+    }
+}
+
+impl snnet::backend::BackendTask for Train<'_> {
+    type Output = Result<(), BoxError>;
+
+    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        self.train::<Autodiff<B>>(device)
+    }
+}

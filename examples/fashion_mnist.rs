@@ -1,0 +1,191 @@
+//! The main job: a complete SN-Net run on Fashion-MNIST, offline, on the CPU.
+//!
+//! Starts from three pretrained ViTs (ViT-32/64/128, `assets/fashion-mnist/anchor{i}.safetensors`,
+//! made by `--example train_anchors`), stitches them into 35 routes, initialises the stitching
+//! layers by least squares, fine-tunes every route jointly (one random route per step), evaluates
+//! every route on the 10,000 test images, and writes the results (official JSON-lines format), the
+//! route table and the accuracy-vs-FLOPs plot (PNG and SVG).
+//!
+//! ```text
+//! cargo run --release --example fashion_mnist -- [--epochs 1] [--output target/fashion-mnist] [--resume] [--data DIR]
+//! ```
+
+use std::{collections::HashMap, path::PathBuf, time::Instant};
+
+use burn::{
+    backend::Autodiff,
+    module::AutodiffModule,
+    tensor::{
+        backend::{AutodiffBackend, Backend},
+        Tensor, TensorData,
+    },
+};
+use clap::Parser;
+use snnet::{
+    backend::{run_or_exit, BackendTask},
+    demo,
+    train::{
+        data::{load_batch, Dataset, FashionMnist, Split},
+        RunOptions, SplitMix64, StepConfig, TrainConfig, UniformSampler,
+    },
+    workflow::{check_stitching, evaluate_into, progress_bar, route_table, train_with_progress, write_accuracy_plots, BoxError},
+};
+
+/// Stitch, initialise, fine-tune and evaluate the Fashion-MNIST demo SN-Net.
+#[derive(Parser)]
+struct Options {
+    /// Backend: flex (CPU), cuda, wgpu, vulkan, metal.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Folder with the Fashion-MNIST IDX files (default: the copy in assets/fashion-mnist).
+    #[arg(long, default_value_os_t = demo::assets_dir())]
+    data: PathBuf,
+    /// Where results, plots, weights and checkpoints go.
+    #[arg(long, default_value = "target/fashion-mnist")]
+    output: PathBuf,
+    /// Calibration images for least squares.
+    #[arg(long, default_value_t = 200)]
+    ls_images: usize,
+    /// Epochs of joint fine-tuning.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate of the fine-tuning (cosine to 1e-6 after a short warmup).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Train only the stitching layers (the anchors keep their pretrained weights).
+    #[arg(long)]
+    freeze_anchors: bool,
+    /// Continue a killed run from its checkpoint (and its partial results file).
+    #[arg(long)]
+    resume: bool,
+    /// Also evaluate every route right after least squares, before fine-tuning.
+    #[arg(long)]
+    eval_ls: bool,
+}
+
+impl Options {
+    fn run_all<B: AutodiffBackend>(self, device: B::Device) -> Result<(), BoxError> {
+        let t0 = Instant::now();
+        std::fs::create_dir_all(&self.output)?;
+        let desc = demo::description()?;
+        let names = demo::anchor_names();
+        let train = FashionMnist::load(&self.data, Split::Train)?;
+        let test = FashionMnist::load(&self.data, Split::Test)?;
+        let ls_file = self.output.join("ls-init.safetensors");
+        let results = self.output.join("results.jsonl");
+        let checkpoints = self.output.join("checkpoints");
+        if !self.resume {
+            for old in [&results, &self.output.join("results-ls.jsonl")] {
+                let _ = std::fs::remove_file(old);
+            }
+            let _ = std::fs::remove_dir_all(&checkpoints);
+        }
+
+        // 1. Stitch the pretrained anchors and initialise the stitching layers by least squares.
+        let mut net = desc.build::<B::InnerBackend>(&device)?;
+        for i in 0..net.anchors.len() {
+            net = net.load_anchor(i, &demo::anchor_file(i))?.0;
+        }
+        println!(
+            "SN-Net of {}: {} routes, {} stitching layers ({:.1} s)",
+            names.join(", "),
+            net.num_routes(),
+            net.space().layers.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        SplitMix64::new(0).shuffle(&mut order);
+        let calib = load_batch(&train, &order[..self.ls_images.min(order.len())]);
+        let [c, h, w] = [1, 28, 28];
+        let images = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(calib.images, [calib.labels.len(), c, h, w]), &device);
+        let t = Instant::now();
+        let pb = progress_bar(calib.labels.len(), "LS init");
+        let report = net.init_least_squares(images, 50, |p| pb.set_position(p.images_done as u64))?;
+        pb.finish_and_clear();
+        let ls_seconds = t.elapsed().as_secs_f64();
+        println!("least squares: {} layers from {} images in {ls_seconds:.1} s", report.layers.len(), report.images);
+        net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
+        if self.eval_ls {
+            let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), 500, &self.output.join("results-ls.jsonl"))?;
+            println!("after least squares only:\n{}", route_table(&net, &rows, &names));
+        }
+
+        // 2. Fine-tune every route jointly, on the autodiff backend, with checkpoints.
+        let (net, _) = desc.build::<B>(&device)?.load(&ls_file)?;
+        let config = TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            lr: self.lr,
+            warmup_lr: 1e-6,
+            min_lr: 1e-6,
+            warmup_epochs: 0.1_f64.min(self.epochs as f64),
+            step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { 1.0 }, ..Default::default() },
+            ..Default::default()
+        };
+        let mut sampler = UniformSampler::new(net.num_routes(), 0);
+        let options =
+            RunOptions { checkpoint_dir: Some(checkpoints), checkpoint_every: Some(100), resume: self.resume, ..Default::default() };
+        let t = Instant::now();
+        let (net, report, _) = train_with_progress(net, &train, &mut sampler, &config, None, &options)?;
+        let train_seconds = t.elapsed().as_secs_f64();
+        println!(
+            "joint training: {} steps ({} epoch(s), batch {}) in {train_seconds:.1} s, {:.0} images/s; epoch losses {:?}",
+            report.steps,
+            config.epochs,
+            config.batch_size,
+            report.images_per_s,
+            report.epoch_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
+        );
+        let net = net.valid();
+        net.save(&self.output.join("snnet-fashion-mnist.safetensors"), HashMap::from([("snnet.stitching".into(), "trained".into())]))?;
+
+        // 3. Evaluate every route on the whole test set; table, checks, plot.
+        let t = Instant::now();
+        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), 500, &results)?;
+        let eval_seconds = t.elapsed().as_secs_f64();
+        println!("evaluation of {} routes on {} test images in {eval_seconds:.1} s\n", rows.len(), test.len());
+        print!("{}", route_table(&net, &rows, &names));
+        let check = check_stitching(&net, &rows, 1.0)?;
+        let gaps: Vec<String> = check.anchor_gaps.iter().map(|(g, ci)| format!("+{g:.2} (95% CI ±{ci:.2})")).collect();
+        println!(
+            "\nanchors: {} → each beats the previous: {} [{}]",
+            check.anchor_acc1.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" / "),
+            if check.anchors_ordered { "yes" } else { "NO" },
+            gaps.join(", ")
+        );
+        println!(
+            "stitched routes within 1 point of the range of the anchors they join: {}/{} ({:.0} %)",
+            check.stitched_within,
+            check.stitched_total,
+            100.0 * check.within_share()
+        );
+        let title = format!("Fashion-MNIST SN-Net: {} routes on {} test images", rows.len(), test.len());
+        let plots = [self.output.join("frontier.png"), self.output.join("frontier.svg")];
+        write_accuracy_plots(&net, &rows, &names, &title, &plots)?;
+        let summary = serde_json::json!({
+            "routes": rows.len(), "test_images": test.len(), "check": check,
+            "seconds": {"least_squares": ls_seconds, "training": train_seconds, "evaluation": eval_seconds, "total": t0.elapsed().as_secs_f64()},
+            "training": {"steps": report.steps, "images_per_s": report.images_per_s, "epoch_losses": report.epoch_losses, "config": config},
+        });
+        std::fs::write(self.output.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        println!("total {:.1} s; results in {}", t0.elapsed().as_secs_f64(), self.output.display());
+        Ok(())
+    }
+}
+
+impl BackendTask for Options {
+    type Output = Result<(), BoxError>;
+
+    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        self.run_all::<Autodiff<B>>(device)
+    }
+}
+
+fn main() {
+    let opts = Options::parse();
+    let device = opts.device.clone();
+    run_or_exit(&device, opts);
+}

@@ -1,0 +1,294 @@
+//! The user's workflow end to end, shared by the `snnet` command line and the examples: datasets
+//! by folder, progress bars, joint training with a live bar, the evaluation of every route into a
+//! resumable results file, the route table and the accuracy-vs-FLOPs plot.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use snnet_core::{
+    select::{pareto_frontier, parse_metric_lines, Goal, RouteMetrics},
+    Anchor, AnchorLayout, StitchedNet,
+};
+use snnet_train::{
+    append_result,
+    data::{Dataset, FashionMnist, ImageFolder, Preprocess, Split},
+    done_routes, evaluate_routes, RouteSampler, RunOptions, Teacher, TrainConfig, TrainReport, TrainResult,
+};
+
+use crate::plot::{write_frontier_plot, FrontierPlot, PlotRoute};
+
+/// Errors of the workflow helpers, shown to the user as they are.
+pub type BoxError = Box<dyn std::error::Error>;
+
+/// A progress bar on stderr with position, rate and ETA.
+pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The split of the dataset in `dir` for a network whose first anchor is `layout`: Fashion-MNIST
+/// IDX files (plain or gzipped) if the folder holds them, else an ImageFolder tree (`train/` and
+/// `val/` sub-folders if present, else the folder itself) with timm's evaluation preprocessing.
+/// Images of another shape than the network's input, or more classes than its head, are errors.
+pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<Box<dyn Dataset>, BoxError> {
+    let input = layout.input;
+    let idx = |prefix: &str| ["-images-idx3-ubyte", "-images-idx3-ubyte.gz"].iter().any(|s| dir.join(format!("{prefix}{s}")).is_file());
+    let dataset: Box<dyn Dataset> = if idx("train") || idx("t10k") {
+        Box::new(FashionMnist::load(dir, split)?)
+    } else {
+        let sub = match split {
+            Split::Train => "train",
+            Split::Test => "val",
+        };
+        let root = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
+        Box::new(ImageFolder::open(&root, Preprocess::imagenet(input[1]))?)
+    };
+    if dataset.shape() != input {
+        return Err(format!("{}: images are {:?}, the network takes {input:?}", dir.display(), dataset.shape()).into());
+    }
+    if dataset.num_classes() > layout.num_classes {
+        return Err(format!("{}: the data has {} classes, the network {}", dir.display(), dataset.num_classes(), layout.num_classes).into());
+    }
+    Ok(dataset)
+}
+
+/// [`snnet_train::train`] with a progress bar showing the epoch, loss, learning rate, images/s and
+/// ETA. Also returns the seconds of each step (forward, backward, update).
+pub fn train_with_progress<B: AutodiffBackend, A: Anchor<B>>(
+    net: StitchedNet<B, A>,
+    dataset: &dyn Dataset,
+    sampler: &mut dyn RouteSampler,
+    config: &TrainConfig,
+    teacher: Option<&Teacher<'_, B>>,
+    options: &RunOptions,
+) -> TrainResult<(StitchedNet<B, A>, TrainReport, Vec<f64>)> {
+    let mut step_seconds = Vec::new();
+    let total = config.steps_per_epoch(dataset.len()) * config.epochs;
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} steps, eta {eta}").expect("valid template").progress_chars("=> "),
+    );
+    // Without a terminal (logs, CI) the bar is hidden: print a line every 5 % of the run instead.
+    let every = (total / 20).max(1);
+    let result = snnet_train::train(net, dataset, sampler, config, teacher, options, |p| {
+        let message = format!(
+            "epoch {}/{} loss {:.4} (epoch mean {:.4}) lr {:.2e} {:.0} img/s",
+            p.epoch + 1,
+            p.epochs,
+            p.loss,
+            p.epoch_loss,
+            p.lr,
+            p.images_per_s
+        );
+        if pb.is_hidden() && (p.step % every == 0 || p.step == p.total_steps) {
+            eprintln!("step {}/{}: {message}", p.step, p.total_steps);
+        }
+        pb.set_position(p.step as u64);
+        pb.set_message(message);
+        step_seconds.push(p.step_seconds);
+    });
+    pb.finish_and_clear();
+    result.map(|(net, report)| (net, report, step_seconds))
+}
+
+/// The median of `values` after skipping the first `skip` (warm-up), or `None` if none are left.
+pub fn median_after(values: &[f64], skip: usize) -> Option<f64> {
+    let mut rest: Vec<f64> = values.iter().skip(skip).copied().collect();
+    if rest.is_empty() {
+        return None;
+    }
+    rest.sort_by(f64::total_cmp);
+    Some(rest[rest.len() / 2])
+}
+
+/// Evaluates the `routes` not yet in `results` (a JSON-lines file, created or appended to) on
+/// `dataset` with a progress bar, then returns every row of the file with `gflops` added.
+pub fn evaluate_into<B: Backend, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    dataset: &dyn Dataset,
+    routes: &[usize],
+    batch: usize,
+    results: &Path,
+) -> Result<Vec<RouteMetrics>, BoxError> {
+    let done = done_routes(results)?;
+    let todo: Vec<usize> = routes.iter().copied().filter(|id| !done.contains(id)).collect();
+    if todo.len() < routes.len() {
+        eprintln!("{} route(s) already in {}; evaluating {}", routes.len() - todo.len(), results.display(), todo.len());
+    }
+    if !todo.is_empty() {
+        let pb = progress_bar(dataset.len(), &format!("{} routes", todo.len()));
+        let rows = evaluate_routes(net, dataset, &todo, batch, |n| pb.set_position(n as u64))?;
+        pb.finish_and_clear();
+        for r in &rows {
+            append_result(results, r)?;
+        }
+    }
+    read_results(results)
+}
+
+/// Every row of a results file, with `gflops` (= `flops` / 1e9) added.
+pub fn read_results(results: &Path) -> Result<Vec<RouteMetrics>, BoxError> {
+    let text = std::fs::read_to_string(results).map_err(|e| format!("cannot read {}: {e}", results.display()))?;
+    let mut rows = parse_metric_lines(&text, &results.display().to_string(), &|_| true)?;
+    for r in &mut rows {
+        if let Some(f) = r.get("flops") {
+            r.values.insert("gflops".into(), f / 1e9);
+        }
+    }
+    rows.sort_by_key(|r| r.cfg_id);
+    Ok(rows)
+}
+
+/// The accuracy-vs-FLOPs Pareto frontier of result rows (route ids).
+pub fn accuracy_frontier(rows: &[RouteMetrics]) -> Vec<usize> {
+    pareto_frontier(rows, ("gflops", Goal::Minimize), ("acc1", Goal::Maximize))
+}
+
+/// The route table as text: id, route, GFLOPs, parameters, top-1, top-5, frontier mark.
+pub fn route_table<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, rows: &[RouteMetrics], anchor_names: &[String]) -> String {
+    let front = accuracy_frontier(rows);
+    let mut out = format!("{:>6}  {:<22} {:>9}  {:>10}  {:>7}  {:>7}  frontier\n", "cfg_id", "route", "GFLOPs", "params", "acc1", "acc5");
+    for r in rows {
+        let v = |k: &str| r.get(k).unwrap_or(f64::NAN);
+        let mark = if front.contains(&r.cfg_id) { "*" } else { "" };
+        out += &format!(
+            "{:>6}  {:<22} {:>9.4}  {:>10}  {:>7.2}  {:>7.2}  {mark}\n",
+            r.cfg_id,
+            route_name(net, r.cfg_id, anchor_names),
+            v("gflops"),
+            v("params"),
+            v("acc1"),
+            v("acc5")
+        );
+    }
+    out
+}
+
+/// A route in words: `name` for an anchor, `front→end (j,k)` for a stitched route.
+pub fn route_name<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, anchor_names: &[String]) -> String {
+    let Ok(route) = net.route(id) else { return "?".into() };
+    let name = |a: usize| anchor_names.get(a).cloned().unwrap_or_else(|| a.to_string());
+    let comb = route.comb_id.iter().map(|&a| name(a)).collect::<Vec<_>>().join("→");
+    match route.stitch_cfgs.first() {
+        Some((j, k)) if !route.is_anchor() => format!("{comb} ({j},{k})"),
+        _ => comb,
+    }
+}
+
+/// Writes the accuracy-vs-FLOPs plot of `rows` (anchors named, stitched routes as dots, the
+/// frontier drawn) to each of `paths` (`.png` or `.svg`).
+pub fn write_accuracy_plots<B: Backend, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    rows: &[RouteMetrics],
+    anchor_names: &[String],
+    title: &str,
+    paths: &[PathBuf],
+) -> Result<(), BoxError> {
+    let front = accuracy_frontier(rows);
+    let points: Vec<PlotRoute> = rows
+        .iter()
+        .filter_map(|r| {
+            let route = net.route(r.cfg_id).ok()?;
+            Some(PlotRoute {
+                cfg_id: r.cfg_id,
+                x: r.get("gflops")?,
+                y: r.get("acc1")?,
+                size: r.get("params").unwrap_or(0.0) / 1e6,
+                anchor: route.is_anchor().then(|| anchor_names.get(route.comb_id[0]).cloned().unwrap_or_default()),
+            })
+        })
+        .collect();
+    let plot = FrontierPlot { title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", routes: &points, frontier: &front };
+    for path in paths {
+        write_frontier_plot(&plot, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Half-width of the 95 % confidence interval of an accuracy of `acc` percent measured on
+/// `images` images (normal approximation), in points.
+pub fn accuracy_ci95(acc: f64, images: usize) -> f64 {
+    let p = (acc / 100.0).clamp(0.0, 1.0);
+    100.0 * 1.96 * (p * (1.0 - p) / images.max(1) as f64).sqrt()
+}
+
+/// Whether a trained SN-Net shows what SN-Net promises, from its evaluated routes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StitchingCheck {
+    /// Top-1 of each anchor, in anchor order.
+    pub anchor_acc1: Vec<f64>,
+    /// For each anchor after the first: its lead over the previous anchor, and the larger of the
+    /// two accuracies' 95 % confidence half-widths.
+    pub anchor_gaps: Vec<(f64, f64)>,
+    /// Every anchor beats the previous one by more than that half-width.
+    pub anchors_ordered: bool,
+    /// Stitched routes whose top-1 lies within `tolerance` points of the range spanned by the two
+    /// anchors they join.
+    pub stitched_within: usize,
+    /// Stitched routes evaluated.
+    pub stitched_total: usize,
+    /// The tolerance, in points.
+    pub tolerance: f64,
+}
+
+impl StitchingCheck {
+    /// Share of stitched routes within the anchors' range (1 when there are none).
+    pub fn within_share(&self) -> f64 {
+        if self.stitched_total == 0 {
+            1.0
+        } else {
+            self.stitched_within as f64 / self.stitched_total as f64
+        }
+    }
+}
+
+/// Checks evaluated `rows` (with `acc1` and `images`) of `net` against SN-Net's promise; every
+/// anchor route must be among the rows.
+pub fn check_stitching<B: Backend, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    rows: &[RouteMetrics],
+    tolerance: f64,
+) -> Result<StitchingCheck, BoxError> {
+    let acc =
+        |id: usize| rows.iter().find(|r| r.cfg_id == id).and_then(|r| Some((r.get("acc1")?, r.get("images").unwrap_or(0.0) as usize)));
+    // Anchor routes ordered by the anchor they run.
+    let mut anchors: Vec<(usize, usize)> =
+        (0..net.num_routes()).filter_map(|id| net.route(id).ok().filter(|r| r.is_anchor()).map(|r| (r.comb_id[0], id))).collect();
+    anchors.sort();
+    let anchors: Vec<usize> = anchors.into_iter().map(|(_, id)| id).collect();
+    let mut anchor_acc1 = Vec::new();
+    let mut images = Vec::new();
+    for &id in &anchors {
+        let (a, n) = acc(id).ok_or_else(|| format!("anchor route {id} was not evaluated"))?;
+        anchor_acc1.push(a);
+        images.push(n);
+    }
+    let anchor_gaps: Vec<(f64, f64)> = (1..anchor_acc1.len())
+        .map(|i| {
+            let ci = accuracy_ci95(anchor_acc1[i], images[i]).max(accuracy_ci95(anchor_acc1[i - 1], images[i - 1]));
+            (anchor_acc1[i] - anchor_acc1[i - 1], ci)
+        })
+        .collect();
+    let anchors_ordered = anchor_gaps.iter().all(|&(gap, ci)| gap > ci);
+    let (mut within, mut total) = (0, 0);
+    for r in rows {
+        let Ok(route) = net.route(r.cfg_id) else { continue };
+        let Some(a) = r.get("acc1") else { continue };
+        if route.is_anchor() {
+            continue;
+        }
+        let ends: Vec<f64> = route.comb_id.iter().filter_map(|&anchor| anchor_acc1.get(anchor).copied()).collect();
+        let lo = ends.iter().copied().fold(f64::INFINITY, f64::min) - tolerance;
+        let hi = ends.iter().copied().fold(f64::NEG_INFINITY, f64::max) + tolerance;
+        total += 1;
+        within += (lo..=hi).contains(&a) as usize;
+    }
+    Ok(StitchingCheck { anchor_acc1, anchor_gaps, anchors_ordered, stitched_within: within, stitched_total: total, tolerance })
+}
