@@ -2,6 +2,7 @@
 
 mod common;
 mod costs;
+mod demo;
 mod enumeration;
 mod forward;
 mod import;
