@@ -21,4 +21,4 @@ target/release/snnet --anchors deit_tiny_patch16_224,deit_small_patch16_224,deit
     bench --routes "$ROUTES" --batch "$BATCHES" --min-seconds 1 --json >"$OUT/snnet.jsonl"
 python3 tools/bench_torch.py --device cpu --batch "$BATCHES" --routes "$ROUTES" --threads "$THREADS" --json >"$OUT/torch.jsonl"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 tools/bench_compare.py "$OUT/snnet.jsonl" "$OUT/torch.jsonl" --markdown "$OUT/table.md"
+python3 tools/bench_compare.py "$OUT/snnet.jsonl" "$OUT/torch.jsonl" --map-device flex=cpu --markdown "$OUT/table.md"
