@@ -26,7 +26,7 @@ use snnet::{
     demo,
     train::{
         data::{load_batch, Dataset, FashionMnist, Split},
-        RunOptions, SplitMix64, StepConfig, TrainConfig, UniformSampler,
+        Distillation, RunOptions, SplitMix64, StepConfig, Teacher, TrainConfig, UniformSampler,
     },
     workflow::{check_stitching, evaluate_into, progress_bar, route_table, train_with_progress, write_accuracy_plots, BoxError},
 };
@@ -58,6 +58,9 @@ struct Options {
     /// Train only the stitching layers (the anchors keep their pretrained weights).
     #[arg(long)]
     freeze_anchors: bool,
+    /// Distil every route from the pretrained ViT-128 (`soft`, τ = 1, or `hard`), weight 0.5.
+    #[arg(long, value_parser = ["soft", "hard"])]
+    distill: Option<String>,
     /// Continue a killed run from its checkpoint (and its partial results file).
     #[arg(long)]
     resume: bool,
@@ -125,11 +128,19 @@ impl Options {
             step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { 1.0 }, ..Default::default() },
             ..Default::default()
         };
+        // The teacher: the pretrained largest anchor, as least squares left it (anchors untouched).
+        let teacher_net = desc.build::<B::InnerBackend>(&device)?.load(&ls_file)?.0;
+        let largest = teacher_net.anchors.len() - 1;
+        let teacher_logits = move |x: Tensor<B::InnerBackend, 4>| teacher_net.forward(x, largest);
+        let teacher = self.distill.as_deref().map(|kind| Teacher::<B> {
+            logits: &teacher_logits,
+            kind: if kind == "hard" { Distillation::Hard { alpha: 0.5 } } else { Distillation::Soft { alpha: 0.5, tau: 1.0 } },
+        });
         let mut sampler = UniformSampler::new(net.num_routes(), 0);
         let options =
             RunOptions { checkpoint_dir: Some(checkpoints), checkpoint_every: Some(100), resume: self.resume, ..Default::default() };
         let t = Instant::now();
-        let (net, report, _) = train_with_progress(net, &train, &mut sampler, &config, None, &options)?;
+        let (net, report, _) = train_with_progress(net, &train, &mut sampler, &config, teacher.as_ref(), &options)?;
         let train_seconds = t.elapsed().as_secs_f64();
         println!(
             "joint training: {} steps ({} epoch(s), batch {}) in {train_seconds:.1} s, {:.0} images/s; epoch losses {:?}",
