@@ -88,32 +88,33 @@ impl Options {
         }
 
         // 1. Stitch the pretrained anchors and initialise the stitching layers by least squares.
-        let mut net = desc.build::<B::InnerBackend>(&device)?;
-        for i in 0..net.anchors.len() {
-            net = net.load_anchor(i, &demo::anchor_file(i))?.0;
+        let mut ls_net = desc.build::<B::InnerBackend>(&device)?;
+        for i in 0..ls_net.anchors.len() {
+            ls_net = ls_net.load_anchor(i, &demo::anchor_file(i))?.0;
         }
         println!(
             "SN-Net of {}: {} routes, {} stitching layers ({:.1} s)",
             names.join(", "),
-            net.num_routes(),
-            net.space().layers.len(),
+            ls_net.num_routes(),
+            ls_net.space().layers.len(),
             t0.elapsed().as_secs_f64()
         );
         let mut order: Vec<usize> = (0..train.len()).collect();
         SplitMix64::new(0).shuffle(&mut order);
         let calib = load_batch(&train, &order[..self.ls_images.min(order.len())]);
-        let [c, h, w] = [1, 28, 28];
+        let [c, h, w] = ls_net.layouts()[0].input;
         let images = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(calib.images, [calib.labels.len(), c, h, w]), &device);
         let t = Instant::now();
         let pb = progress_bar(calib.labels.len(), "LS init");
-        let report = net.init_least_squares(images, 50, |p| pb.set_position(p.images_done as u64))?;
+        let report = ls_net.init_least_squares(images, 50, |p| pb.set_position(p.images_done as u64))?;
         pb.finish_and_clear();
         let ls_seconds = t.elapsed().as_secs_f64();
         println!("least squares: {} layers from {} images in {ls_seconds:.1} s", report.layers.len(), report.images);
-        net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
+        ls_net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
         if self.eval_ls {
-            let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), 500, &self.output.join("results-ls.jsonl"))?;
-            println!("after least squares only:\n{}", route_table(&net, &rows, &names));
+            let routes: Vec<usize> = (0..ls_net.num_routes()).collect();
+            let rows = evaluate_into(&ls_net, &test, &routes, 500, &self.output.join("results-ls.jsonl"))?;
+            println!("after least squares only:\n{}", route_table(&ls_net, &rows, &names));
         }
 
         // 2. Fine-tune every route jointly, on the autodiff backend, with checkpoints.
@@ -128,10 +129,9 @@ impl Options {
             step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { 1.0 }, ..Default::default() },
             ..Default::default()
         };
-        // The teacher: the pretrained largest anchor, as least squares left it (anchors untouched).
-        let teacher_net = desc.build::<B::InnerBackend>(&device)?.load(&ls_file)?.0;
-        let largest = teacher_net.anchors.len() - 1;
-        let teacher_logits = move |x: Tensor<B::InnerBackend, 4>| teacher_net.forward(x, largest);
+        // The teacher: the pretrained largest anchor of the network least squares left (anchors untouched).
+        let largest = ls_net.anchors.len() - 1;
+        let teacher_logits = move |x: Tensor<B::InnerBackend, 4>| ls_net.forward(x, largest);
         let teacher = self.distill.as_deref().map(|kind| Teacher::<B> {
             logits: &teacher_logits,
             kind: if kind == "hard" { Distillation::Hard { alpha: 0.5 } } else { Distillation::Soft { alpha: 0.5, tau: 1.0 } },

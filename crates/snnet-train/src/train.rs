@@ -122,7 +122,7 @@ impl TrainConfig {
             return bad("batch_size", "must be at least 1".into());
         }
         if samples < self.batch_size {
-            return bad("batch_size", format!("{} is more than the {samples} readable training samples", self.batch_size));
+            return bad("batch_size", format!("{} is more than the {samples} training samples", self.batch_size));
         }
         for (name, v) in [("lr", self.lr), ("warmup_lr", self.warmup_lr), ("min_lr", self.min_lr), ("warmup_epochs", self.warmup_epochs)] {
             if !(v >= 0.0 && v.is_finite()) {
