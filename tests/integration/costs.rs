@@ -35,6 +35,32 @@ fn deit_costs_equal_the_official_results_for_all_71_routes() {
 }
 
 #[test]
+fn swin_costs_equal_the_official_results_for_all_41_routes() {
+    let v = load_json("vectors/stitch_configs_swin.json");
+    let desc = Description::from_names(&["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]);
+    assert_eq!(desc.space, SpaceSettings::swin(), "Swin presets take the official Swin space");
+    assert!(desc.behaviour.final_norm_on_stitched, "the official Swin stitched path keeps the final norm");
+    let (space, costs) = desc.space_with_costs().unwrap();
+    let configs = v["configs"].as_array().unwrap();
+    assert_eq!(space.num_routes(), configs.len());
+    for (cfg, (route, cost)) in configs.iter().zip(space.routes.iter().zip(&costs)) {
+        let id = route.cfg_id;
+        assert_eq!(cost.flops, cfg["reported"]["flops"].as_u64().unwrap(), "cfg {id} flops");
+        assert_eq!(cost.params, cfg["reported"]["params"].as_u64().unwrap(), "cfg {id} params");
+        // The official count omits the front anchor's patch merging of the stages before the
+        // stitch (spec §9 B3): 74,496 at stage 1 and 370,944 at stage 2 for a Ti/S front.
+        let omitted = match (route.is_anchor(), route.stage_id) {
+            (false, Some(1)) => 74_496,
+            (false, Some(2)) => 370_944,
+            _ => 0,
+        };
+        assert_eq!(cost.params_exact, cost.params + omitted, "cfg {id} params_exact");
+    }
+    assert_eq!((costs[13].flops, costs[13].params), (7_377_656_064, 42_277_186));
+    assert_eq!((costs[28].flops, costs[28].params), (12_936_597_504, 79_548_630));
+}
+
+#[test]
 fn costs_equal_fvcore_on_non_default_spaces_and_resolutions() {
     let fixture = load_json("costs_fvcore.json");
     for case in fixture["cases"].as_array().unwrap() {

@@ -7,4 +7,5 @@ mod enumeration;
 mod forward;
 mod import;
 mod least_squares;
+mod swin;
 mod weights;

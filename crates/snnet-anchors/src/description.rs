@@ -19,11 +19,19 @@ use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, RouteCo
 use crate::{
     error::{Error, Result},
     family::AnyAnchor,
+    swin::SwinConfig,
     vit::VitConfig,
 };
 
-/// Preset names and their architectures.
-pub const PRESETS: [&str; 3] = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"];
+/// Preset names (timm's model names).
+pub const PRESETS: [&str; 6] = [
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window7_224",
+];
 
 /// An explicit architecture, tagged by `arch`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +39,84 @@ pub const PRESETS: [&str; 3] = ["deit_tiny_patch16_224", "deit_small_patch16_224
 pub enum Architecture {
     /// A ViT (timm `VisionTransformer` arguments).
     Vit(VitConfig),
+    /// A Swin Transformer (timm `SwinTransformer` arguments).
+    Swin(SwinConfig),
+}
+
+impl Architecture {
+    /// The architecture of a preset name.
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(match name {
+            "deit_tiny_patch16_224" => Architecture::Vit(VitConfig::deit_tiny_patch16_224()),
+            "deit_small_patch16_224" => Architecture::Vit(VitConfig::deit_small_patch16_224()),
+            "deit_base_patch16_224" => Architecture::Vit(VitConfig::deit_base_patch16_224()),
+            "swin_tiny_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_tiny_patch4_window7_224()),
+            "swin_small_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_small_patch4_window7_224()),
+            "swin_base_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_base_patch4_window7_224()),
+            _ => return Err(Error::UnknownPreset { name: name.to_string(), known: PRESETS.join(", ") }),
+        })
+    }
+
+    /// A short name for tables and layouts.
+    pub fn short_name(&self) -> String {
+        match self {
+            Architecture::Vit(c) => {
+                format!("vit(dim={}, depth={}, heads={}, img={}, patch={})", c.embed_dim, c.depth, c.num_heads, c.img_size, c.patch_size)
+            }
+            Architecture::Swin(c) => {
+                format!(
+                    "swin(dim={}, depths={:?}, window={}, img={}, patch={})",
+                    c.embed_dim, c.depths, c.window_size, c.img_size, c.patch_size
+                )
+            }
+        }
+    }
+
+    /// Checks the architecture's fields.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Architecture::Vit(c) => c.validate(),
+            Architecture::Swin(c) => c.validate(),
+        }
+    }
+
+    /// The layout, named `name`.
+    pub fn layout(&self, name: &str) -> AnchorLayout {
+        match self {
+            Architecture::Vit(c) => c.layout(name),
+            Architecture::Swin(c) => c.layout(name),
+        }
+    }
+
+    /// Per-part costs at the native resolution.
+    pub fn costs(&self) -> AnchorCosts {
+        match self {
+            Architecture::Vit(c) => c.costs(),
+            Architecture::Swin(c) => c.costs(),
+        }
+    }
+
+    /// Builds the anchor with random weights.
+    pub fn init<B: Backend>(&self, name: &str, device: &B::Device) -> Result<AnyAnchor<B>> {
+        Ok(match self {
+            Architecture::Vit(c) => AnyAnchor::Vit(c.init(name, device)?),
+            Architecture::Swin(c) => AnyAnchor::Swin(c.init(name, device)?),
+        })
+    }
+}
+
+/// The official space settings and behaviour for a family: DeiT's for ViTs; Swin's for Swin
+/// anchors (stage-wise stitching of every stage but the last, spec §3.2, and the end anchor's final
+/// norm on stitched routes, as the official Swin `forward_from` applies it).
+pub fn family_defaults(architectures: &[Architecture]) -> (SpaceSettings, Behaviour) {
+    let swin_stages = architectures.iter().filter_map(|a| if let Architecture::Swin(c) = a { Some(c.num_stages()) } else { None }).min();
+    match swin_stages {
+        Some(stages) => (
+            SpaceSettings { stitched_stages: Some((0..stages.saturating_sub(1)).collect()), ..SpaceSettings::swin() },
+            Behaviour { final_norm_on_stitched: true },
+        ),
+        None => (SpaceSettings::deit(), Behaviour::default()),
+    }
 }
 
 /// One anchor: a preset name or an explicit architecture.
@@ -48,12 +134,7 @@ impl AnchorSpec {
     pub fn architecture(&self) -> Result<Architecture> {
         match self {
             AnchorSpec::Explicit(a) => Ok(a.clone()),
-            AnchorSpec::Preset(name) => match name.as_str() {
-                "deit_tiny_patch16_224" => Ok(Architecture::Vit(VitConfig::deit_tiny_patch16_224())),
-                "deit_small_patch16_224" => Ok(Architecture::Vit(VitConfig::deit_small_patch16_224())),
-                "deit_base_patch16_224" => Ok(Architecture::Vit(VitConfig::deit_base_patch16_224())),
-                _ => Err(Error::UnknownPreset { name: name.clone(), known: PRESETS.join(", ") }),
-            },
+            AnchorSpec::Preset(name) => Architecture::preset(name),
         }
     }
 
@@ -61,34 +142,25 @@ impl AnchorSpec {
     pub fn name(&self) -> String {
         match self {
             AnchorSpec::Preset(n) => n.clone(),
-            AnchorSpec::Explicit(Architecture::Vit(c)) => {
-                format!("vit(dim={}, depth={}, heads={}, img={}, patch={})", c.embed_dim, c.depth, c.num_heads, c.img_size, c.patch_size)
-            }
+            AnchorSpec::Explicit(a) => a.short_name(),
         }
     }
 
     /// The anchor's layout, without building it.
     pub fn layout(&self) -> Result<AnchorLayout> {
-        match self.architecture()? {
-            Architecture::Vit(c) => {
-                c.validate()?;
-                Ok(c.layout(&self.name()))
-            }
-        }
+        let a = self.architecture()?;
+        a.validate()?;
+        Ok(a.layout(&self.name()))
     }
 
     /// Per-part costs at the native resolution, without building the anchor.
     pub fn costs(&self) -> Result<AnchorCosts> {
-        match self.architecture()? {
-            Architecture::Vit(c) => Ok(c.costs()),
-        }
+        Ok(self.architecture()?.costs())
     }
 
     /// Builds the anchor with random weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<AnyAnchor<B>> {
-        match self.architecture()? {
-            Architecture::Vit(c) => Ok(AnyAnchor::Vit(c.init(&self.name(), device)?)),
-        }
+        self.architecture()?.init(&self.name(), device)
     }
 }
 
@@ -107,22 +179,37 @@ pub struct Description {
 }
 
 impl Description {
-    /// Anchors given by name (presets), official DeiT space settings.
+    /// Anchors given by name (presets), with their family's official space settings and behaviour
+    /// ([`family_defaults`]).
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
-        Self {
-            anchors: names.iter().map(|n| AnchorSpec::Preset(n.as_ref().to_string())).collect(),
-            space: SpaceSettings::default(),
-            behaviour: Behaviour::default(),
-        }
+        let anchors: Vec<AnchorSpec> = names.iter().map(|n| AnchorSpec::Preset(n.as_ref().to_string())).collect();
+        let (space, behaviour) = Self::defaults_for(&anchors);
+        Self { anchors, space, behaviour }
     }
 
-    /// Parses a description from JSON text.
+    /// Parses a description from JSON text; `space` and `behaviour`, when absent, take the
+    /// family's official values ([`family_defaults`]).
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
-        let d: Self = serde_json::from_str(text).map_err(|e| Error::Description { path: source.into(), reason: e.to_string() })?;
+        let fail = |e: serde_json::Error| Error::Description { path: source.into(), reason: e.to_string() };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(fail)?;
+        let mut d: Self = serde_json::from_value(value.clone()).map_err(fail)?;
         if d.anchors.is_empty() {
             return Err(Error::Description { path: source.into(), reason: "`anchors` is empty".into() });
         }
+        let (space, behaviour) = Self::defaults_for(&d.anchors);
+        if value.get("space").is_none() {
+            d.space = space;
+        }
+        if value.get("behaviour").is_none() {
+            d.behaviour = behaviour;
+        }
         Ok(d)
+    }
+
+    /// The family defaults of `anchors`; anchors that do not resolve (reported later) count as DeiT.
+    fn defaults_for(anchors: &[AnchorSpec]) -> (SpaceSettings, Behaviour) {
+        let architectures: Vec<Architecture> = anchors.iter().filter_map(|a| a.architecture().ok()).collect();
+        family_defaults(&architectures)
     }
 
     /// Reads a description file.

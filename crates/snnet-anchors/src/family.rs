@@ -4,22 +4,25 @@ use burn::{
     module::Module,
     tensor::{backend::Backend, Tensor},
 };
-use snnet_core::{Anchor, AnchorCosts, AnchorLayout, Features};
+use snnet_core::{weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, Features};
 
-use crate::vit::Vit;
+use crate::{swin::Swin, vit::Vit};
 
 /// An anchor of any supported family.
 #[derive(Module, Debug)]
 pub enum AnyAnchor<B: Backend> {
     /// Vision Transformer / DeiT.
     Vit(Vit<B>),
+    /// Swin Transformer.
+    Swin(Swin<B>),
 }
 
 impl<B: Backend> AnyAnchor<B> {
-    /// Sets the stochastic depth rate of the anchor's blocks (see [`Vit::set_drop_path_rate`]).
+    /// Sets the stochastic depth rate of the anchor's blocks (timm's linear rule over the blocks).
     pub fn set_drop_path_rate(&mut self, rate: f64) -> crate::error::Result<()> {
         match self {
             AnyAnchor::Vit(m) => m.set_drop_path_rate(rate),
+            AnyAnchor::Swin(m) => m.set_drop_path_rate(rate),
         }
     }
 }
@@ -28,42 +31,56 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
     fn layout(&self) -> &AnchorLayout {
         match self {
             AnyAnchor::Vit(m) => m.layout(),
+            AnyAnchor::Swin(m) => m.layout(),
         }
     }
 
     fn costs(&self) -> AnchorCosts {
         match self {
             AnyAnchor::Vit(m) => m.costs(),
+            AnyAnchor::Swin(m) => m.costs(),
         }
     }
 
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
         match self {
             AnyAnchor::Vit(m) => m.embed(images),
+            AnyAnchor::Swin(m) => m.embed(images),
         }
     }
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {
         match self {
             AnyAnchor::Vit(m) => m.block(x, index),
+            AnyAnchor::Swin(m) => m.block(x, index),
         }
     }
 
     fn transition(&self, x: Features<B>, into_stage: usize) -> Features<B> {
         match self {
             AnyAnchor::Vit(m) => m.transition(x, into_stage),
+            AnyAnchor::Swin(m) => m.transition(x, into_stage),
         }
     }
 
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
         match self {
             AnyAnchor::Vit(m) => m.head(x, final_norm),
+            AnyAnchor::Swin(m) => m.head(x, final_norm),
+        }
+    }
+
+    fn adapt_checkpoint(&self, tensors: TensorMap) -> TensorMap {
+        match self {
+            AnyAnchor::Vit(m) => m.adapt_checkpoint(tensors),
+            AnyAnchor::Swin(m) => m.adapt_checkpoint(tensors),
         }
     }
 
     fn reseed(&self, seed: u64) {
         match self {
             AnyAnchor::Vit(m) => m.reseed(seed),
+            AnyAnchor::Swin(m) => m.reseed(seed),
         }
     }
 }

@@ -9,9 +9,11 @@ pub mod description;
 pub mod error;
 pub mod family;
 pub mod kernels;
+pub mod swin;
 pub mod vit;
 
-pub use description::{AnchorSpec, Architecture, Description, PRESETS};
+pub use description::{family_defaults, AnchorSpec, Architecture, Description, PRESETS};
 pub use error::{Error, Result};
 pub use family::AnyAnchor;
+pub use swin::{Swin, SwinConfig};
 pub use vit::{Vit, VitConfig};

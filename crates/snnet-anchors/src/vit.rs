@@ -194,6 +194,7 @@ impl VitConfig {
             transitions: vec![PartCost::default()],
             head: PartCost::new(c * k, c * k + k),
             final_norm: PartCost::new(5 * n * c, 2 * c),
+            official_omits_front_transitions: false,
         }
     }
 

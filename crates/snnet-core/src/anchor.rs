@@ -10,6 +10,7 @@ use burn::{
 use crate::{
     features::Features,
     layout::{AnchorCosts, AnchorLayout},
+    weights::TensorMap,
 };
 
 /// A pretrained network that can be cut between blocks.
@@ -43,6 +44,13 @@ pub trait Anchor<B: Backend>: Module<B> + ModuleDisplay {
     /// `final_norm = false` skips the norm that precedes the classifier, as the official stitched
     /// DeiT routes do (spec §9 B1); families without such a norm ignore it.
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2>;
+
+    /// Rewrites a checkpoint of this anchor alone into the keys this implementation reads, for
+    /// checkpoint layouts that differ from the one the module follows (current timm's Swin, say).
+    /// Families with one layout keep the default (unchanged).
+    fn adapt_checkpoint(&self, tensors: TensorMap) -> TensorMap {
+        tensors
+    }
 
     /// Seeds the stochastic layers (drop path) for the next training forward, so a run reproduces
     /// and resumes exactly ([`crate::stochastic`]). Families without any keep the default (nothing).

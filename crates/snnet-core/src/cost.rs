@@ -40,11 +40,16 @@ pub fn route_cost(
         return RouteCost { flops: total.flops, params: total.params, params_exact: total.params };
     }
     let mut run = costs[route.segments[0].anchor].embed;
-    for seg in &route.segments {
+    let last_segment = route.segments.len() - 1;
+    for (n, seg) in route.segments.iter().enumerate() {
         let (layout, c) = (&layouts[seg.anchor], &costs[seg.anchor]);
         for i in seg.blocks.clone() {
             if i > seg.blocks.start && layout.stage_of(i) != layout.stage_of(i - 1) {
-                run = run + c.transitions[layout.stage_of(i)];
+                let mut transition = c.transitions[layout.stage_of(i)];
+                if n < last_segment && c.official_omits_front_transitions {
+                    transition.params_official = 0;
+                }
+                run = run + transition;
             }
             run = run + c.blocks[i];
         }

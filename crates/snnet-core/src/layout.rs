@@ -116,6 +116,11 @@ pub struct AnchorCosts {
     pub head: PartCost,
     /// The final norm applied before the head (zero where the family has none).
     pub final_norm: PartCost,
+    /// The official count of a stitched route leaves out the transitions the *front* anchor runs
+    /// (Swin's `get_model_size` omits its patch merging, spec §9 B3): they then add to `params_exact`
+    /// only.
+    #[serde(default)]
+    pub official_omits_front_transitions: bool,
 }
 
 impl AnchorCosts {

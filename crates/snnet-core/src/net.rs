@@ -488,10 +488,14 @@ impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
                 return Err(Error::DescriptionMismatch { path: shown, difference });
             }
         }
-        let mut tensors: TensorMap = loaded.tensors.iter().map(|(k, v)| (format!("anchors.{index}.{k}"), v.clone())).collect();
-        if tensors.keys().all(|k| k.starts_with(&format!("anchors.{index}.module."))) {
-            tensors = tensors.into_iter().map(|(k, v)| (k.replacen(".module.", ".", 1), v)).collect();
+        let mut own = loaded.tensors.clone();
+        if !own.is_empty() && own.keys().all(|k| k.starts_with("module.")) {
+            own = own.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
         }
+        if let Some(anchor) = self.anchors.get(index) {
+            own = anchor.adapt_checkpoint(own);
+        }
+        let mut tensors: TensorMap = own.into_iter().map(|(k, v)| (format!("anchors.{index}.{k}"), v)).collect();
         let net = self.load_state(&mut tensors, StatePart::Anchor(index), &shown)?;
         Ok((net, loaded))
     }
