@@ -58,6 +58,10 @@ struct Options {
     /// Train only the stitching layers (the anchors keep their pretrained weights).
     #[arg(long)]
     freeze_anchors: bool,
+    /// Learning-rate scale of the anchors' parameters (the official Swin recipe: 0.1, with the
+    /// stitching layers at the full rate).
+    #[arg(long, default_value_t = 1.0)]
+    anchor_lr_scale: f64,
     /// Distil every route from the pretrained ViT-128 (`soft`, τ = 1, or `hard`), weight 0.5.
     #[arg(long, value_parser = ["soft", "hard"])]
     distill: Option<String>,
@@ -126,7 +130,7 @@ impl Options {
             warmup_lr: 1e-6,
             min_lr: 1e-6,
             warmup_epochs: 0.1_f64.min(self.epochs as f64),
-            step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { 1.0 }, ..Default::default() },
+            step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { self.anchor_lr_scale }, ..Default::default() },
             ..Default::default()
         };
         // The teacher: the pretrained largest anchor of the network least squares left (anchors untouched).

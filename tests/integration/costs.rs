@@ -61,6 +61,42 @@ fn swin_costs_equal_the_official_results_for_all_41_routes() {
 }
 
 #[test]
+fn cnn_family_costs_equal_the_official_results() {
+    for (file, names, anchor_params) in [
+        ("stitch_configs_resnet18_resnet50.json", ["resnet18", "resnet50"], [11_689_512u64, 25_557_032]),
+        ("stitch_configs_resnet18_swin_ti.json", ["resnet18", "swin_tiny_patch4_window7_224"], [11_689_512, 28_288_354]),
+    ] {
+        let v = load_json(&format!("vectors/{file}"));
+        let desc = Description::from_names(&names);
+        assert_eq!(desc.space, SpaceSettings::resnet(), "{file}");
+        let (space, costs) = desc.space_with_costs().unwrap();
+        let configs = v["configs"].as_array().unwrap();
+        assert_eq!(space.num_routes(), configs.len(), "{file}");
+        for (cfg, (route, cost)) in configs.iter().zip(space.routes.iter().zip(&costs)) {
+            let id = route.cfg_id;
+            assert_eq!(cost.flops, cfg["reported"]["flops"].as_u64().unwrap(), "{file} cfg {id} flops");
+            let stitch: Vec<(usize, usize)> = serde_json::from_value(cfg["stitch_cfgs"].clone()).unwrap();
+            assert_eq!(route.stitch_cfgs, stitch, "{file} cfg {id}");
+            assert_eq!(cost.params, cost.params_exact, "no official parameter count to follow for CNN routes");
+        }
+        assert_eq!([costs[0].params, costs[1].params], anchor_params, "{file}: timm's parameter counts");
+    }
+}
+
+#[test]
+fn levit_costs_equal_the_official_results_for_all_8_routes() {
+    let v = load_json("vectors/stitch_configs_levit.json");
+    let desc = Description::from_names(&["levit_192", "levit_256"]);
+    assert_eq!(desc.space, SpaceSettings::levit());
+    let (space, costs) = desc.space_with_costs().unwrap();
+    let configs = v["configs"].as_array().unwrap();
+    assert_eq!(space.num_routes(), configs.len());
+    for (cfg, (route, cost)) in configs.iter().zip(space.routes.iter().zip(&costs)) {
+        assert_eq!(cost.flops, cfg["reported"]["flops"].as_u64().unwrap(), "cfg {} flops", route.cfg_id);
+    }
+}
+
+#[test]
 fn costs_equal_fvcore_on_non_default_spaces_and_resolutions() {
     let fixture = load_json("costs_fvcore.json");
     for case in fixture["cases"].as_array().unwrap() {

@@ -7,5 +7,7 @@ mod enumeration;
 mod forward;
 mod import;
 mod least_squares;
+mod levit;
+mod resnet;
 mod swin;
 mod weights;

@@ -19,18 +19,24 @@ use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, RouteCo
 use crate::{
     error::{Error, Result},
     family::AnyAnchor,
+    levit::LevitConfig,
+    resnet::ResNetConfig,
     swin::SwinConfig,
     vit::VitConfig,
 };
 
 /// Preset names (timm's model names).
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 10] = [
     "deit_tiny_patch16_224",
     "deit_small_patch16_224",
     "deit_base_patch16_224",
     "swin_tiny_patch4_window7_224",
     "swin_small_patch4_window7_224",
     "swin_base_patch4_window7_224",
+    "resnet18",
+    "resnet50",
+    "levit_192",
+    "levit_256",
 ];
 
 /// An explicit architecture, tagged by `arch`.
@@ -41,6 +47,10 @@ pub enum Architecture {
     Vit(VitConfig),
     /// A Swin Transformer (timm `SwinTransformer` arguments).
     Swin(SwinConfig),
+    /// A ResNet (timm `ResNet` arguments).
+    ResNet(ResNetConfig),
+    /// A LeViT (the original `LeViT` arguments).
+    Levit(LevitConfig),
 }
 
 impl Architecture {
@@ -53,6 +63,10 @@ impl Architecture {
             "swin_tiny_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_tiny_patch4_window7_224()),
             "swin_small_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_small_patch4_window7_224()),
             "swin_base_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_base_patch4_window7_224()),
+            "resnet18" => Architecture::ResNet(ResNetConfig::resnet18()),
+            "resnet50" => Architecture::ResNet(ResNetConfig::resnet50()),
+            "levit_192" => Architecture::Levit(LevitConfig::levit_192()),
+            "levit_256" => Architecture::Levit(LevitConfig::levit_256()),
             _ => return Err(Error::UnknownPreset { name: name.to_string(), known: PRESETS.join(", ") }),
         })
     }
@@ -69,6 +83,12 @@ impl Architecture {
                     c.embed_dim, c.depths, c.window_size, c.img_size, c.patch_size
                 )
             }
+            Architecture::ResNet(c) => {
+                format!("resnet({:?}, layers={:?}, channels={:?}, img={})", c.block, c.layers, c.channels, c.img_size)
+            }
+            Architecture::Levit(c) => {
+                format!("levit(dims={:?}, depth={:?}, heads={:?}, img={})", c.embed_dim, c.depth, c.num_heads, c.img_size)
+            }
         }
     }
 
@@ -77,6 +97,8 @@ impl Architecture {
         match self {
             Architecture::Vit(c) => c.validate(),
             Architecture::Swin(c) => c.validate(),
+            Architecture::ResNet(c) => c.validate(),
+            Architecture::Levit(c) => c.validate(),
         }
     }
 
@@ -85,6 +107,8 @@ impl Architecture {
         match self {
             Architecture::Vit(c) => c.layout(name),
             Architecture::Swin(c) => c.layout(name),
+            Architecture::ResNet(c) => c.layout(name),
+            Architecture::Levit(c) => c.layout(name),
         }
     }
 
@@ -93,6 +117,8 @@ impl Architecture {
         match self {
             Architecture::Vit(c) => c.costs(),
             Architecture::Swin(c) => c.costs(),
+            Architecture::ResNet(c) => c.costs(),
+            Architecture::Levit(c) => c.costs(),
         }
     }
 
@@ -101,21 +127,28 @@ impl Architecture {
         Ok(match self {
             Architecture::Vit(c) => AnyAnchor::Vit(c.init(name, device)?),
             Architecture::Swin(c) => AnyAnchor::Swin(c.init(name, device)?),
+            Architecture::ResNet(c) => AnyAnchor::ResNet(c.init(name, device)?),
+            Architecture::Levit(c) => AnyAnchor::Levit(c.init(name, device)?),
         })
     }
 }
 
-/// The official space settings and behaviour for a family: DeiT's for ViTs; Swin's for Swin
-/// anchors (stage-wise stitching of every stage but the last, spec §3.2, and the end anchor's final
-/// norm on stitched routes, as the official Swin `forward_from` applies it).
+/// The official space settings and behaviour for a family: DeiT's for ViTs; for Swin anchors,
+/// stage-wise stitching of every stage but the last (spec §3.2); for a ResNet front anchor (ResNet-18/50,
+/// ResNet-18 → Swin-T), stages 1 and 2 (spec §4.2); for LeViT every stage but the last (spec §5.2). Wherever a Swin ends a route the end anchor's
+/// final norm runs, as the official Swin `forward_from` applies it.
 pub fn family_defaults(architectures: &[Architecture]) -> (SpaceSettings, Behaviour) {
     let swin_stages = architectures.iter().filter_map(|a| if let Architecture::Swin(c) = a { Some(c.num_stages()) } else { None }).min();
-    match swin_stages {
-        Some(stages) => (
-            SpaceSettings { stitched_stages: Some((0..stages.saturating_sub(1)).collect()), ..SpaceSettings::swin() },
-            Behaviour { final_norm_on_stitched: true },
-        ),
-        None => (SpaceSettings::deit(), Behaviour::default()),
+    let behaviour = Behaviour { final_norm_on_stitched: swin_stages.is_some() };
+    match (architectures.first(), swin_stages) {
+        (Some(Architecture::ResNet(_)), _) => (SpaceSettings::resnet(), behaviour),
+        (Some(Architecture::Levit(c)), _) => {
+            (SpaceSettings { stitched_stages: Some((0..c.num_stages().saturating_sub(1)).collect()), ..SpaceSettings::levit() }, behaviour)
+        }
+        (_, Some(stages)) => {
+            (SpaceSettings { stitched_stages: Some((0..stages.saturating_sub(1)).collect()), ..SpaceSettings::swin() }, behaviour)
+        }
+        _ => (SpaceSettings::deit(), behaviour),
     }
 }
 

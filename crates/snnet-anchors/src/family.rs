@@ -6,7 +6,7 @@ use burn::{
 };
 use snnet_core::{weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, Features};
 
-use crate::{swin::Swin, vit::Vit};
+use crate::{levit::Levit, resnet::ResNet, swin::Swin, vit::Vit};
 
 /// An anchor of any supported family.
 #[derive(Module, Debug)]
@@ -15,6 +15,10 @@ pub enum AnyAnchor<B: Backend> {
     Vit(Vit<B>),
     /// Swin Transformer.
     Swin(Swin<B>),
+    /// ResNet.
+    ResNet(ResNet<B>),
+    /// LeViT.
+    Levit(Levit<B>),
 }
 
 impl<B: Backend> AnyAnchor<B> {
@@ -23,6 +27,8 @@ impl<B: Backend> AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.set_drop_path_rate(rate),
             AnyAnchor::Swin(m) => m.set_drop_path_rate(rate),
+            AnyAnchor::ResNet(m) => m.set_drop_path_rate(rate),
+            AnyAnchor::Levit(m) => m.set_drop_path_rate(rate),
         }
     }
 }
@@ -32,6 +38,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.layout(),
             AnyAnchor::Swin(m) => m.layout(),
+            AnyAnchor::ResNet(m) => m.layout(),
+            AnyAnchor::Levit(m) => m.layout(),
         }
     }
 
@@ -39,6 +47,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.costs(),
             AnyAnchor::Swin(m) => m.costs(),
+            AnyAnchor::ResNet(m) => m.costs(),
+            AnyAnchor::Levit(m) => m.costs(),
         }
     }
 
@@ -46,6 +56,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.embed(images),
             AnyAnchor::Swin(m) => m.embed(images),
+            AnyAnchor::ResNet(m) => m.embed(images),
+            AnyAnchor::Levit(m) => m.embed(images),
         }
     }
 
@@ -53,6 +65,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.block(x, index),
             AnyAnchor::Swin(m) => m.block(x, index),
+            AnyAnchor::ResNet(m) => m.block(x, index),
+            AnyAnchor::Levit(m) => m.block(x, index),
         }
     }
 
@@ -60,6 +74,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.transition(x, into_stage),
             AnyAnchor::Swin(m) => m.transition(x, into_stage),
+            AnyAnchor::ResNet(m) => m.transition(x, into_stage),
+            AnyAnchor::Levit(m) => m.transition(x, into_stage),
         }
     }
 
@@ -67,6 +83,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.head(x, final_norm),
             AnyAnchor::Swin(m) => m.head(x, final_norm),
+            AnyAnchor::ResNet(m) => m.head(x, final_norm),
+            AnyAnchor::Levit(m) => m.head(x, final_norm),
         }
     }
 
@@ -74,6 +92,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.adapt_checkpoint(tensors),
             AnyAnchor::Swin(m) => m.adapt_checkpoint(tensors),
+            AnyAnchor::ResNet(m) => m.adapt_checkpoint(tensors),
+            AnyAnchor::Levit(m) => m.adapt_checkpoint(tensors),
         }
     }
 
@@ -81,6 +101,8 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         match self {
             AnyAnchor::Vit(m) => m.reseed(seed),
             AnyAnchor::Swin(m) => m.reseed(seed),
+            AnyAnchor::ResNet(m) => m.reseed(seed),
+            AnyAnchor::Levit(m) => m.reseed(seed),
         }
     }
 }

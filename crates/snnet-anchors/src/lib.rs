@@ -9,11 +9,16 @@ pub mod description;
 pub mod error;
 pub mod family;
 pub mod kernels;
+pub mod levit;
+pub mod norm;
+pub mod resnet;
 pub mod swin;
 pub mod vit;
 
 pub use description::{family_defaults, AnchorSpec, Architecture, Description, PRESETS};
 pub use error::{Error, Result};
 pub use family::AnyAnchor;
+pub use levit::{Levit, LevitConfig};
+pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use swin::{Swin, SwinConfig};
 pub use vit::{Vit, VitConfig};
