@@ -26,7 +26,10 @@ pub mod plot;
 pub mod workflow;
 
 pub use snnet_anchors as anchors;
-pub use snnet_anchors::{AnchorSpec, AnyAnchor, Architecture, Description, Vit, VitConfig};
+pub use snnet_anchors::{
+    family_defaults, AnchorSpec, AnyAnchor, Architecture, BlockKind, Description, Levit, LevitConfig, ResNet, ResNetConfig, Swin,
+    SwinConfig, Vit, VitConfig,
+};
 pub use snnet_core as core;
 pub use snnet_core::{
     cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, Behaviour, Budget, Error, FeatureKind, Features, Goal,

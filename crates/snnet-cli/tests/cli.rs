@@ -400,3 +400,96 @@ fn infer_reads_image_files_for_one_channel_networks() {
     ]);
     assert!(!ok && err.contains("broken.jpg"), "{err}");
 }
+
+fn vectors(file: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vectors").join(file);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn space_json_gives_every_familys_official_routes_and_costs() {
+    let families = [
+        ("stitch_configs_swin.json", "swin_tiny_patch4_window7_224,swin_small_patch4_window7_224,swin_base_patch4_window7_224"),
+        ("stitch_configs_resnet18_resnet50.json", "resnet18,resnet50"),
+        ("stitch_configs_resnet18_swin_ti.json", "resnet18,swin_tiny_patch4_window7_224"),
+        ("stitch_configs_levit.json", "levit_192,levit_256"),
+    ];
+    for (file, anchors) in families {
+        let (ok, out, err) = snnet(&["space", "--anchors", anchors, "--json"]);
+        assert!(ok, "{file}: {err}");
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let want = vectors(file);
+        let want = want["configs"].as_array().unwrap();
+        assert_eq!(lines.len(), want.len(), "{file}");
+        for (line, cfg) in lines.iter().zip(want) {
+            let id = &cfg["cfg_id"];
+            assert_eq!(&line["cfg_id"], id, "{file}");
+            assert_eq!(line["comb_id"], cfg["comb_id"], "{file} cfg {id}");
+            assert_eq!(line["stitch_cfgs"], cfg["stitch_cfgs"], "{file} cfg {id}");
+            assert_eq!(line["stitch_layers"], cfg["stitch_layers"], "{file} cfg {id}");
+            assert_eq!(line["flops"], cfg["reported"]["flops"], "{file} cfg {id}");
+            if let Some(params) = cfg["reported"].get("params") {
+                assert_eq!(&line["params"], params, "{file} cfg {id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let data = tmp("family-data");
+    for split in ["train", "val"] {
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2u32 {
+                let img = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5 + i * 11) as u8, (y * 6) as u8, (c * 180) as u8]));
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    // ResNet-18 → Swin (maps stitched into tokens, BatchNorm) and LeViT (BatchNorm, two heads).
+    for (config, weights, routes) in
+        [("resnet/r18_swin.json", "resnet/snnet_r18_swin.safetensors", 8), ("levit/mini_levit.json", "levit/snnet_levit.pth", 8)]
+    {
+        let config = fixtures.join(config);
+        let (config, weights, data) = (config.to_str().unwrap(), fixtures.join(weights), data.to_str().unwrap());
+        let name = config.rsplit('/').next().unwrap().trim_end_matches(".json");
+        let init = tmp(&format!("{name}-ls.safetensors"));
+        let trained = tmp(&format!("{name}-trained.safetensors"));
+        let run = |args: &[&str]| snnet(&[&["--config", config], args].concat());
+        let weights = weights.to_str().unwrap();
+        let (ok, _, err) =
+            run(&["--weights", weights, "init", "--data", data, "--images", "4", "--chunk", "2", "--output", init.to_str().unwrap()]);
+        assert!(ok, "{name} init: {err}");
+        let init = init.to_str().unwrap();
+        let (ok, _, err) = run(&[
+            "--weights",
+            init,
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "1",
+            "--batch",
+            "2",
+            "--lr",
+            "1e-3",
+            "--drop-path",
+            "0.1",
+            "--output",
+            trained.to_str().unwrap(),
+        ]);
+        assert!(ok && err.contains("2 steps"), "{name} train: {err}");
+        let results = tmp(&format!("{name}-results.jsonl"));
+        let _ = std::fs::remove_file(&results);
+        let (ok, _, err) =
+            run(&["--weights", trained.to_str().unwrap(), "eval", "--data", data, "--batch", "2", "--output", results.to_str().unwrap()]);
+        assert!(ok, "{name} eval: {err}");
+        let lines = std::fs::read_to_string(&results).unwrap();
+        assert_eq!(lines.lines().count(), routes, "{name}: every route evaluated");
+        let (ok, out, err) = run(&["bench", "--routes", "0,2", "--batch", "1", "--min-seconds", "0", "--repeats", "2", "--json"]);
+        assert!(ok && out.lines().count() == 2, "{name} bench: {err}");
+    }
+}
