@@ -14,7 +14,7 @@ use snnet_core::{
 use snnet_train::{
     append_result,
     data::{Dataset, FashionMnist, ImageFolder, Preprocess, Split},
-    done_routes, evaluate_routes, RouteSampler, RunOptions, Teacher, TrainConfig, TrainReport, TrainResult,
+    done_routes, evaluate_routes_parallel, RouteSampler, RunOptions, Teacher, TrainConfig, TrainReport, TrainResult,
 };
 
 use crate::plot::{write_frontier_plot, FrontierPlot, PlotRoute};
@@ -108,12 +108,14 @@ pub fn median_after(values: &[f64], skip: usize) -> Option<f64> {
 }
 
 /// Evaluates the `routes` not yet in `results` (a JSON-lines file, created or appended to) on
-/// `dataset` with a progress bar, then returns every row of the file with `gflops` added.
+/// `dataset` with a progress bar, the routes shared among `workers` threads, then returns every
+/// row of the file with `gflops` added.
 pub fn evaluate_into<B: Backend, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     dataset: &dyn Dataset,
     routes: &[usize],
     batch: usize,
+    workers: usize,
     results: &Path,
 ) -> Result<Vec<RouteMetrics>, BoxError> {
     let done = done_routes(results)?;
@@ -123,7 +125,7 @@ pub fn evaluate_into<B: Backend, A: Anchor<B>>(
     }
     if !todo.is_empty() {
         let pb = progress_bar(dataset.len(), &format!("{} routes", todo.len()));
-        let rows = evaluate_routes(net, dataset, &todo, batch, |n| pb.set_position(n as u64))?;
+        let rows = evaluate_routes_parallel(net, dataset, &todo, batch, workers, |n| pb.set_position(n as u64))?;
         pb.finish_and_clear();
         for r in &rows {
             append_result(results, r)?;

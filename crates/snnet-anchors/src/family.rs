@@ -97,6 +97,15 @@ impl<B: Backend> Anchor<B> for AnyAnchor<B> {
         }
     }
 
+    fn isolate_noise(&mut self) {
+        match self {
+            AnyAnchor::Vit(m) => m.isolate_noise(),
+            AnyAnchor::Swin(m) => m.isolate_noise(),
+            AnyAnchor::ResNet(m) => m.isolate_noise(),
+            AnyAnchor::Levit(m) => m.isolate_noise(),
+        }
+    }
+
     fn reseed(&self, seed: u64) {
         match self {
             AnyAnchor::Vit(m) => m.reseed(seed),

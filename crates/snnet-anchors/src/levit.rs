@@ -614,6 +614,10 @@ impl<B: Backend> Anchor<B> for Levit<B> {
     fn reseed(&self, seed: u64) {
         self.noise.set(seed);
     }
+
+    fn isolate_noise(&mut self) {
+        self.noise = NoiseSeed::default();
+    }
 }
 
 /// Maps a LeViT state dict in current timm's layout (≥ 0.9: `stem.conv{i}`, `stages.{s}.blocks.{b}.{attn,mlp}`,

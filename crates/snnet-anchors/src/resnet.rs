@@ -456,4 +456,8 @@ impl<B: Backend> Anchor<B> for ResNet<B> {
     fn reseed(&self, seed: u64) {
         self.noise.set(seed);
     }
+
+    fn isolate_noise(&mut self) {
+        self.noise = NoiseSeed::default();
+    }
 }

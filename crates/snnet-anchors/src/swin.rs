@@ -599,6 +599,10 @@ impl<B: Backend> Anchor<B> for Swin<B> {
     fn reseed(&self, seed: u64) {
         self.noise.set(seed);
     }
+
+    fn isolate_noise(&mut self) {
+        self.noise = NoiseSeed::default();
+    }
 }
 
 /// Maps a Swin state dict in current timm's layout (≥ 0.9) onto the official one: the patch

@@ -400,6 +400,10 @@ impl<B: Backend> Anchor<B> for Vit<B> {
         self.noise.set(seed);
     }
 
+    fn isolate_noise(&mut self) {
+        self.noise = NoiseSeed::default();
+    }
+
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
         let x = Self::tokens(x);
         let [b, _, c] = x.dims();

@@ -48,8 +48,8 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             let task = Init { desc, net: &cli.network, data: &data, images, chunk, output: &output };
             run_on_with(device, precision, task)?
         }
-        Command::Eval { data, routes, batch, limit, output, plot } => {
-            let task = Eval { desc, net: &cli.network, data: &data, routes, batch, limit, output: &output, plots: &plot };
+        Command::Eval { data, routes, batch, workers, limit, output, plot } => {
+            let task = Eval { desc, net: &cli.network, data: &data, routes, batch, workers, limit, output: &output, plots: &plot };
             run_on_with(device, precision, task)?
         }
         Command::Train(args) => run_on_with(device, precision, crate::train::Train { desc, net: &cli.network, args: &args })?,

@@ -90,6 +90,8 @@ pub struct Eval<'a> {
     pub routes: Option<Vec<usize>>,
     /// Images per forward.
     pub batch: usize,
+    /// Threads sharing the routes.
+    pub workers: usize,
     /// Evaluate only this many images.
     pub limit: Option<usize>,
     /// Results file.
@@ -127,7 +129,7 @@ impl snnet::backend::BackendTask for Eval<'_> {
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let data = Prefix { inner: dataset.as_ref(), len: self.limit.unwrap_or(usize::MAX).min(dataset.len()) };
         let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
-        let rows = evaluate_into(&net, &data, &wanted, self.batch, self.output)?;
+        let rows = evaluate_into(&net, &data, &wanted, self.batch, self.workers, self.output)?;
         let names: Vec<String> = self.desc.anchors.iter().map(|a| a.name()).collect();
         print!("{}", route_table(&net, &rows, &names));
         if !self.plots.is_empty() {

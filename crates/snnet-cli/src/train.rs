@@ -40,6 +40,7 @@ impl Train<'_> {
         TrainConfig {
             epochs: a.epochs,
             batch_size: a.batch,
+            workers: a.workers,
             lr: a.lr,
             warmup_lr: a.warmup_lr,
             min_lr: a.min_lr,
@@ -95,12 +96,13 @@ impl Train<'_> {
             stop_after_steps: self.args.max_steps,
         };
         eprintln!(
-            "training {} routes on {} images: {} epoch(s) of {} steps, batch {}",
+            "training {} routes on {} images: {} epoch(s) of {} steps, batch {} × {} worker(s)",
             self.args.routes.as_ref().map_or(net.num_routes(), Vec::len),
             dataset.len(),
             config.epochs,
             config.steps_per_epoch(dataset.len()),
-            config.batch_size
+            config.batch_size,
+            config.workers
         );
         let (net, report, step_seconds) =
             train_with_progress(net, dataset.as_ref(), sampler.as_mut(), &config, teacher.as_ref(), &options)?;

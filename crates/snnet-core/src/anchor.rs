@@ -58,6 +58,10 @@ pub trait Anchor<B: Backend>: Module<B> + ModuleDisplay {
         let _ = seed;
     }
 
+    /// Gives this copy of the anchor its own seed for the stochastic layers (clones share one), so a
+    /// copy trained on another thread draws its own masks. Families without any keep the default.
+    fn isolate_noise(&mut self) {}
+
     /// Runs the blocks in `range` (global indices), applying a stage transition before each block
     /// that starts a new stage, except the first block of the range (its input is already there).
     fn blocks(&self, mut x: Features<B>, range: Range<usize>) -> Features<B> {

@@ -79,6 +79,20 @@ pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
     dataset: &dyn Dataset,
     routes: &[usize],
     batch_size: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<RouteResult>> {
+    evaluate_routes_parallel(net, dataset, routes, batch_size, 1, progress)
+}
+
+/// [`evaluate_routes`] with the routes shared among `workers` threads (each batch is read once;
+/// routes are dealt out by FLOPs, largest first, to the least loaded thread). Worth it on the CPU
+/// backend, whose small-tensor work runs mostly on one core; results are identical to one worker's.
+pub fn evaluate_routes_parallel<B: Backend, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    dataset: &dyn Dataset,
+    routes: &[usize],
+    batch_size: usize,
+    workers: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<RouteResult>> {
     if batch_size == 0 {
@@ -90,6 +104,7 @@ pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
     let device = net.devices().into_iter().next().unwrap_or_default();
     let [c, h, w] = dataset.shape();
     let k = dataset.num_classes().min(5);
+    let shares = deal_by_flops(net, routes, workers.clamp(1, routes.len().max(1)));
     let mut counts = vec![(0usize, 0usize); routes.len()];
     let mut seen = 0;
     let indices: Vec<usize> = (0..dataset.len()).collect();
@@ -102,10 +117,33 @@ pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
             continue;
         }
         let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [batch.labels.len(), c, h, w]), &device);
-        for (slot, &id) in routes.iter().enumerate() {
-            let (t1, tk) = correct(net.forward(images.clone(), id)?, &batch.labels, k);
-            counts[slot].0 += t1;
-            counts[slot].1 += tk;
+        let labels = &batch.labels;
+        let count = |net: &StitchedNet<B, A>, images: Tensor<B, 4>, slots: &[usize]| -> Result<Vec<(usize, usize, usize)>> {
+            slots
+                .iter()
+                .map(|&slot| {
+                    let (t1, tk) = correct(net.forward(images.clone(), routes[slot])?, labels, k);
+                    Ok((slot, t1, tk))
+                })
+                .collect()
+        };
+        let found: Vec<Result<Vec<(usize, usize, usize)>>> = std::thread::scope(|scope| {
+            let others: Vec<_> = shares[1..]
+                .iter()
+                .map(|slots| {
+                    let (net, images) = (net.clone(), images.clone());
+                    scope.spawn(move || count(&net, images, slots))
+                })
+                .collect();
+            let mut found = vec![count(net, images.clone(), &shares[0])];
+            found.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+            found
+        });
+        for part in found {
+            for (slot, t1, tk) in part? {
+                counts[slot].0 += t1;
+                counts[slot].1 += tk;
+            }
         }
         seen += batch.labels.len();
         progress(seen);
@@ -130,4 +168,18 @@ pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
             }
         })
         .collect())
+}
+
+/// Route slots (indices into `routes`) per worker, balanced by FLOPs: largest first, each to the
+/// least loaded worker.
+fn deal_by_flops<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, routes: &[usize], workers: usize) -> Vec<Vec<usize>> {
+    let mut slots: Vec<usize> = (0..routes.len()).collect();
+    slots.sort_by_key(|&s| std::cmp::Reverse(net.costs()[routes[s]].flops));
+    let mut shares = vec![(0u64, Vec::new()); workers];
+    for slot in slots {
+        let lightest = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one worker");
+        lightest.0 += net.costs()[routes[slot]].flops;
+        lightest.1.push(slot);
+    }
+    shares.into_iter().map(|(_, s)| s).collect()
 }

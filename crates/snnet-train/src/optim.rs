@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use burn::{
-    module::{Module, ModuleMapper, ModuleVisitor, Param},
+    module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
     tensor::{
         backend::{AutodiffBackend, Backend},
         ElementConversion, Tensor, TensorData,
@@ -55,6 +55,63 @@ pub struct ParamRule {
 pub fn timm_decays(key: &str, rank: usize) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
     !(rank <= 1 || last == "bias" || last == "cls_token" || last == "pos_embed")
+}
+
+/// The gradients of a step, flattened, by parameter: from one backward pass, or combined from the
+/// workers that shared the step's batch.
+pub struct Grads<B: AutodiffBackend> {
+    by_param: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> Grads<B> {
+    /// The gradients `backward` left for the parameters of `module`.
+    pub fn from_backward<M: Module<B>>(grads: &B::Gradients, module: &M) -> Self {
+        struct Collect<'a, B: AutodiffBackend> {
+            grads: &'a B::Gradients,
+            by_param: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = param.val().grad(self.grads) {
+                    let n = g.shape().num_elements();
+                    self.by_param.insert(param.id, g.reshape([n]));
+                }
+            }
+        }
+        let mut collect = Collect::<B> { grads, by_param: HashMap::new() };
+        module.visit(&mut collect);
+        Self { by_param: collect.by_param }
+    }
+
+    /// `Σ weight · gradients` over the parts (each part a worker's share of one batch).
+    pub fn weighted_sum(parts: Vec<(Grads<B>, f64)>) -> Self {
+        let mut sum: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
+        for (part, weight) in parts {
+            for (id, g) in part.by_param {
+                let g = if weight == 1.0 { g } else { g.mul_scalar(weight) };
+                let total = match sum.remove(&id) {
+                    Some(s) => s + g,
+                    None => g,
+                };
+                sum.insert(id, total);
+            }
+        }
+        Self { by_param: sum }
+    }
+
+    /// Parameters with a gradient.
+    pub fn len(&self) -> usize {
+        self.by_param.len()
+    }
+
+    /// Whether no parameter has a gradient.
+    pub fn is_empty(&self) -> bool {
+        self.by_param.is_empty()
+    }
+
+    fn get(&self, id: &ParamId) -> Option<&Tensor<B::InnerBackend, 1>> {
+        self.by_param.get(id)
+    }
 }
 
 /// Moments and step count of one parameter, on the inner backend, flattened.
@@ -125,7 +182,7 @@ impl<B: AutodiffBackend> AdamW<B> {
     pub fn step<M: Module<B>>(
         &mut self,
         module: M,
-        grads: &B::Gradients,
+        grads: &Grads<B>,
         lr: f64,
         key_of: &dyn Fn(&str) -> String,
         rule: &dyn Fn(&str, usize) -> ParamRule,
@@ -145,14 +202,14 @@ impl<B: AutodiffBackend> AdamW<B> {
 }
 
 struct GradNorm<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
+    grads: &'a Grads<B>,
     sum_sq: f64,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = param.val().grad(self.grads) {
-            let s: f64 = g.powi_scalar(2).sum().into_scalar().elem();
+        if let Some(g) = self.grads.get(&param.id) {
+            let s: f64 = g.clone().powi_scalar(2).sum().into_scalar().elem();
             self.sum_sq += s;
         }
     }
@@ -160,7 +217,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
 
 struct Update<'a, B: AutodiffBackend> {
     optimizer: &'a mut AdamW<B>,
-    grads: &'a B::Gradients,
+    grads: &'a Grads<B>,
     lr: f64,
     clip: f64,
     key_of: &'a dyn Fn(&str) -> String,
@@ -182,8 +239,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let (module_key, _) = self.path.torch_key();
         let key = (self.key_of)(&module_key);
         let rule = (self.rule)(&key, D);
-        let value = param.val();
-        let Some(grad) = value.grad(self.grads) else { return param };
+        let Some(grad) = self.grads.get(&param.id) else { return param };
         if rule.lr_scale == 0.0 {
             return param;
         }
@@ -194,7 +250,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let requires_grad = tensor.is_require_grad();
         let numel: usize = dims.iter().product();
         let mut p = tensor.inner();
-        let g: Tensor<B::InnerBackend, 1> = grad.reshape([numel]).mul_scalar(self.clip);
+        let g: Tensor<B::InnerBackend, 1> = grad.clone().mul_scalar(self.clip);
         let device = p.device();
         let state = self.optimizer.state.entry(key).or_insert_with(|| Moments {
             step: 0,

@@ -1,10 +1,13 @@
 //! One joint-training step of a stitched network: forward the sampled route, classification loss
 //! (label smoothing, optional distillation from a teacher's logits), backward, AdamW.
 
-use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, ElementConversion, Int, Tensor};
+use burn::{
+    module::{Module, ModuleMapper, Param},
+    tensor::{activation::log_softmax, backend::AutodiffBackend, ElementConversion, Int, Tensor},
+};
 use snnet_core::{Anchor, Result, StitchedNet};
 
-use crate::optim::{timm_decays, AdamW, ParamRule, StepReport};
+use crate::optim::{timm_decays, AdamW, Grads, ParamRule, StepReport};
 
 /// Distillation from a teacher's logits (DeiT's `DistillationLoss`).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -86,6 +89,23 @@ pub fn distillation_loss<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// What one worker trains in a step: its part of the batch, the route, the teacher's logits for
+/// it, its share of the whole batch, and the seed of its drop-path masks.
+pub struct WorkerBatch<B: AutodiffBackend> {
+    /// Images `[batch, C, H, W]`.
+    pub images: Tensor<B, 4>,
+    /// Class labels `[batch]`.
+    pub labels: Tensor<B, 1, Int>,
+    /// The teacher's logits and the distillation kind, if distilling.
+    pub teacher_logits: Option<(Tensor<B, 2>, Distillation)>,
+    /// The route this worker trains.
+    pub route: usize,
+    /// This part's share of the step's images: its loss and gradients count with this weight.
+    pub weight: f64,
+    /// Seed of the stochastic layers for this worker's forward (`None`: leave the network's as set).
+    pub noise_seed: Option<u64>,
+}
+
 /// One training step of route `route` on `images` with `labels`: returns the updated network.
 /// With `teacher_logits` the loss is `(1 − α)·classification + α·distillation`.
 #[allow(clippy::too_many_arguments)]
@@ -99,9 +119,65 @@ pub fn train_step<B: AutodiffBackend, A: Anchor<B>>(
     lr: f64,
     config: &StepConfig,
 ) -> Result<(StitchedNet<B, A>, StepOutcome)> {
-    let logits = net.forward(images, route)?;
-    let base = smoothed_cross_entropy(logits.clone(), labels, config.label_smoothing);
-    let loss = match teacher_logits {
+    let batch = WorkerBatch { images, labels, teacher_logits, route, weight: 1.0, noise_seed: None };
+    train_step_workers(net, optimizer, vec![batch], lr, config)
+}
+
+/// One data-parallel step: every worker runs its part of the batch in its own thread (the first on
+/// the calling thread), the gradients are summed with the parts' weights — for parts of one batch
+/// on one route, the gradient of the whole batch's mean loss — and one AdamW step updates every
+/// parameter that received a gradient. The loss reported is the weighted sum too.
+pub fn train_step_workers<B: AutodiffBackend, A: Anchor<B>>(
+    net: StitchedNet<B, A>,
+    optimizer: &mut AdamW<B>,
+    batches: Vec<WorkerBatch<B>>,
+    lr: f64,
+    config: &StepConfig,
+) -> Result<(StitchedNet<B, A>, StepOutcome)> {
+    let workers = batches.len();
+    let weights: Vec<f64> = batches.iter().map(|b| b.weight).collect();
+    let mut batches = batches.into_iter();
+    let first = batches.next().expect("a step has at least one worker");
+    let outcomes: Vec<Result<(f64, Grads<B>)>> = std::thread::scope(|scope| {
+        let others: Vec<_> = batches
+            .map(|batch| {
+                let replica = replica(&net);
+                scope.spawn(move || route_gradients(&replica, batch, config))
+            })
+            .collect();
+        let mut outcomes = vec![route_gradients(&net, first, config)];
+        outcomes.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+        outcomes
+    });
+    let mut loss = 0.0;
+    let mut parts = Vec::with_capacity(workers);
+    for (outcome, weight) in outcomes.into_iter().zip(weights) {
+        let (part_loss, grads) = outcome?;
+        loss += weight * part_loss;
+        parts.push((grads, weight));
+    }
+    let grads = Grads::weighted_sum(parts);
+    let rule = |key: &str, rank: usize| ParamRule {
+        lr_scale: if key.starts_with("stitch_layers.") { config.stitch_lr_scale } else { config.anchor_lr_scale },
+        decay: timm_decays(key, rank),
+    };
+    let names = net.clone();
+    let (net, report) = optimizer.step(net, &grads, lr, &|k| names.official_key(k), &rule);
+    Ok((net, StepOutcome { loss, optimizer: report }))
+}
+
+/// Forward, loss and backward of one worker's batch; the loss and the gradients.
+fn route_gradients<B: AutodiffBackend, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    batch: WorkerBatch<B>,
+    config: &StepConfig,
+) -> Result<(f64, Grads<B>)> {
+    if let Some(seed) = batch.noise_seed {
+        net.reseed(seed);
+    }
+    let logits = net.forward(batch.images, batch.route)?;
+    let base = smoothed_cross_entropy(logits.clone(), batch.labels, config.label_smoothing);
+    let loss = match batch.teacher_logits {
         None => base,
         Some((teacher, kind)) => {
             let alpha = match kind {
@@ -112,11 +188,25 @@ pub fn train_step<B: AutodiffBackend, A: Anchor<B>>(
     };
     let loss_value: f64 = loss.clone().into_scalar().elem();
     let grads = loss.backward();
-    let rule = |key: &str, rank: usize| ParamRule {
-        lr_scale: if key.starts_with("stitch_layers.") { config.stitch_lr_scale } else { config.anchor_lr_scale },
-        decay: timm_decays(key, rank),
-    };
-    let names = net.clone();
-    let (net, report) = optimizer.step(net, &grads, lr, &|k| names.official_key(k), &rule);
-    Ok((net, StepOutcome { loss: loss_value, optimizer: report }))
+    Ok((loss_value, Grads::from_backward(&grads, net)))
+}
+
+/// A copy of `net` for another worker thread: the same parameter values (shared, not copied) as
+/// fresh autodiff leaves, so its graph is its own, and anchors whose stochastic layers take their
+/// own seed.
+pub fn replica<B: AutodiffBackend, A: Anchor<B>>(net: &StitchedNet<B, A>) -> StitchedNet<B, A> {
+    struct FreshLeaves;
+    impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            let tracked = tensor.is_require_grad();
+            let leaf = Tensor::<B, D>::from_inner(tensor.inner());
+            Param::from_mapped_value(id, if tracked { leaf.require_grad() } else { leaf }, mapper)
+        }
+    }
+    let mut copy = net.clone().map(&mut FreshLeaves);
+    for anchor in &mut copy.anchors {
+        anchor.isolate_noise();
+    }
+    copy
 }

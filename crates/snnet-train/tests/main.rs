@@ -284,6 +284,39 @@ mod training {
     }
 
     #[test]
+    fn two_workers_sharing_a_batch_make_the_step_one_worker_makes() {
+        use snnet_train::{train_step_workers, WorkerBatch};
+        let device = Default::default();
+        B::seed(&device, 5);
+        let start = family().build::<B>(&device).unwrap();
+        let images = Tensor::<B, 4>::random([5, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let labels = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3, 4], &device);
+        let stitched = (0..start.num_routes()).find(|&i| !start.route(i).unwrap().is_anchor()).unwrap();
+        let config = StepConfig::default();
+        let adamw = || AdamW::<B>::new(AdamWConfig { clip_grad_norm: Some(1.0), ..Default::default() });
+        let (one, one_outcome) =
+            train_step(start.clone(), &mut adamw(), images.clone(), labels.clone(), None, stitched, 1e-2, &config).unwrap();
+        // 3 + 2 images, weighted by their share of the batch.
+        let part = |from: usize, len: usize| WorkerBatch {
+            images: images.clone().narrow(0, from, len),
+            labels: labels.clone().narrow(0, from, len),
+            teacher_logits: None,
+            route: stitched,
+            weight: len as f64 / 5.0,
+            noise_seed: None,
+        };
+        let (two, two_outcome) = train_step_workers(start, &mut adamw(), vec![part(0, 3), part(3, 2)], 1e-2, &config).unwrap();
+        assert!((one_outcome.loss - two_outcome.loss).abs() < 1e-5, "{} vs {}", one_outcome.loss, two_outcome.loss);
+        assert!((one_outcome.optimizer.grad_norm - two_outcome.optimizer.grad_norm).abs() < 1e-4 * one_outcome.optimizer.grad_norm);
+        assert_eq!(one_outcome.optimizer.updated, two_outcome.optimizer.updated);
+        let (a, b) = (params(&one), params(&two));
+        for (key, va) in &a {
+            let diff = va.iter().zip(&b[key]).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff < 1e-4, "{key}: max difference {diff}");
+        }
+    }
+
+    #[test]
     fn frozen_anchors_leave_only_stitching_layers_to_train() {
         let device = Default::default();
         let net = family().build::<B>(&device).unwrap();
@@ -387,6 +420,30 @@ mod joint_training {
     }
 
     #[test]
+    fn a_two_worker_run_is_reproducible_and_resumes_exactly() {
+        let start = net();
+        let config = TrainConfig { workers: 2, ..config() };
+        let options = RunOptions { checkpoint_dir: Some(dir("whole-2w")), checkpoint_every: Some(4), ..Default::default() };
+        let (whole, _) = run(start.clone(), &options, &config, &mut Vec::new()).unwrap();
+        let (again, _) = run(start.clone(), &RunOptions::default(), &config, &mut Vec::new()).unwrap();
+        assert_eq!(params(&whole), params(&again), "threads do not change the result");
+        let killed_dir = dir("killed-2w");
+        let killed = RunOptions {
+            checkpoint_dir: Some(killed_dir.clone()),
+            checkpoint_every: Some(4),
+            stop_after_steps: Some(10),
+            ..Default::default()
+        };
+        let _ = run(start.clone(), &killed, &config, &mut Vec::new()).unwrap();
+        let resumed = RunOptions { checkpoint_dir: Some(killed_dir), checkpoint_every: Some(4), resume: true, ..Default::default() };
+        let (resumed, report) = run(start.clone(), &resumed, &config, &mut Vec::new()).unwrap();
+        assert_eq!(report.resumed_from, 8);
+        assert_eq!(params(&resumed), params(&whole));
+        let err = run(start, &RunOptions::default(), &TrainConfig { workers: 5, ..config }, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("workers"), "{err}");
+    }
+
+    #[test]
     fn resuming_with_other_settings_or_a_broken_checkpoint_is_a_clear_error() {
         let d = dir("settings");
         let options = RunOptions { checkpoint_dir: Some(d.clone()), stop_after_steps: Some(7), ..Default::default() };
@@ -461,6 +518,9 @@ mod evaluation {
             .count();
         assert!((results[1].acc1 - 100.0 * hits as f64 / 9.0).abs() < 1e-9);
         assert!(results.iter().all(|r| r.acc5 >= r.acc1 && r.images == 9 && r.flops > 0));
+        // Three threads sharing the routes give the same rows.
+        let parallel = snnet_train::evaluate_routes_parallel(&net, &SYNTHETIC, &routes, 4, 3, |_| {}).unwrap();
+        assert_eq!(parallel, results);
 
         let dir = std::env::temp_dir().join(format!("snnet-eval-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
