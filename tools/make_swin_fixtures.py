@@ -28,6 +28,9 @@ Files:
   ``checkpoint_filter_fn``); only with ``--timm09``.
 * ``snnet_swin.safetensors``    - the whole SN-Net under the official keys (``anchors.{a}.*``,
   ``stitch_layers.{stage}.{pair}.{layer}.transform.*``), stitching layers random.
+* ``snnet_swin.pth``            - the same state dict as the official Swin training script saves it:
+  ``{"model", "optimizer", "lr_scheduler", "max_accuracy", "scaler", "epoch", "config"}``, the config a
+  pickled yacs ``CfgNode`` (yacs 0.1.8).
 * ``ls_swin.safetensors``       - 8 calibration ``images`` [8,3,32,32] and the least-squares init of
   every stitching layer (spec §1.4: features of the front block j and of the end block k-1, ps_inv
   solved in float64, averaged over the layer's positions), official keys.
@@ -47,6 +50,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
+from yacs.config import CfgNode
 
 assert torch.__version__.startswith("2.0.1"), torch.__version__
 assert timm.__version__ == "0.6.13", timm.__version__
@@ -239,6 +243,10 @@ def main():
         full[f"stitch_layers.{stage_key}.{pair}.{layer}.transform.weight"] = lin.weight.detach().clone()
         full[f"stitch_layers.{stage_key}.{pair}.{layer}.transform.bias"] = lin.bias.detach().clone()
     save_file(full, os.path.join(args.out, "snnet_swin.safetensors"))
+    config = CfgNode({"MODEL": CfgNode({"TYPE": "snnet", "DROP_PATH_RATE": 0.2}), "TRAIN": CfgNode({"EPOCHS": 50, "BASE_LR": 1e-3})})
+    ckpt = {"model": full, "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {"base_lrs": [1e-3]},
+            "max_accuracy": 84.21, "scaler": {"scale": 65536.0}, "epoch": 49, "config": config}
+    torch.save(ckpt, os.path.join(args.out, "snnet_swin.pth"))
 
     gen = torch.Generator().manual_seed(SEED_PROBE)
     images = torch.randn(2, 3, 32, 32, generator=gen)

@@ -84,12 +84,19 @@ fn swin_anchors_reproduce_timm_in_both_checkpoint_layouts() {
 fn an_official_swin_snnet_checkpoint_reproduces_every_route() {
     let reference = reference();
     let images = tensor4(&reference["images"]);
-    let (net, _, used) = net("mini_swin.json", 2).load_with_report(&swin_fixture("snnet_swin.safetensors")).unwrap();
-    assert_eq!(used, net.named_tensors().len(), "every parameter comes from the file");
-    for id in 0..net.num_routes() {
-        let got = to_vec(net.forward(images.clone(), id).unwrap());
-        let err = rel_err(&got, &reference[&format!("logits.route.{id}")].data);
-        assert!(err <= 1e-4, "route {id}: relative error {err}");
+    // The state dict alone, and the training script's `.pth` (with its pickled yacs config).
+    for file in ["snnet_swin.safetensors", "snnet_swin.pth"] {
+        let (net, loaded, used) = net("mini_swin.json", 2).load_with_report(&swin_fixture(file)).unwrap();
+        assert_eq!(used, net.named_tensors().len(), "{file}: every parameter comes from the file");
+        if file.ends_with(".pth") {
+            assert_eq!(loaded.state_dict_entry.as_deref(), Some("model"));
+            assert!(loaded.other_entries.iter().any(|e| e == "config"), "{:?}", loaded.other_entries);
+        }
+        for id in 0..net.num_routes() {
+            let got = to_vec(net.forward(images.clone(), id).unwrap());
+            let err = rel_err(&got, &reference[&format!("logits.route.{id}")].data);
+            assert!(err <= 1e-4, "{file} route {id}: relative error {err}");
+        }
     }
 }
 
