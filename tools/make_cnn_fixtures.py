@@ -32,6 +32,7 @@ stitching layer, averaged over its positions, official keys).
 import argparse
 import json
 import os
+import sys
 from collections import OrderedDict
 
 import timm
@@ -40,6 +41,9 @@ import torch
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import snnet_torch as sn  # noqa: E402
 
 assert torch.__version__.startswith("2.0.1"), torch.__version__
 assert timm.__version__ == "0.6.13", timm.__version__
@@ -56,27 +60,6 @@ STAGES = [1, 2]
 SEEDS = dict(r18=8000, r50=8001, swin=8002, stitch=8100, probe=8200, calib=8300)
 
 
-def randomize(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=gen)
-            if "bn" in name or "norm" in name or name.endswith("downsample.1.weight") or name.endswith("downsample.1.bias"):
-                p.copy_(1.0 + 0.1 * r if name.endswith("weight") else 0.1 * r)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * r)
-            elif "relative_position_bias_table" in name:
-                p.copy_(0.5 * r)
-            else:
-                p.copy_(r / p[0].numel() ** 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model.eval()
-
-
 def make_resnet(cfg, seed):
     block = timm_resnet.BasicBlock if cfg["block"] == "basic" else timm_resnet.Bottleneck
     original = timm_resnet.make_blocks
@@ -90,11 +73,11 @@ def make_resnet(cfg, seed):
     model.bn1 = nn.BatchNorm2d(stem)
     model.num_features = cfg["channels"][-1] * block.expansion
     model.fc = nn.Linear(model.num_features, CLASSES)
-    return randomize(model, seed)
+    return sn.randomize_module(model, seed)
 
 
 def make_swin(seed):
-    return randomize(SwinTransformer(drop_path_rate=0.0, **SWIN), seed)
+    return sn.randomize_module(SwinTransformer(drop_path_rate=0.0, **SWIN), seed)
 
 
 # --- Official enumeration (ResNet-family copy: stages 1, 2; paired skips k == 0) ---------------
@@ -250,10 +233,9 @@ def ls_init(anchors, routes, images):
     for (s, layer), positions in groups.items():
         ws, bs = [], []
         for j, k in positions:
-            x, y = rows(f[s][j]), rows(e[s][k - 1])
-            sol = torch.linalg.pinv(torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)) @ y
-            ws.append(sol.T[:, :-1])
-            bs.append(sol.T[:, -1])
+            w, b = sn.ps_inv(rows(f[s][j]), rows(e[s][k - 1]), dtype=torch.float64)
+            ws.append(w)
+            bs.append(b)
         w = torch.stack(ws).mean(0).float()
         out[stitch_key(s, layer, "weight")] = w.reshape(*w.shape, 1, 1).contiguous()
         out[stitch_key(s, layer, "bias")] = torch.stack(bs).mean(0).float().contiguous()

@@ -23,15 +23,17 @@ official forward_until / stitch / forward_from written out below, ``logits.timm0
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections import OrderedDict
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models.levit import LevitDistilled
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import snnet_torch as sn  # noqa: E402
 
 assert torch.__version__.startswith("2.0.1"), torch.__version__
 assert timm.__version__ == "0.6.13", timm.__version__
@@ -46,25 +48,7 @@ SEEDS = dict(anchors=(9000, 9001), stitch=9100, probe=9200, calib=9300)
 
 
 def build(cfg, seed):
-    model = LevitDistilled(drop_path_rate=0.0, **cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=gen)
-            if ".bn." in name:
-                p.copy_(1.0 + 0.1 * r if name.endswith("weight") else 0.1 * r)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * r)
-            elif "attention_biases" in name:
-                p.copy_(0.5 * r)
-            else:
-                p.copy_(r / p[0].numel() ** 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model.eval()
+    return sn.randomize_module(LevitDistilled(drop_path_rate=0.0, **cfg), seed)
 
 
 def stage_start(s):
@@ -95,27 +79,6 @@ def block_features(m, x):
             i = stage_start(s) + 2 * depth
             x = m.blocks[i + 1](m.blocks[i](x))
     return out
-
-
-def export_timm09(sd_path, out_path, images_path, timm09):
-    code = f"""
-import sys; sys.path.insert(0, {timm09!r})
-import timm, torch
-from safetensors.torch import load_file, save_file
-assert timm.__version__ == '0.9.16', timm.__version__
-from timm.models.levit import LevitDistilled, checkpoint_filter_fn
-cfg = {json.dumps({k: v for k, v in dict(COMMON, **ANCHORS[0]).items() if k != "patch_size"})}  # 0.9 has no patch_size
-m = LevitDistilled(drop_path_rate=0.0, **cfg).eval()
-m.load_state_dict(checkpoint_filter_fn(torch.load({sd_path!r}), m), strict=True)  # its filter zips keys in file order
-with torch.no_grad():
-    logits = m(load_file({images_path!r})['images'])
-save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {out_path!r})
-save_file({{'logits': logits.contiguous()}}, {out_path!r} + '.logits')
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
-    logits = load_file(out_path + ".logits")["logits"]
-    os.remove(out_path + ".logits")
-    return logits
 
 
 def main():
@@ -173,11 +136,9 @@ def main():
     ls = OrderedDict(images=calib)
     for r in routes[2:]:
         s, (j, k) = r["stage"], r["pos"]
-        x = front[s][j].reshape(-1, front[s][j].shape[-1]).double()
-        y = end[s][k - 1].reshape(-1, end[s][k - 1].shape[-1]).double()
-        sol = torch.linalg.pinv(torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)) @ y
-        ls[f"stitch_layers.{s}.0.{r['layer']}.transform.weight"] = sol.T[:, :-1].float().contiguous()
-        ls[f"stitch_layers.{s}.0.{r['layer']}.transform.bias"] = sol.T[:, -1].float().contiguous()
+        w, b = sn.ps_inv(front[s][j], end[s][k - 1], dtype=torch.float64)
+        ls[f"stitch_layers.{s}.0.{r['layer']}.transform.weight"] = w.float().contiguous()
+        ls[f"stitch_layers.{s}.0.{r['layer']}.transform.bias"] = b.float().contiguous()
     save_file(dict(ls), os.path.join(args.out, "ls_levit.safetensors"))
 
     ref_path = os.path.join(args.out, "reference.safetensors")
@@ -185,7 +146,9 @@ def main():
     if args.timm09:
         ordered = os.path.join(args.out, "levit0.tmp.pth")  # safetensors sorts keys; timm's filter needs module order
         torch.save(sd0, ordered)
-        ref["logits.timm09"] = export_timm09(ordered, os.path.join(args.out, "levit0_timm09.safetensors"), ref_path, args.timm09)
+        cfg = {k: v for k, v in dict(COMMON, **ANCHORS[0]).items() if k != "patch_size"}  # 0.9 has no patch_size
+        ref["logits.timm09"] = sn.convert_with_timm09(
+            args.timm09, "levit", "LevitDistilled", cfg, ordered, ref_path, os.path.join(args.out, "levit0_timm09.safetensors"))
         os.remove(ordered)
         save_file(dict(ref), ref_path)
     with open(os.path.join(args.out, "mini_levit.json"), "w") as f:

@@ -41,16 +41,18 @@ Files:
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections import OrderedDict
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 from yacs.config import CfgNode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import snnet_torch as sn  # noqa: E402
 
 assert torch.__version__.startswith("2.0.1"), torch.__version__
 assert timm.__version__ == "0.6.13", timm.__version__
@@ -74,20 +76,7 @@ SEED_CALIB = 7400
 
 
 def build(cfg, seed):
-    model = SwinTransformer(drop_path_rate=0.0, **cfg).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=gen)
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * r if name.endswith("weight") else 0.1 * r)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * r)
-            elif "relative_position_bias_table" in name:
-                p.copy_(0.5 * r)
-            else:
-                p.copy_(r / p[0].numel() ** 0.5)
-    return model
+    return sn.randomize_module(SwinTransformer(drop_path_rate=0.0, **cfg), seed)
 
 
 def state_dict(model):
@@ -145,29 +134,6 @@ def forward_from(m, x, s, k):
     return m.head(x.mean(dim=1))
 
 
-def export_timm09(sd_path, out_path, images_path, timm09):
-    """Loads anchor 0 into timm 0.9.16 through its checkpoint filter, saves its state dict and logits."""
-    code = f"""
-import sys; sys.path.insert(0, {timm09!r})
-import timm, torch
-from safetensors.torch import load_file, save_file
-assert timm.__version__ == '0.9.16', timm.__version__
-from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
-cfg = {json.dumps(dict(COMMON, **ANCHORS[0]))}
-m = SwinTransformer(drop_path_rate=0.0, **cfg).eval()
-sd = checkpoint_filter_fn(load_file({sd_path!r}), m)
-m.load_state_dict(sd, strict=True)
-with torch.no_grad():
-    logits = m(load_file({images_path!r})['images'])
-save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {out_path!r})
-save_file({{'logits': logits.contiguous()}}, {out_path!r} + '.logits')
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
-    logits = load_file(out_path + ".logits")["logits"]
-    os.remove(out_path + ".logits")
-    return logits
-
-
 def block_features(m, x):
     """{stage: {-1: stage input, b: output of block b}} (the official extract_block_features)."""
     feats = {}
@@ -194,11 +160,9 @@ def ls_init(anchors, routes, images):
     for (s, a, layer), pos in positions.items():
         ws, bs = [], []
         for j, k in pos:
-            x = feats[a][s][j].reshape(-1, feats[a][s][j].shape[-1]).double()
-            y = feats[a + 1][s][k - 1].reshape(-1, feats[a + 1][s][k - 1].shape[-1]).double()
-            sol = torch.linalg.pinv(torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)) @ y
-            ws.append(sol.T[:, :-1])
-            bs.append(sol.T[:, -1])
+            w, b = sn.ps_inv(feats[a][s][j], feats[a + 1][s][k - 1], dtype=torch.float64)
+            ws.append(w)
+            bs.append(b)
         key = f"stitch_layers.{STITCHED_STAGES.index(s)}.{a}.{layer}.transform"
         out[key + ".weight"] = torch.stack(ws).mean(0).float().contiguous()
         out[key + ".bias"] = torch.stack(bs).mean(0).float().contiguous()
@@ -273,10 +237,12 @@ def main():
     ref_path = os.path.join(args.out, "reference.safetensors")
     save_file(dict(ref), ref_path)
     if args.timm09:
-        logits = export_timm09(
-            os.path.join(args.out, "swin0.safetensors"), os.path.join(args.out, "swin0_timm09.safetensors"), ref_path, args.timm09
-        )
-        ref["logits.timm09"] = logits
+        ordered = os.path.join(args.out, "swin0.tmp.pth")  # safetensors sorts keys; timm's filter needs module order
+        torch.save(state_dict(anchors[0]), ordered)
+        ref["logits.timm09"] = sn.convert_with_timm09(
+            args.timm09, "swin_transformer", "SwinTransformer", dict(COMMON, **ANCHORS[0]), ordered, ref_path,
+            os.path.join(args.out, "swin0_timm09.safetensors"))
+        os.remove(ordered)
         save_file(dict(ref), ref_path)
 
     with open(os.path.join(args.out, "mini_swin.json"), "w") as f:

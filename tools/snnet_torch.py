@@ -17,11 +17,20 @@ tools/make_fixtures.py and is not run on its own.  Contents:
 * ``ls_init_solutions``    - the official LS init of every stitching layer of an ``SNNetDeiT``
                              (mean of ``ps_inv`` over each layer's positions), returned, not applied.
 * ``analytic_flops`` / ``analytic_params`` - closed forms (fvcore conventions) for cross-checks.
+* ``randomize_module``     - every parameter and BatchNorm statistic of any timm model made random
+                             (the Swin, CNN and LeViT fixture scripts).
+* ``convert_with_timm09``  - a state dict loaded into timm 0.9.16 through its own checkpoint filter,
+                             saved in that version's layout with its logits (run in a subprocess).
 """
+import json
+import os
+import subprocess
+import sys
 from functools import partial
 from itertools import combinations
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -371,3 +380,62 @@ def analytic_params(anchor_cfgs, cfg, depth):
         start = k
     total += (depth - start) * _blk_params(last)
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# Fixture helpers for the other families
+# --------------------------------------------------------------------------------------------
+
+NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def randomize_module(model, seed):
+    """Seeded random values for every parameter and BatchNorm running statistic; eval mode.
+
+    Norm weights 1 + 0.1·N, biases 0.1·N, relative-position / attention-bias tables 0.5·N, other
+    weights N / sqrt(fan-in); running means 0.1·N, running variances U(0.5, 1.5).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=gen)
+            if id(p) in norm_params:
+                p.copy_(1.0 + 0.1 * r if name.endswith("weight") else 0.1 * r)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * r)
+            elif "relative_position_bias_table" in name or "attention_biases" in name:
+                p.copy_(0.5 * r)
+            else:
+                p.copy_(r / p[0].numel() ** 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+    return model.eval()
+
+
+def convert_with_timm09(timm09, module, cls, cfg, state_dict_pth, images_path, out_path):
+    """Loads ``state_dict_pth`` (a torch.save'd state dict in module order: timm's filters zip keys
+    by position) into timm 0.9.16's ``timm.models.<module>.<cls>(**cfg)`` through that module's
+    ``checkpoint_filter_fn``, saves its state dict to ``out_path`` and returns its logits on the
+    ``images`` of ``images_path``. ``timm09`` is a directory timm 0.9.16 was pip-installed into."""
+    code = f"""
+import sys; sys.path.insert(0, {timm09!r})
+import timm, torch
+from safetensors.torch import load_file, save_file
+assert timm.__version__ == '0.9.16', timm.__version__
+from timm.models.{module} import {cls} as Model, checkpoint_filter_fn
+m = Model(drop_path_rate=0.0, **{json.dumps(cfg)}).eval()
+m.load_state_dict(checkpoint_filter_fn(torch.load({state_dict_pth!r}), m), strict=True)
+with torch.no_grad():
+    logits = m(load_file({images_path!r})['images'])
+save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {out_path!r})
+save_file({{'logits': logits.contiguous()}}, {out_path!r} + '.logits')
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    logits = load_file(out_path + ".logits")["logits"]
+    os.remove(out_path + ".logits")
+    return logits
+

@@ -71,3 +71,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn to_vec<const D: usize>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
+
+/// A fixture tensor as a 4-D tensor (images).
+pub fn tensor4(t: &snnet::weights::NamedTensor) -> burn::tensor::Tensor<B, 4> {
+    let s = &t.shape;
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(t.data.clone(), [s[0], s[1], s[2], s[3]]), &Default::default())
+}
+
+/// Largest |a - b| over the largest |b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}

@@ -12,7 +12,7 @@ use snnet::{
     AnyAnchor, Description, Error, StatePart, StitchedNet,
 };
 
-use super::common::{fixture, to_vec, B};
+use super::common::{fixture, rel_err, tensor4, to_vec, B};
 
 fn import_fixture(name: &str) -> PathBuf {
     fixture(&format!("import/{name}"))
@@ -26,18 +26,6 @@ fn fresh(seed: u64) -> StitchedNet<B, AnyAnchor<B>> {
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, seed);
     mini().build::<B>(&device).unwrap()
-}
-
-fn tensor4(t: &NamedTensor) -> Tensor<B, 4> {
-    let s = &t.shape;
-    Tensor::from_data(TensorData::new(t.data.clone(), [s[0], s[1], s[2], s[3]]), &Default::default())
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn tmp(name: &str) -> PathBuf {

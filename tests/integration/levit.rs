@@ -12,7 +12,7 @@ use snnet::{
     AnyAnchor, Description, SpaceSettings, StitchedNet,
 };
 
-use super::common::{to_vec, B};
+use super::common::{rel_err, tensor4, to_vec, B};
 
 fn levit_fixture(name: &str) -> PathBuf {
     super::common::fixture(&format!("levit/{name}"))
@@ -20,18 +20,6 @@ fn levit_fixture(name: &str) -> PathBuf {
 
 fn net() -> StitchedNet<B, AnyAnchor<B>> {
     Description::from_file(&levit_fixture("mini_levit.json")).unwrap().build::<B>(&Default::default()).unwrap()
-}
-
-fn tensor4(t: &NamedTensor) -> Tensor<B, 4> {
-    let s = &t.shape;
-    Tensor::from_data(TensorData::new(t.data.clone(), [s[0], s[1], s[2], s[3]]), &Default::default())
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn reference() -> TensorMap {

@@ -16,7 +16,7 @@ use snnet::{
     AnyAnchor, Description, SpaceSettings, StitchedNet,
 };
 
-use super::common::{to_vec, B};
+use super::common::{rel_err, tensor4, to_vec, B};
 
 fn cnn_fixture(name: &str) -> PathBuf {
     super::common::fixture(&format!("resnet/{name}"))
@@ -29,18 +29,6 @@ fn net_on<BE: burn::tensor::backend::Backend>(description: &str) -> StitchedNet<
 
 fn net(description: &str) -> StitchedNet<B, AnyAnchor<B>> {
     net_on::<B>(description)
-}
-
-fn tensor4(t: &NamedTensor) -> Tensor<B, 4> {
-    let s = &t.shape;
-    Tensor::from_data(TensorData::new(t.data.clone(), [s[0], s[1], s[2], s[3]]), &Default::default())
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn reference() -> TensorMap {

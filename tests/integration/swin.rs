@@ -12,7 +12,7 @@ use snnet::{
     AnyAnchor, Description, SpaceSettings, StitchedNet,
 };
 
-use super::common::{load_json, to_vec, B};
+use super::common::{load_json, rel_err, tensor4, to_vec, B};
 
 fn swin_fixture(name: &str) -> PathBuf {
     super::common::fixture(&format!("swin/{name}"))
@@ -22,18 +22,6 @@ fn net(description: &str, seed: u64) -> StitchedNet<B, AnyAnchor<B>> {
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, seed);
     Description::from_file(&swin_fixture(description)).unwrap().build::<B>(&device).unwrap()
-}
-
-fn tensor4(t: &NamedTensor) -> Tensor<B, 4> {
-    let s = &t.shape;
-    Tensor::from_data(TensorData::new(t.data.clone(), [s[0], s[1], s[2], s[3]]), &Default::default())
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn reference() -> TensorMap {

@@ -24,27 +24,23 @@ use snnet_core::{
     StageLayout,
 };
 
-use crate::{
-    error::{Error, Result},
-    kernels::softmax_scaled,
-    norm::batch_norm,
-};
+use crate::{error::Result, kernels::softmax_scaled, norm::batch_norm};
 
 /// Architecture of a LeViT, with the original (and timm's) argument names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LevitConfig {
     /// Input resolution (square).
-    #[serde(default = "default_img_size")]
+    #[serde(default = "crate::config::img_size_224")]
     pub img_size: usize,
     /// Total stride of the convolutional stem (four stride-2 convolutions: 16).
     #[serde(default = "default_patch_size")]
     pub patch_size: usize,
     /// Input channels.
-    #[serde(default = "default_in_chans")]
+    #[serde(default = "crate::config::in_chans_3")]
     pub in_chans: usize,
     /// Classes of both heads.
-    #[serde(default = "default_num_classes")]
+    #[serde(default = "crate::config::num_classes_1000")]
     pub num_classes: usize,
     /// Width per stage.
     pub embed_dim: Vec<usize>,
@@ -66,17 +62,8 @@ pub struct LevitConfig {
     pub drop_path_rate: f64,
 }
 
-fn default_img_size() -> usize {
-    224
-}
 fn default_patch_size() -> usize {
     16
-}
-fn default_in_chans() -> usize {
-    3
-}
-fn default_num_classes() -> usize {
-    1000
 }
 fn default_key_dim() -> usize {
     32
@@ -140,7 +127,7 @@ impl LevitConfig {
 
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| Err(Error::InvalidConfig { field: field.into(), reason });
+        let bad = crate::config::invalid::<()>;
         let n = self.embed_dim.len();
         if n == 0 {
             return bad("embed_dim", "needs at least one stage".into());
@@ -150,18 +137,14 @@ impl LevitConfig {
                 return bad(field, format!("has {len} entries but `embed_dim` has {n}"));
             }
         }
-        for (field, v) in [
+        crate::config::require_positive(&[
             ("img_size", self.img_size),
             ("in_chans", self.in_chans),
             ("num_classes", self.num_classes),
             ("key_dim", self.key_dim),
             ("attn_ratio", self.attn_ratio),
             ("mlp_ratio", self.mlp_ratio),
-        ] {
-            if v == 0 {
-                return bad(field, "must be at least 1".into());
-            }
-        }
+        ])?;
         if self.patch_size != 16 {
             return bad("patch_size", format!("{}: LeViT's stem has four stride-2 convolutions (16)", self.patch_size));
         }
@@ -179,9 +162,7 @@ impl LevitConfig {
         if self.embed_dim[0] % 8 != 0 {
             return bad("embed_dim", format!("stage 0's width {} is not a multiple of 8 (the stem's widths)", self.embed_dim[0]));
         }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
-        }
+        crate::config::require_rate(self.drop_path_rate)?;
         Ok(())
     }
 

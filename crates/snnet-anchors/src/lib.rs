@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod config;
 pub mod description;
 pub mod error;
 pub mod family;

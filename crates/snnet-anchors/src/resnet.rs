@@ -16,10 +16,7 @@ use burn::{
 use serde::{Deserialize, Serialize};
 use snnet_core::{drop_path, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
 
-use crate::{
-    error::{Error, Result},
-    norm::batch_norm,
-};
+use crate::{error::Result, norm::batch_norm};
 
 /// The residual block type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,13 +54,13 @@ pub struct ResNetConfig {
     #[serde(default = "default_stem_width")]
     pub stem_width: usize,
     /// Input channels.
-    #[serde(default = "default_in_chans")]
+    #[serde(default = "crate::config::in_chans_3")]
     pub in_chans: usize,
     /// Input resolution (square) the layout and costs are given for.
-    #[serde(default = "default_img_size")]
+    #[serde(default = "crate::config::img_size_224")]
     pub img_size: usize,
     /// Classes of the head.
-    #[serde(default = "default_num_classes")]
+    #[serde(default = "crate::config::num_classes_1000")]
     pub num_classes: usize,
     /// Stochastic depth on the residual branch: block `i` of `n` with `rate · i / (n − 1)` (timm).
     #[serde(default)]
@@ -75,15 +72,6 @@ fn default_channels() -> Vec<usize> {
 }
 fn default_stem_width() -> usize {
     64
-}
-fn default_in_chans() -> usize {
-    3
-}
-fn default_img_size() -> usize {
-    224
-}
-fn default_num_classes() -> usize {
-    1000
 }
 
 /// BatchNorm epsilon (PyTorch's default).
@@ -130,12 +118,7 @@ impl ResNetConfig {
 
     /// Drop-path probability of global block `i`.
     pub fn block_drop_path(&self, i: usize) -> f64 {
-        let n = self.total_blocks();
-        if n > 1 {
-            self.drop_path_rate * i as f64 / (n - 1) as f64
-        } else {
-            0.0
-        }
+        crate::config::linear_drop_path(self.drop_path_rate, i, self.total_blocks())
     }
 
     /// Input channels of block `b` of stage `s`.
@@ -149,7 +132,7 @@ impl ResNetConfig {
 
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| Err(Error::InvalidConfig { field: field.into(), reason });
+        let bad = crate::config::invalid::<()>;
         if self.layers.len() != 4 {
             return bad("layers", format!("needs 4 stages, got {}", self.layers.len()));
         }
@@ -162,17 +145,15 @@ impl ResNetConfig {
         if let Some(s) = self.channels.iter().position(|&c| c == 0) {
             return bad("channels", format!("stage {s} has no channels"));
         }
-        for (field, v) in [("stem_width", self.stem_width), ("in_chans", self.in_chans), ("num_classes", self.num_classes)] {
-            if v == 0 {
-                return bad(field, "must be at least 1".into());
-            }
-        }
+        crate::config::require_positive(&[
+            ("stem_width", self.stem_width),
+            ("in_chans", self.in_chans),
+            ("num_classes", self.num_classes),
+        ])?;
         if self.img_size % 32 != 0 || self.img_size == 0 {
             return bad("img_size", format!("{} is not a multiple of 32 (the network's total stride)", self.img_size));
         }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
-        }
+        crate::config::require_rate(self.drop_path_rate)?;
         Ok(())
     }
 

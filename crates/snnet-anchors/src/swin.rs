@@ -19,24 +19,20 @@ use snnet_core::{
     StageLayout,
 };
 
-use crate::{
-    error::{Error, Result},
-    kernels::softmax_scaled,
-    vit::Mlp,
-};
+use crate::{error::Result, kernels::softmax_scaled, vit::Mlp};
 
 /// Architecture of a Swin Transformer, with timm's constructor argument names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwinConfig {
     /// Input resolution (square).
-    #[serde(default = "default_img_size")]
+    #[serde(default = "crate::config::img_size_224")]
     pub img_size: usize,
     /// Patch size of the stem (square).
     #[serde(default = "default_patch_size")]
     pub patch_size: usize,
     /// Input channels.
-    #[serde(default = "default_in_chans")]
+    #[serde(default = "crate::config::in_chans_3")]
     pub in_chans: usize,
     /// Width of stage 0; stage `s` has `embed_dim · 2^s`.
     pub embed_dim: usize,
@@ -48,13 +44,13 @@ pub struct SwinConfig {
     #[serde(default = "default_window_size")]
     pub window_size: usize,
     /// MLP hidden width as a multiple of the stage width.
-    #[serde(default = "default_mlp_ratio")]
+    #[serde(default = "crate::config::mlp_ratio_4")]
     pub mlp_ratio: f64,
     /// Bias on the qkv projections.
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::yes")]
     pub qkv_bias: bool,
     /// Classes of the head.
-    #[serde(default = "default_num_classes")]
+    #[serde(default = "crate::config::num_classes_1000")]
     pub num_classes: usize,
     /// LayerNorm epsilon (PyTorch's default, 1e-5, as Swin uses).
     #[serde(default = "default_eps")]
@@ -65,26 +61,11 @@ pub struct SwinConfig {
     pub drop_path_rate: f64,
 }
 
-fn default_img_size() -> usize {
-    224
-}
 fn default_patch_size() -> usize {
     4
 }
-fn default_in_chans() -> usize {
-    3
-}
 fn default_window_size() -> usize {
     7
-}
-fn default_mlp_ratio() -> f64 {
-    4.0
-}
-fn default_true() -> bool {
-    true
-}
-fn default_num_classes() -> usize {
-    1000
 }
 fn default_eps() -> f64 {
     1e-5
@@ -164,29 +145,20 @@ impl SwinConfig {
 
     /// Drop-path probability of global block `i` (timm: `torch.linspace(0, rate, sum(depths))`).
     pub fn block_drop_path(&self, i: usize) -> f64 {
-        let n = self.total_blocks();
-        if n > 1 {
-            self.drop_path_rate * i as f64 / (n - 1) as f64
-        } else {
-            0.0
-        }
+        crate::config::linear_drop_path(self.drop_path_rate, i, self.total_blocks())
     }
 
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| Err(Error::InvalidConfig { field: field.into(), reason });
-        for (field, v) in [
+        let bad = crate::config::invalid::<()>;
+        crate::config::require_positive(&[
             ("img_size", self.img_size),
             ("patch_size", self.patch_size),
             ("in_chans", self.in_chans),
             ("embed_dim", self.embed_dim),
             ("window_size", self.window_size),
             ("num_classes", self.num_classes),
-        ] {
-            if v == 0 {
-                return bad(field, "must be at least 1".into());
-            }
-        }
+        ])?;
         if self.depths.is_empty() {
             return bad("depths", "needs at least one stage".into());
         }
@@ -214,9 +186,7 @@ impl SwinConfig {
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden(0) == 0 {
             return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
         }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
-        }
+        crate::config::require_rate(self.drop_path_rate)?;
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }

@@ -9,20 +9,20 @@ use burn::{
 use serde::{Deserialize, Serialize};
 use snnet_core::{drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Architecture of a ViT, with timm's constructor argument names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitConfig {
     /// Input resolution (square).
-    #[serde(default = "default_img_size")]
+    #[serde(default = "crate::config::img_size_224")]
     pub img_size: usize,
     /// Patch size (square).
     #[serde(default = "default_patch_size")]
     pub patch_size: usize,
     /// Input channels.
-    #[serde(default = "default_in_chans")]
+    #[serde(default = "crate::config::in_chans_3")]
     pub in_chans: usize,
     /// Width.
     pub embed_dim: usize,
@@ -31,13 +31,13 @@ pub struct VitConfig {
     /// Attention heads.
     pub num_heads: usize,
     /// MLP hidden width as a multiple of `embed_dim` (timm: `int(embed_dim * mlp_ratio)`).
-    #[serde(default = "default_mlp_ratio")]
+    #[serde(default = "crate::config::mlp_ratio_4")]
     pub mlp_ratio: f64,
     /// Bias on the qkv projection.
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::yes")]
     pub qkv_bias: bool,
     /// Classes of the head.
-    #[serde(default = "default_num_classes")]
+    #[serde(default = "crate::config::num_classes_1000")]
     pub num_classes: usize,
     /// LayerNorm epsilon (timm ViT: 1e-6).
     #[serde(default = "default_eps")]
@@ -48,23 +48,8 @@ pub struct VitConfig {
     pub drop_path_rate: f64,
 }
 
-fn default_img_size() -> usize {
-    224
-}
 fn default_patch_size() -> usize {
     16
-}
-fn default_in_chans() -> usize {
-    3
-}
-fn default_mlp_ratio() -> f64 {
-    4.0
-}
-fn default_true() -> bool {
-    true
-}
-fn default_num_classes() -> usize {
-    1000
 }
 fn default_eps() -> f64 {
     1e-6
@@ -105,8 +90,8 @@ impl VitConfig {
 
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| Err(Error::InvalidConfig { field: field.into(), reason });
-        for (field, v) in [
+        let bad = crate::config::invalid::<()>;
+        crate::config::require_positive(&[
             ("img_size", self.img_size),
             ("patch_size", self.patch_size),
             ("in_chans", self.in_chans),
@@ -114,11 +99,7 @@ impl VitConfig {
             ("depth", self.depth),
             ("num_heads", self.num_heads),
             ("num_classes", self.num_classes),
-        ] {
-            if v == 0 {
-                return bad(field, "must be at least 1".into());
-            }
-        }
+        ])?;
         if self.img_size % self.patch_size != 0 {
             return bad("patch_size", format!("{} does not divide img_size {}", self.patch_size, self.img_size));
         }
@@ -128,9 +109,7 @@ impl VitConfig {
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden() == 0 {
             return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
         }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
-        }
+        crate::config::require_rate(self.drop_path_rate)?;
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }
@@ -139,11 +118,7 @@ impl VitConfig {
 
     /// Drop-path probability of block `i` (timm: `torch.linspace(0, drop_path_rate, depth)`).
     pub fn block_drop_path(&self, i: usize) -> f64 {
-        if self.depth > 1 {
-            self.drop_path_rate * i as f64 / (self.depth - 1) as f64
-        } else {
-            0.0
-        }
+        crate::config::linear_drop_path(self.drop_path_rate, i, self.depth)
     }
 
     fn hidden(&self) -> usize {
