@@ -493,3 +493,42 @@ fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
         assert!(ok && out.lines().count() == 2, "{name} bench: {err}");
     }
 }
+
+#[test]
+fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    for (family, config, checkpoint, routes) in
+        [("swin", "swin/mini_swin.json", "swin/snnet_swin.pth", 13), ("levit", "levit/mini_levit.json", "levit/snnet_levit.pth", 8)]
+    {
+        let config = fixtures.join(config);
+        let config = config.to_str().unwrap();
+        let (reference, _) = read_tensors(&fixtures.join(format!("{family}/reference.safetensors"))).unwrap();
+        let imported = tmp(&format!("{family}-imported.safetensors"));
+        let from = fixtures.join(checkpoint);
+        let (ok, _, err) = snnet(&["--config", config, "import", "--from", from.to_str().unwrap(), "--output", imported.to_str().unwrap()]);
+        assert!(ok && err.contains("state dict under `model`"), "{family} import: {err}");
+        let input = tmp(&format!("{family}-probe.safetensors"));
+        write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
+        let output = tmp(&format!("{family}-routes.safetensors"));
+        let (ok, _, err) = snnet(&[
+            "--config",
+            config,
+            "--weights",
+            imported.to_str().unwrap(),
+            "infer",
+            "--route",
+            "all",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert!(ok, "{family} infer: {err}");
+        let (logits, _) = read_tensors(&output).unwrap();
+        assert_eq!(logits.len(), routes, "{family}");
+        for id in 0..routes {
+            let e = rel_err(&logits[&format!("logits.{id}")].data, &reference[&format!("logits.route.{id}")].data);
+            assert!(e <= 1e-4, "{family} route {id}: relative error {e}");
+        }
+    }
+}
