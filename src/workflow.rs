@@ -2,10 +2,15 @@
 //! by folder, progress bars, joint training with a live bar, the evaluation of every route into a
 //! resumable results file, the route table and the accuracy-vs-FLOPs plot.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use serde::Serialize;
 use snnet_core::{
     select::{pareto_frontier, parse_metric_lines, Goal, RouteMetrics},
@@ -22,14 +27,72 @@ use crate::plot::{write_frontier_plot, FrontierPlot, PlotRoute};
 /// Errors of the workflow helpers, shown to the user as they are.
 pub type BoxError = Box<dyn std::error::Error>;
 
-/// A progress bar on stderr with position, rate and ETA.
+/// A progress bar on stderr with position, rate and ETA. Without a terminal (logs, CI) it prints
+/// its line at most every 10 seconds instead of redrawing ([`LogLines`]).
 pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::every(Duration::from_secs(10)))));
+    }
     pb.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// A progress bar's draw target for logs: each drawn line goes to stderr as a plain line, at most
+/// one per `interval`; cursor moves and clears are ignored.
+#[derive(Debug)]
+pub struct LogLines {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl LogLines {
+    /// At most one line per `interval`.
+    pub fn every(interval: Duration) -> Self {
+        Self { interval, last: Mutex::new(None) }
+    }
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        self.write_str(line)
+    }
+    fn write_str(&self, text: &str) -> std::io::Result<()> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= self.interval) {
+            eprintln!("{text}");
+            *last = Some(Instant::now());
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The split of the dataset in `dir` for a network whose first anchor is `layout`: Fashion-MNIST
