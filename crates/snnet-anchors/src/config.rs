@@ -1,6 +1,8 @@
 //! What the families' configurations share: serde defaults (timm's), the checks every
 //! architecture makes, and timm's linear stochastic-depth rule.
 
+use snnet_core::{AnchorLayout, FeatureKind, StageLayout};
+
 use crate::error::{Error, Result};
 
 /// 224×224 input.
@@ -52,5 +54,24 @@ pub(crate) fn linear_drop_path(rate: f64, i: usize, n: usize) -> f64 {
         rate * i as f64 / (n - 1) as f64
     } else {
         0.0
+    }
+}
+
+/// The layout of an anchor whose stages are square grids: `(depth, channels, side)` per stage, all
+/// of one feature kind (`rows_per_image` = side²).
+pub(crate) fn square_layout(
+    name: &str,
+    input: [usize; 3],
+    num_classes: usize,
+    kind: FeatureKind,
+    stages: impl Iterator<Item = (usize, usize, usize)>,
+) -> AnchorLayout {
+    AnchorLayout {
+        name: name.to_string(),
+        input,
+        num_classes,
+        stages: stages
+            .map(|(depth, channels, side)| StageLayout { depth, channels, rows_per_image: side * side, grid: [side, side], kind })
+            .collect(),
     }
 }

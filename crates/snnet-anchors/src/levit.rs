@@ -21,7 +21,6 @@ use burn::{
 use serde::{Deserialize, Serialize};
 use snnet_core::{
     drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
-    StageLayout,
 };
 
 use crate::{error::Result, kernels::softmax_scaled, norm::batch_norm};
@@ -168,23 +167,8 @@ impl LevitConfig {
 
     /// The anchor layout: one token stage per entry of `embed_dim`.
     pub fn layout(&self, name: &str) -> AnchorLayout {
-        AnchorLayout {
-            name: name.to_string(),
-            input: [self.in_chans, self.img_size, self.img_size],
-            num_classes: self.num_classes,
-            stages: (0..self.num_stages())
-                .map(|s| {
-                    let r = self.resolution(s);
-                    StageLayout {
-                        depth: self.depth[s],
-                        channels: self.embed_dim[s],
-                        rows_per_image: r * r,
-                        grid: [r, r],
-                        kind: FeatureKind::Tokens,
-                    }
-                })
-                .collect(),
-        }
+        let stages = (0..self.num_stages()).map(|s| (self.depth[s], self.embed_dim[s], self.resolution(s)));
+        crate::config::square_layout(name, [self.in_chans, self.img_size, self.img_size], self.num_classes, FeatureKind::Tokens, stages)
     }
 
     /// Per-part costs by fvcore's convention (spec §8): Linear/conv/matmul multiply-accumulates,

@@ -14,7 +14,7 @@ use burn::{
     tensor::{activation::relu, backend::Backend, module::max_pool2d, Tensor},
 };
 use serde::{Deserialize, Serialize};
-use snnet_core::{drop_path, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
+use snnet_core::{drop_path, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost};
 
 use crate::{error::Result, norm::batch_norm};
 
@@ -159,20 +159,8 @@ impl ResNetConfig {
 
     /// The anchor layout: four map stages.
     pub fn layout(&self, name: &str) -> AnchorLayout {
-        AnchorLayout {
-            name: name.to_string(),
-            input: [self.in_chans, self.img_size, self.img_size],
-            num_classes: self.num_classes,
-            stages: (0..4)
-                .map(|s| StageLayout {
-                    depth: self.layers[s],
-                    channels: self.stage_dim(s),
-                    rows_per_image: self.grid(s) * self.grid(s),
-                    grid: [self.grid(s), self.grid(s)],
-                    kind: FeatureKind::Map,
-                })
-                .collect(),
-        }
+        let stages = (0..4).map(|s| (self.layers[s], self.stage_dim(s), self.grid(s)));
+        crate::config::square_layout(name, [self.in_chans, self.img_size, self.img_size], self.num_classes, FeatureKind::Map, stages)
     }
 
     /// Per-part costs by fvcore's convention (spec §8): convolutions as multiply-accumulates at

@@ -16,7 +16,6 @@ use burn::{
 use serde::{Deserialize, Serialize};
 use snnet_core::{
     drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
-    StageLayout,
 };
 
 use crate::{error::Result, kernels::softmax_scaled, vit::Mlp};
@@ -195,20 +194,8 @@ impl SwinConfig {
 
     /// The anchor layout: one stage per entry of `depths`.
     pub fn layout(&self, name: &str) -> AnchorLayout {
-        AnchorLayout {
-            name: name.to_string(),
-            input: [self.in_chans, self.img_size, self.img_size],
-            num_classes: self.num_classes,
-            stages: (0..self.num_stages())
-                .map(|s| StageLayout {
-                    depth: self.depths[s],
-                    channels: self.stage_dim(s),
-                    rows_per_image: self.grid(s) * self.grid(s),
-                    grid: [self.grid(s), self.grid(s)],
-                    kind: FeatureKind::Tokens,
-                })
-                .collect(),
-        }
+        let stages = (0..self.num_stages()).map(|s| (self.depths[s], self.stage_dim(s), self.grid(s)));
+        crate::config::square_layout(name, [self.in_chans, self.img_size, self.img_size], self.num_classes, FeatureKind::Tokens, stages)
     }
 
     /// Per-part costs by fvcore's convention (spec §8): Linear and attention matmuls as
@@ -520,10 +507,6 @@ impl<B: Backend> Swin<B> {
         self.config = config;
         Ok(())
     }
-
-    fn tokens(x: Features<B>) -> Tensor<B, 3> {
-        x.into_tokens()
-    }
 }
 
 impl<B: Backend> Anchor<B> for Swin<B> {
@@ -545,18 +528,18 @@ impl<B: Backend> Anchor<B> for Swin<B> {
         let stage = self.layout.stage_of(index);
         let local = index - self.layout.stage_start(stage);
         let seeds = [self.noise.for_branch(2 * index), self.noise.for_branch(2 * index + 1)];
-        Features::Tokens(self.layers[stage].blocks[local].forward(Self::tokens(x), seeds))
+        Features::Tokens(self.layers[stage].blocks[local].forward(x.into_tokens(), seeds))
     }
 
     fn transition(&self, x: Features<B>, into_stage: usize) -> Features<B> {
         match into_stage.checked_sub(1).and_then(|s| self.layers[s].downsample.as_ref()) {
-            Some(merge) => Features::Tokens(merge.forward(Self::tokens(x))),
+            Some(merge) => Features::Tokens(merge.forward(x.into_tokens())),
             None => x,
         }
     }
 
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
-        let x = Self::tokens(x);
+        let x = x.into_tokens();
         let x = if final_norm { self.norm.forward(x) } else { x };
         let [b, _, c] = x.dims();
         self.head.forward(x.mean_dim(1).reshape([b, c]))

@@ -99,16 +99,6 @@ impl<B: AutodiffBackend> Grads<B> {
         Self { by_param: sum }
     }
 
-    /// Parameters with a gradient.
-    pub fn len(&self) -> usize {
-        self.by_param.len()
-    }
-
-    /// Whether no parameter has a gradient.
-    pub fn is_empty(&self) -> bool {
-        self.by_param.is_empty()
-    }
-
     fn get(&self, id: &ParamId) -> Option<&Tensor<B::InnerBackend, 1>> {
         self.by_param.get(id)
     }
