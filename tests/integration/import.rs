@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{Tensor, TensorData};
 use snnet::{
     weights::{read_tensors, read_weights, write_safetensors, NamedTensor, TensorMap},
     AnyAnchor, Description, Error, StatePart, StitchedNet,

@@ -6,9 +6,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{Tensor, TensorData};
 use snnet::{
-    weights::{read_tensors, NamedTensor, TensorMap},
+    weights::{read_tensors, TensorMap},
     AnyAnchor, Description, SpaceSettings, StitchedNet,
 };
 

@@ -12,7 +12,7 @@ use burn::{
     tensor::{Tensor, TensorData},
 };
 use snnet::{
-    weights::{read_tensors, NamedTensor, TensorMap},
+    weights::{read_tensors, TensorMap},
     AnyAnchor, Description, SpaceSettings, StitchedNet,
 };
 
