@@ -128,7 +128,10 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
         "flex" | "cpu" => {
             #[cfg(feature = "flex")]
             return match precision {
-                Precision::F32 => launch::<burn::backend::Flex, T>("flex", task),
+                Precision::F32 => {
+                    keep_freed_memory();
+                    launch::<burn::backend::Flex, T>("flex", task)
+                }
                 p => Err(BackendError::UnsupportedPrecision { device: "flex", precision: p, supported: "f32" }),
             };
             #[cfg(not(feature = "flex"))]
@@ -163,6 +166,56 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
             return Err(BackendError::NotCompiled("metal"));
         }
         other => Err(BackendError::Unknown(other.to_string())),
+    }
+}
+
+/// Makes the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back
+/// to the operating system; returns whether the setting took effect (Linux with glibc; elsewhere it
+/// does nothing and returns `false`). Called once per process, by [`run_on_with`] for `flex`.
+///
+/// burn-flex allocates a fresh buffer for every operation's output. glibc serves large blocks
+/// from `mmap` and returns them on free, so each op's output costs one page fault per 4 KiB page —
+/// expensive in virtual machines: a `[1576, 384] × [384, 1536]` matmul (DeiT-S fc1 at batch 8)
+/// took 29 ms with faults against 18 ms without (docs/benchmarks.md). Programs that build
+/// [`burn::backend::Flex`] networks themselves should call this first. The cost: the process keeps
+/// its peak heap resident instead of trimming it.
+pub fn keep_freed_memory() -> bool {
+    static APPLIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *APPLIED.get_or_init(glibc_malloc::keep_freed_blocks)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc_malloc {
+    use std::ffi::c_int;
+
+    /// `mallopt` parameters (glibc's `malloc.h`).
+    const M_TRIM_THRESHOLD: c_int = -1;
+    const M_MMAP_THRESHOLD: c_int = -3;
+    const M_ARENA_MAX: c_int = -8;
+    /// The largest threshold glibc accepts on 64-bit targets (`HEAP_MAX_SIZE / 2`).
+    const LARGEST_MMAP_THRESHOLD: c_int = 32 << 20;
+
+    extern "C" {
+        fn mallopt(param: c_int, value: c_int) -> c_int;
+    }
+
+    /// Blocks below 32 MiB come from the heap, the heap is never trimmed, and threads that have not
+    /// allocated yet share the main heap (a thread's own arena is unmapped whenever it empties,
+    /// trim threshold or not).
+    pub fn keep_freed_blocks() -> bool {
+        // SAFETY: mallopt only changes allocator tunables; glibc returns 0 for a value it rejects.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD) == 1
+                && mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1
+                && mallopt(M_ARENA_MAX, 1) == 1
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod glibc_malloc {
+    pub fn keep_freed_blocks() -> bool {
+        false
     }
 }
 

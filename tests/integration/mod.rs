@@ -1,5 +1,6 @@
 //! Integration tests of the facade crate on the CPU backend.
 
+mod backend;
 mod common;
 mod costs;
 mod demo;
