@@ -144,6 +144,7 @@ fn embed_mm(vit: &snnet::Vit<B>, images: Tensor<B, 4>) -> Tensor<B, 3> {
 
 fn main() {
     let o = parse();
+    snnet::backend::keep_freed_memory();
     let device: burn::tensor::Device<B> = Default::default();
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()

@@ -9,12 +9,14 @@ mod config;
 pub mod description;
 pub mod error;
 pub mod family;
-pub mod kernels;
 pub mod levit;
 pub mod norm;
 pub mod resnet;
 pub mod swin;
 pub mod vit;
+
+/// The CPU kernels the anchors use (they live in the engine crate, shared with its stitching layers).
+pub use snnet_core::kernels;
 
 pub use description::{family_defaults, AnchorSpec, Architecture, Description, PRESETS};
 pub use error::{Error, Result};

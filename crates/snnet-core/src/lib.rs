@@ -14,6 +14,7 @@ pub mod anchor;
 pub mod cost;
 pub mod error;
 pub mod features;
+pub mod kernels;
 pub mod layout;
 pub mod lstsq;
 pub mod net;

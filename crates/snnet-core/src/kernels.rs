@@ -1,6 +1,6 @@
-//! Elementwise kernels of the ViT family that burn-flex runs slowly: exact GELU and the scaled
-//! softmax of attention. On burn-flex (f32) they run our vectorised, multi-threaded CPU kernels
-//! ([`cpu`]), in training too; on every other backend, burn's own operations.
+//! Elementwise kernels that burn-flex runs slowly: exact GELU, the scaled softmax of attention and
+//! the bias of token Linears. On burn-flex (f32) they run our vectorised, multi-threaded CPU kernels
+//! ([`cpu`]) — GELU in training too; on every other backend, burn's own operations.
 
 use burn::tensor::{activation, backend::Backend, DType, Tensor, TensorData};
 
@@ -63,16 +63,21 @@ pub mod cpu {
     /// `into_data`/`from_data` move the buffer without copying when the tensor is not shared);
     /// returns `x` untouched otherwise.
     pub fn map_in_place<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(&mut [f32])) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        let device = x.device();
-        if x.dtype() != DType::F32 || B::name(&device) != "flex" {
+        if !runs_in_place(&x) {
             return Err(x);
         }
+        let device = x.device();
         let mut data = x.into_data();
         match data.as_mut_slice::<f32>() {
             Ok(values) => f(values),
             Err(_) => unreachable!("an f32 tensor gives f32 data"),
         }
         Ok(Tensor::from_data(data, (&device, DType::F32)))
+    }
+
+    /// Whether [`map_in_place`] runs on `x`: an f32 tensor of burn-flex (not under autodiff).
+    pub fn runs_in_place<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+        x.dtype() == DType::F32 && B::name(&x.device()) == "flex"
     }
 
     /// Threads for large buffers: `RAYON_NUM_THREADS` (what burn-flex's pool uses), else the
@@ -109,6 +114,16 @@ pub mod cpu {
             }
             if let Some(chunk) = first {
                 f(chunk);
+            }
+        });
+    }
+
+    /// Adds `row` to every row of `data` (rows of `row.len()` elements), in place.
+    pub fn add_to_rows(data: &mut [f32], row: &[f32]) {
+        assert!(!row.is_empty() && data.len() % row.len() == 0, "add_to_rows: {} elements are not rows of {}", data.len(), row.len());
+        for_row_chunks(data, row.len(), |rows| {
+            for r in rows.chunks_exact_mut(row.len()) {
+                r.iter_mut().zip(row).for_each(|(x, b)| *x += b);
             }
         });
     }
