@@ -1,10 +1,10 @@
 //! Vision Transformer (ViT/DeiT) with timm's structure and parameter names.
 
-use crate::kernels::{gelu, softmax_scaled};
+use crate::kernels::{cpu, gelu, softmax_scaled};
 use burn::{
     module::{Module, Param},
     nn::{conv::Conv2d, conv::Conv2dConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig},
-    tensor::{backend::Backend, Tensor},
+    tensor::{backend::Backend, Tensor, TensorData},
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
@@ -361,6 +361,17 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
         let x = self.patch_embed.proj.forward(images);
         let [b, c, gh, gw] = x.dims();
+        if cpu::runs_in_place(&x) {
+            // On burn-flex, one pass instead of a strided transpose, a concatenation and an add.
+            let (cls, pos) = (self.cls_token.val().to_data(), self.pos_embed.val().to_data());
+            if let (Ok(cls), Ok(pos)) = (cls.as_slice::<f32>(), pos.as_slice::<f32>()) {
+                let device = x.device();
+                let maps = x.into_data();
+                let maps = maps.as_slice::<f32>().expect("an f32 tensor gives f32 data");
+                let tokens = cpu::maps_to_tokens(maps, [b, c, gh * gw], cls, pos);
+                return Features::Tokens(Tensor::from_data(TensorData::new(tokens, [b, gh * gw + 1, c]), &device));
+            }
+        }
         let x = x.reshape([b, c, gh * gw]).swap_dims(1, 2);
         let cls = self.cls_token.val().expand([b as i64, 1, c as i64]);
         Features::Tokens(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val())

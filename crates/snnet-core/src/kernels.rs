@@ -128,6 +128,32 @@ pub mod cpu {
         });
     }
 
+    /// The ViT's token sequence from its patch-embedding maps: `maps` `[b, c, n]` (channels first)
+    /// becomes `[b, 1 + n, c]` with the class token `cls` `[c]` in front and the position embedding
+    /// `pos` `[1 + n, c]` added — timm's `cat(cls, flatten(maps).T) + pos` in one pass.
+    pub fn maps_to_tokens(maps: &[f32], [b, c, n]: [usize; 3], cls: &[f32], pos: &[f32]) -> Vec<f32> {
+        assert_eq!(maps.len(), b * c * n, "maps_to_tokens: maps are not [{b}, {c}, {n}]");
+        assert_eq!(cls.len(), c, "maps_to_tokens: the class token is not [{c}]");
+        assert_eq!(pos.len(), (n + 1) * c, "maps_to_tokens: the position embedding is not [{}, {c}]", n + 1);
+        let mut tokens = vec![0.0; b * (n + 1) * c];
+        for (image, out) in maps.chunks_exact(c * n).zip(tokens.chunks_exact_mut((n + 1) * c)) {
+            for ((t, &k), &p) in out[..c].iter_mut().zip(cls).zip(&pos[..c]) {
+                *t = k + p;
+            }
+            // Blocks of 8 tokens: each channel's 8 values are one contiguous read.
+            for p0 in (0..n).step_by(8) {
+                let p1 = (p0 + 8).min(n);
+                for (ch, channel) in image.chunks_exact(n).enumerate() {
+                    for (p, &v) in channel[p0..p1].iter().enumerate() {
+                        let at = (1 + p0 + p) * c + ch;
+                        out[at] = v + pos[at];
+                    }
+                }
+            }
+        }
+        tokens
+    }
+
     /// `x · Φ(x) = x/2 · (1 + erf(x/√2))` in place, for every element.
     pub fn gelu(data: &mut [f32]) {
         for_row_chunks(data, 1, gelu_best);
@@ -387,6 +413,24 @@ mod tests {
             assert!((*o as f64 - r).abs() < 1e-7);
         }
         assert!(short[3..].iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-7));
+    }
+
+    #[test]
+    fn maps_become_tokens_with_the_class_token_and_positions() {
+        let (b, c, n) = (2, 3, 11); // n not a multiple of the 8-token blocks
+        let maps: Vec<f32> = (0..b * c * n).map(|i| i as f32).collect();
+        let cls = [0.5, -0.25, 2.0];
+        let pos: Vec<f32> = (0..(n + 1) * c).map(|i| 1000.0 * i as f32).collect();
+        let tokens = cpu::maps_to_tokens(&maps, [b, c, n], &cls, &pos);
+        assert_eq!(tokens.len(), b * (n + 1) * c);
+        for image in 0..b {
+            for t in 0..=n {
+                for ch in 0..c {
+                    let value = if t == 0 { cls[ch] } else { maps[(image * c + ch) * n + t - 1] };
+                    assert_eq!(tokens[(image * (n + 1) + t) * c + ch], value + pos[t * c + ch], "image {image} token {t} channel {ch}");
+                }
+            }
+        }
     }
 
     #[test]
