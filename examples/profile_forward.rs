@@ -15,7 +15,7 @@
 //! | `patch_embed.conv` | the 16×16/16 patch convolution |
 //! | `embed.total` | conv + flatten + class token + position embedding (`Anchor::embed`) |
 //! | `norm` | one LayerNorm over `[b, 197, C]` |
-//! | `attn.qkv` | the qkv Linear `C → 3C` |
+//! | `attn.qkv` | the qkv Linear `C → 3C` (as the anchor runs its Linears: `snnet::core::ops::linear_rows`, also for `attn.proj`, `mlp.fc1`, `mlp.fc2`) |
 //! | `attn.split` | qkv → q, k, v `[b, h, n, d]` (reshape, permute, copy to contiguous) |
 //! | `attn.qk` | `q @ kᵀ · scale` |
 //! | `attn.softmax` | softmax over the last dim of `[b, h, n, n]` |
@@ -46,6 +46,7 @@ use burn::{
 };
 use snnet::{
     anchors::kernels::{cpu, gelu, softmax_scaled},
+    core::ops::linear_rows,
     Anchor, Features, VitConfig,
 };
 
@@ -175,7 +176,7 @@ fn main() {
             rec("embed.total", time(t, || vit.embed(images.clone())));
             rec("embed.patchify_mm", time(t, || embed_mm(&vit, images.clone())));
             rec("norm", time(t, || blk.norm1.forward(x.clone())));
-            rec("attn.qkv", time(t, || blk.attn.qkv.forward(x.clone())));
+            rec("attn.qkv", time(t, || linear_rows(&blk.attn.qkv, x.clone())));
 
             let qkv = blk.attn.qkv.forward(x.clone());
             let split = |qkv: Tensor<B, 3>| {
@@ -218,10 +219,10 @@ fn main() {
             rec("attn.total_views", time(t, || blk.attn.proj.forward(core_views(blk.attn.qkv.forward(x.clone()), heads))));
             rec("attn.total_t", time(t, || blk.attn.proj.forward(core_t(blk.attn.qkv.forward(x.clone()), heads))));
             let merged = blk.attn.core(qkv.clone());
-            rec("attn.proj", time(t, || blk.attn.proj.forward(merged.clone())));
+            rec("attn.proj", time(t, || linear_rows(&blk.attn.proj, merged.clone())));
             rec("attn.total", time(t, || blk.attn.forward(x.clone())));
 
-            rec("mlp.fc1", time(t, || blk.mlp.fc1.forward(x.clone())));
+            rec("mlp.fc1", time(t, || linear_rows(&blk.mlp.fc1, x.clone())));
             rec("mlp.fc1_2d", time(t, || blk.mlp.fc1.forward(x.clone().reshape([b * n, c])).reshape([b, n, 4 * c])));
             let h = blk.mlp.fc1.forward(x.clone());
             rec("mlp.gelu", time(t, || activation::gelu(h.clone())));
@@ -230,7 +231,7 @@ fn main() {
             let mut hbuf = h.clone().into_data().to_vec::<f32>().unwrap();
             rec("kernel.gelu", time(t, || cpu::gelu(&mut hbuf)));
             let g = activation::gelu(h.clone());
-            rec("mlp.fc2", time(t, || blk.mlp.fc2.forward(g.clone())));
+            rec("mlp.fc2", time(t, || linear_rows(&blk.mlp.fc2, g.clone())));
             rec("mlp.total", time(t, || blk.mlp.forward(x.clone())));
             let y = blk.mlp.forward(x.clone());
             rec("residual.add", time(t, || x.clone() + y.clone()));

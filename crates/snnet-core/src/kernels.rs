@@ -128,6 +128,32 @@ pub mod cpu {
         });
     }
 
+    /// Writes the transpose of `src` `[rows, cols]` into `dst` `[cols, rows]`.
+    fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+        // Blocks of 8 columns: each source row's 8 values are one contiguous read, and the 8
+        // destination rows being written stay in cache.
+        for c0 in (0..cols).step_by(8) {
+            let c1 = (c0 + 8).min(cols);
+            for (r, row) in src.chunks_exact(cols).enumerate() {
+                for (c, &v) in row[c0..c1].iter().enumerate() {
+                    dst[(c0 + c) * rows + r] = v;
+                }
+            }
+        }
+    }
+
+    /// `data` `[b, rows, cols]` with its last two dimensions swapped: `[b, cols, rows]`, contiguous.
+    pub fn transpose_last_two(data: &[f32], [b, rows, cols]: [usize; 3]) -> Vec<f32> {
+        assert_eq!(data.len(), b * rows * cols, "transpose_last_two: data are not [{b}, {rows}, {cols}]");
+        let mut out = vec![0.0; data.len()];
+        if rows * cols > 0 {
+            for (src, dst) in data.chunks_exact(rows * cols).zip(out.chunks_exact_mut(rows * cols)) {
+                transpose_into(src, rows, cols, dst);
+            }
+        }
+        out
+    }
+
     /// The ViT's token sequence from its patch-embedding maps: `maps` `[b, c, n]` (channels first)
     /// becomes `[b, 1 + n, c]` with the class token `cls` `[c]` in front and the position embedding
     /// `pos` `[1 + n, c]` added — timm's `cat(cls, flatten(maps).T) + pos` in one pass.
@@ -136,20 +162,11 @@ pub mod cpu {
         assert_eq!(cls.len(), c, "maps_to_tokens: the class token is not [{c}]");
         assert_eq!(pos.len(), (n + 1) * c, "maps_to_tokens: the position embedding is not [{}, {c}]", n + 1);
         let mut tokens = vec![0.0; b * (n + 1) * c];
-        for (image, out) in maps.chunks_exact(c * n).zip(tokens.chunks_exact_mut((n + 1) * c)) {
-            for ((t, &k), &p) in out[..c].iter_mut().zip(cls).zip(&pos[..c]) {
-                *t = k + p;
-            }
-            // Blocks of 8 tokens: each channel's 8 values are one contiguous read.
-            for p0 in (0..n).step_by(8) {
-                let p1 = (p0 + 8).min(n);
-                for (ch, channel) in image.chunks_exact(n).enumerate() {
-                    for (p, &v) in channel[p0..p1].iter().enumerate() {
-                        let at = (1 + p0 + p) * c + ch;
-                        out[at] = v + pos[at];
-                    }
-                }
-            }
+        for i in 0..b {
+            let out = &mut tokens[i * (n + 1) * c..(i + 1) * (n + 1) * c];
+            out[..c].copy_from_slice(cls);
+            transpose_into(&maps[i * c * n..(i + 1) * c * n], c, n, &mut out[c..]);
+            out.iter_mut().zip(pos).for_each(|(t, p)| *t += p);
         }
         tokens
     }
@@ -431,6 +448,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn last_two_dimensions_transpose() {
+        let (b, rows, cols) = (3, 5, 13);
+        let data: Vec<f32> = (0..b * rows * cols).map(|i| i as f32).collect();
+        let out = cpu::transpose_last_two(&data, [b, rows, cols]);
+        for i in 0..b {
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(out[(i * cols + c) * rows + r], data[(i * rows + r) * cols + c]);
+                }
+            }
+        }
+        assert!(cpu::transpose_last_two(&[], [2, 0, 3]).is_empty());
     }
 
     #[test]
