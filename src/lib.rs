@@ -9,6 +9,7 @@
 //! use snnet::{Description, StitchedNet};
 //! use burn::backend::Flex;
 //!
+//! snnet::backend::keep_freed_memory(); // on the CPU: reuse freed op buffers (see its docs)
 //! let device = Default::default();
 //! let desc = Description::from_names(&["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]);
 //! let net = desc.build::<Flex>(&device).unwrap();
