@@ -174,7 +174,7 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
 /// does nothing and returns `false`). Called once per process, by [`run_on_with`] for `flex`.
 ///
 /// burn-flex allocates a fresh buffer for every operation's output. glibc serves large blocks
-/// from `mmap` and returns them on free, so each op's output costs one page fault per 4 KiB page —
+/// from `mmap` and returns them on free, so each op's output faults in every 4 KiB page again —
 /// expensive in virtual machines: a `[1576, 384] × [384, 1536]` matmul (DeiT-S fc1 at batch 8)
 /// took 29 ms with faults against 18 ms without (docs/benchmarks.md). Programs that build
 /// [`burn::backend::Flex`] networks themselves should call this first. The cost: the process keeps
