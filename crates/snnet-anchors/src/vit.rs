@@ -4,7 +4,7 @@ use crate::kernels::{cpu, gelu, softmax_scaled};
 use burn::{
     module::{Module, Param},
     nn::{conv::Conv2d, conv::Conv2dConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig},
-    tensor::{backend::Backend, Tensor, TensorData},
+    tensor::{backend::Backend, Tensor},
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
@@ -250,15 +250,10 @@ impl<B: Backend> Attention<B> {
         // instead gives `[b, h, d, n]`, which is `[b, c, n]` as it lies in memory, so the merged heads
         // are its transpose.
         let merged_t = v.swap_dims(2, 3).matmul(attn.swap_dims(2, 3)).reshape([b, c, n]);
-        if cpu::runs_in_place(&merged_t) {
-            // burn-flex would copy the transposed view element by element when the projection
-            // flattens its rows; one blocked transpose is several times faster.
-            let device = merged_t.device();
-            let data = merged_t.into_data();
-            let tokens = cpu::transpose_last_two(data.as_slice::<f32>().expect("an f32 tensor gives f32 data"), [b, c, n]);
-            return Tensor::from_data(TensorData::new(tokens, [b, n, c]), &device);
-        }
-        merged_t.swap_dims(1, 2)
+        // On burn-flex, one blocked transpose: burn-flex would copy the transposed view element by
+        // element when the projection flattens its rows.
+        cpu::map_into(merged_t, [b, n, c], |data| cpu::transpose_last_two(data, [b, c, n]))
+            .unwrap_or_else(|merged_t| merged_t.swap_dims(1, 2))
     }
 }
 
@@ -350,11 +345,17 @@ impl<B: Backend> Vit<B> {
         Ok(())
     }
 
-    fn tokens(x: Features<B>) -> Tensor<B, 3> {
-        match x {
-            Features::Tokens(t) => t,
-            Features::Map(m) => Features::Map(m).into_tokens(),
+    /// The embedding's tokens from the patch maps `[b, c, gh, gw]` on burn-flex: one pass
+    /// ([`cpu::maps_to_tokens`]) instead of a strided transpose, a concatenation and an add.
+    /// Gives the maps back on every other backend.
+    fn tokens_on_cpu(&self, maps: Tensor<B, 4>) -> core::result::Result<Tensor<B, 3>, Tensor<B, 4>> {
+        if !cpu::runs_in_place(&maps) {
+            return Err(maps);
         }
+        let [b, c, gh, gw] = maps.dims();
+        let (cls, pos) = (self.cls_token.val().to_data(), self.pos_embed.val().to_data());
+        let (Ok(cls), Ok(pos)) = (cls.as_slice::<f32>(), pos.as_slice::<f32>()) else { return Err(maps) };
+        cpu::map_into(maps, [b, gh * gw + 1, c], |maps| cpu::maps_to_tokens(maps, [b, c, gh * gw], cls, pos))
     }
 }
 
@@ -370,17 +371,10 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
         let x = self.patch_embed.proj.forward(images);
         let [b, c, gh, gw] = x.dims();
-        if cpu::runs_in_place(&x) {
-            // On burn-flex, one pass instead of a strided transpose, a concatenation and an add.
-            let (cls, pos) = (self.cls_token.val().to_data(), self.pos_embed.val().to_data());
-            if let (Ok(cls), Ok(pos)) = (cls.as_slice::<f32>(), pos.as_slice::<f32>()) {
-                let device = x.device();
-                let maps = x.into_data();
-                let maps = maps.as_slice::<f32>().expect("an f32 tensor gives f32 data");
-                let tokens = cpu::maps_to_tokens(maps, [b, c, gh * gw], cls, pos);
-                return Features::Tokens(Tensor::from_data(TensorData::new(tokens, [b, gh * gw + 1, c]), &device));
-            }
-        }
+        let x = match self.tokens_on_cpu(x) {
+            Ok(tokens) => return Features::Tokens(tokens),
+            Err(x) => x,
+        };
         let x = x.reshape([b, c, gh * gw]).swap_dims(1, 2);
         let cls = self.cls_token.val().expand([b as i64, 1, c as i64]);
         Features::Tokens(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val())
@@ -388,7 +382,7 @@ impl<B: Backend> Anchor<B> for Vit<B> {
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {
         let seeds = [self.noise.for_branch(2 * index), self.noise.for_branch(2 * index + 1)];
-        Features::Tokens(self.blocks[index].forward_seeded(Self::tokens(x), seeds))
+        Features::Tokens(self.blocks[index].forward_seeded(x.into_tokens(), seeds))
     }
 
     fn reseed(&self, seed: u64) {
@@ -400,7 +394,7 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     }
 
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
-        let x = Self::tokens(x);
+        let x = x.into_tokens();
         let [b, _, c] = x.dims();
         // LayerNorm is per token, so normalising only the class token equals timm's norm-then-slice.
         let cls = x.narrow(1, 0, 1);

@@ -57,7 +57,7 @@ pub fn softmax_scaled<B: Backend, const D: usize>(x: Tensor<B, D>, scale: f64) -
 pub mod cpu {
     use std::sync::OnceLock;
 
-    use burn::tensor::{backend::Backend, DType, Tensor};
+    use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
     /// Applies `f` to the buffer of `x` in place when `x` is an f32 tensor of burn-flex (whose
     /// `into_data`/`from_data` move the buffer without copying when the tensor is not shared);
@@ -75,7 +75,27 @@ pub mod cpu {
         Ok(Tensor::from_data(data, (&device, DType::F32)))
     }
 
-    /// Whether [`map_in_place`] runs on `x`: an f32 tensor of burn-flex (not under autodiff).
+    /// Like [`map_in_place`], for kernels that write a new buffer: `f` reads the buffer of `x` and
+    /// returns the elements of a tensor of `shape` on the same device. Returns `x` untouched when it
+    /// is not an f32 tensor of burn-flex.
+    pub fn map_into<B: Backend, const D: usize, const E: usize>(
+        x: Tensor<B, D>,
+        shape: [usize; E],
+        f: impl FnOnce(&[f32]) -> Vec<f32>,
+    ) -> Result<Tensor<B, E>, Tensor<B, D>> {
+        if !runs_in_place(&x) {
+            return Err(x);
+        }
+        let device = x.device();
+        let data = x.into_data();
+        let values = match data.as_slice::<f32>() {
+            Ok(values) => f(values),
+            Err(_) => unreachable!("an f32 tensor gives f32 data"),
+        };
+        Ok(Tensor::from_data(TensorData::new(values, shape), (&device, DType::F32)))
+    }
+
+    /// Whether [`map_in_place`] and [`map_into`] run on `x`: an f32 tensor of burn-flex (not under autodiff).
     pub fn runs_in_place<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
         x.dtype() == DType::F32 && B::name(&x.device()) == "flex"
     }
