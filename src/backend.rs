@@ -174,9 +174,10 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
 /// does nothing and returns `false`). Called once per process, by [`run_on_with`] for `flex`.
 ///
 /// burn-flex allocates a fresh buffer for every operation's output. glibc serves large blocks
-/// from `mmap` and returns them on free, so each op's output faults in every 4 KiB page again —
-/// expensive in virtual machines: a `[1576, 384] × [384, 1536]` matmul (DeiT-S fc1 at batch 8)
-/// took 29 ms with faults against 18 ms without (docs/benchmarks.md). Programs that build
+/// from `mmap` and returns them on free, so each op's output faults in its 4 KiB pages again —
+/// expensive in virtual machines (a `[1576, 384] × [384, 1536]` matmul, DeiT-S fc1 at batch 8:
+/// 1,416 faults per call with glibc's defaults, 472 with this; the integration test measures it,
+/// docs/benchmarks.md has the forward timings). Programs that build
 /// [`burn::backend::Flex`] networks themselves should call this first. The cost: the process keeps
 /// its peak heap resident instead of trimming it.
 pub fn keep_freed_memory() -> bool {
