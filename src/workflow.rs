@@ -121,7 +121,7 @@ pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<B
     Ok(dataset)
 }
 
-/// [`snnet_train::train`] with a progress bar showing the epoch, loss, learning rate, images/s and
+/// [`snnet_train::train`](fn@snnet_train::train) with a progress bar showing the epoch, loss, learning rate, images/s and
 /// ETA. Also returns the seconds of each step (forward, backward, update).
 pub fn train_with_progress<B: AutodiffBackend, A: Anchor<B>>(
     net: StitchedNet<B, A>,

@@ -388,6 +388,146 @@ pub mod cpu {
     }
 }
 
+/// Kernels that read burn-flex tensors in place (feature `flex`).
+///
+/// burn-flex's matmul makes each output three times (a zeroed `Vec<u8>`, then a copy into an
+/// aligned allocation, then the GEMM's write) and a Linear's bias is one more pass over it. Here
+/// the input and weight are borrowed straight from burn-flex's buffers, the output starts as the
+/// bias rows and the GEMM accumulates into it: one write before the GEMM, none after.
+#[cfg(feature = "flex")]
+pub mod flex {
+    use std::any::Any;
+
+    use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    use super::cpu;
+
+    /// Below this many multiply-adds a GEMM runs on the calling thread (burn-flex's threshold).
+    const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+    /// burn-flex's tensor behind `x`, when `x` is a (not quantised) tensor of burn-flex.
+    fn flex_tensor<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<FlexTensor> {
+        match x.into_primitive() {
+            TensorPrimitive::Float(p) => (Box::new(p) as Box<dyn Any>).downcast::<FlexTensor>().ok().map(|t| *t),
+            TensorPrimitive::QFloat(_) => None,
+        }
+    }
+
+    /// `x · weight + bias` for `x` `[rows, in]`, `weight` `[in, out]`, `bias` `[out]`, as one GEMM
+    /// over burn-flex's buffers. `None` when a tensor is not a contiguous f32 tensor of burn-flex
+    /// (autodiff, another backend, a strided view, another dtype) or the shapes do not chain; the
+    /// caller then runs burn's own operations.
+    pub fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+        if !cpu::runs_in_place(x) || weight.dtype() != DType::F32 {
+            return None;
+        }
+        let ([rows, k], [k_w, n]) = (x.dims(), weight.dims());
+        if k != k_w || bias.is_some_and(|b| b.dims() != [n]) {
+            return None;
+        }
+        let device = x.device();
+        let (x, weight) = (flex_tensor(x.clone())?, flex_tensor(weight.clone())?);
+        let bias = match bias {
+            Some(b) => Some(flex_tensor(b.clone())?),
+            None => None,
+        };
+        let (lhs, rhs) = (x.as_slice::<f32>()?, weight.as_slice::<f32>()?);
+        let bias = match &bias {
+            Some(b) => Some(b.as_slice::<f32>()?),
+            None => None,
+        };
+        let mut out = start_rows(rows, n, bias);
+        if rows * n > 0 && k > 0 {
+            let parallelism = if rows * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+            // SAFETY: `lhs` holds `rows × k`, `rhs` `k × n` and `out` `rows × n` contiguous
+            // row-major f32 (checked by the shapes and `as_slice`); `out` does not alias them.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    lhs.as_ptr(),
+                    1,
+                    k as isize,
+                    rhs.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        Some(Tensor::from_data(TensorData::new(out, [rows, n]), (&device, DType::F32)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use burn::{
+            backend::{Autodiff, Flex},
+            nn::LinearConfig,
+            tensor::{Distribution, Tensor},
+        };
+
+        use super::linear;
+
+        fn max_diff(a: Tensor<Flex, 2>, b: Tensor<Flex, 2>) -> f32 {
+            (a - b).abs().max().into_scalar()
+        }
+
+        #[test]
+        fn fused_gemm_equals_burns_linear() {
+            let device = Default::default();
+            // Large enough for the GEMM to split between threads, and a small one that does not.
+            for (rows, i, o) in [(300, 64, 256), (5, 6, 3)] {
+                let x = Tensor::<Flex, 2>::random([rows, i], Distribution::Normal(0.0, 1.0), &device);
+                for with_bias in [true, false] {
+                    let l = LinearConfig::new(i, o).with_bias(with_bias).init::<Flex>(&device);
+                    let bias = l.bias.as_ref().map(|b| b.val());
+                    let got = linear(&x, &l.weight.val(), bias.as_ref()).expect("flex tensors take the fused path");
+                    assert_eq!(got.dims(), [rows, o]);
+                    let diff = max_diff(got, l.forward(x.clone()));
+                    assert!(diff < 1e-5, "{rows}x{i}x{o} bias {with_bias}: {diff}");
+                }
+            }
+        }
+
+        #[test]
+        fn fused_gemm_declines_what_it_cannot_read_in_place() {
+            let device = Default::default();
+            let l = LinearConfig::new(4, 3).init::<Flex>(&device);
+            let (w, b) = (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
+            // A transposed view is not contiguous; mismatched widths do not chain.
+            let strided = Tensor::<Flex, 2>::random([4, 6], Distribution::Default, &device).transpose();
+            assert!(linear(&strided, &w, b.as_ref()).is_none());
+            let narrow = Tensor::<Flex, 2>::random([6, 5], Distribution::Default, &device);
+            assert!(linear(&narrow, &w, b.as_ref()).is_none());
+            // Under autodiff, burn records the operations instead.
+            let la = LinearConfig::new(4, 3).init::<Autodiff<Flex>>(&device);
+            let xa = Tensor::<Autodiff<Flex>, 2>::random([6, 4], Distribution::Default, &device);
+            assert!(linear(&xa, &la.weight.val(), la.bias.as_ref().map(|b| b.val()).as_ref()).is_none());
+        }
+    }
+
+    /// `rows × n` elements, each row a copy of `bias` (zeros without one).
+    fn start_rows(rows: usize, n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let Some(bias) = bias else { return vec![0.0; rows * n] };
+        let mut out = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            out.extend_from_slice(bias);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::{

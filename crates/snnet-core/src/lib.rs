@@ -4,7 +4,7 @@
 //! - [`StitchSpace`]: every route and stitching layer, enumerated in the official order;
 //! - [`StitchedNet`]: the anchors plus stitching layers; forward through any route, least-squares
 //!   initialisation, weight files;
-//! - [`cost`], [`select`]: FLOPs/parameters per route, Pareto frontiers and budgets;
+//! - [`cost`], [`select`](mod@select): FLOPs/parameters per route, Pareto frontiers and budgets;
 //! - [`stochastic`], [`rng`]: seeded stochastic depth and the generator behind it, so training runs
 //!   reproduce and resume exactly.
 

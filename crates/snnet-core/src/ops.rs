@@ -13,8 +13,10 @@ use crate::kernels::cpu;
 /// burn's `Linear::forward` on a 3-D input broadcasts the weight into a batched product: on the
 /// CPU backend that is one small GEMM per image (and, under autodiff, a per-image weight gradient
 /// summed afterwards), about 3× slower than one large GEMM for ViT-sized token batches.
-/// On burn-flex (f32, no autodiff) the bias is then added in place ([`cpu::add_to_rows`]) rather
-/// than by a broadcast add into yet another buffer.
+/// On burn-flex (f32, no autodiff) with the `flex` feature, the product is one GEMM over
+/// burn-flex's own buffers accumulating into the bias rows (`kernels::flex::linear`); without
+/// the feature, the bias is added in place ([`cpu::add_to_rows`]) rather than by a broadcast add
+/// into yet another buffer.
 pub fn linear_rows<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     let dims = x.dims();
     let in_features = dims[D - 1];
@@ -27,6 +29,10 @@ pub fn linear_rows<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, 
 
 /// `x · W + b` for `x` `[rows, in]`.
 fn linear_2d<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::kernels::flex::linear(&x, &linear.weight.val(), linear.bias.as_ref().map(|b| b.val()).as_ref()) {
+        return y;
+    }
     let Some(bias) = linear.bias.as_ref().filter(|_| cpu::runs_in_place(&x)) else { return linear.forward(x) };
     let product = x.matmul(linear.weight.val());
     let bias = bias.val();

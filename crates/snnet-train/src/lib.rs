@@ -10,7 +10,7 @@
 //! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
 //!   parameters, gradient clipping), touching only parameters that received gradients.
 //! - [`step`]: one joint-training step of a route (label smoothing, distillation).
-//! - [`train`]: the joint-training loop (a sampled route per step, schedule, augmentation, drop
+//! - [`train`](mod@train): the joint-training loop (a sampled route per step, schedule, augmentation, drop
 //!   path) with [`checkpoint`]s that a killed run resumes from exactly.
 //! - [`augment`]: seeded flips and shifts of training images.
 //! - [`eval`]: every route on a validation set, as resumable JSON lines in the official results
