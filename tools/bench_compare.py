@@ -16,6 +16,12 @@ Run from the repository root:
     python3 tools/bench_compare.py snnet_cuda.jsonl torch_cuda.jsonl --markdown bench.md
     python3 tools/bench_compare.py snnet.jsonl torch.jsonl --map-device wgpu=cuda
 
+Rounds: rows may carry a "round" field (tools/bench_side_by_side.sh runs snnet and PyTorch
+alternately, workload by workload, for several rounds, so both sides see the same load). Rows of
+one key are then merged: each side's ms is its median over the rounds, and the ratio is the median
+of the per-round ratios (snnet and PyTorch of the same round), with their range in its own column.
+On a shared machine that paired ratio is what to quote.
+
 Normalisation: device "cuda:0" -> "cuda"; dtype float32/fp32 -> f32, bfloat16 -> bf16,
 float16/fp16/half -> f16.  PyTorch rows measured with --autocast get dtype "<dtype>+autocast"
 so they never stand in for a model cast to that dtype.  Duplicate keys keep the last row
@@ -89,14 +95,21 @@ def fmt_ms(v):
     return "%.1f" % v if v >= 100 else ("%.2f" % v if v >= 1 else "%.3f" % v)
 
 
-def fmt_ratio(a, b):
-    if a is None or b is None:
-        return "—"
-    return "%.2f" % (a / b)
+def fmt_ratio(r):
+    return "—" if r is None else "%.2f" % r
+
+
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
 def index(rows, mapping, torch_side, label):
-    """key -> row (for PyTorch: key + (tf32,) -> row); rows that cannot be keyed are returned."""
+    """key -> row (for PyTorch: key + (tf32,) -> row); rows that cannot be keyed are returned.
+
+    Rows of one key from different rounds merge into one row: latency_ms becomes the median over
+    the rounds and "rounds" maps each round to its latency."""
     out, bad = {}, []
     for row in rows:
         try:
@@ -106,10 +119,43 @@ def index(rows, mapping, torch_side, label):
             continue
         if torch_side:
             k = k + (bool(row.get("tf32", False)),)
+        rnd = row.get("round")
+        if rnd is not None and latency(row) is not None:
+            merged = out.get(k)
+            if merged is None or "rounds" not in merged:
+                merged = dict(row, rounds={})
+            if rnd in merged["rounds"]:
+                print("%s: duplicate %r in round %s, keeping the last row" % (label, k, rnd),
+                      file=sys.stderr)
+            merged["rounds"][rnd] = latency(row)
+            merged["latency_ms"] = median(merged["rounds"].values())
+            out[k] = merged
+            continue
         if k in out:
             print("%s: duplicate %r, keeping the last row" % (label, k), file=sys.stderr)
         out[k] = row
     return out, bad
+
+
+def paired(srow, trow):
+    """Per-round ratios snnet/PyTorch over the rounds both rows have (empty without rounds)."""
+    if not srow or not trow or "rounds" not in srow or "rounds" not in trow:
+        return []
+    common = sorted(set(srow["rounds"]) & set(trow["rounds"]))
+    return [srow["rounds"][r] / trow["rounds"][r] for r in common]
+
+
+def ratio_of(srow, trow, s_ms, t_ms):
+    """snnet/PyTorch: the median of the paired per-round ratios when there are rounds."""
+    rs = paired(srow, trow)
+    if rs:
+        return median(rs)
+    return s_ms / t_ms if s_ms is not None and t_ms is not None else None
+
+
+def fmt_range(srow, trow):
+    rs = paired(srow, trow)
+    return "%.2f–%.2f (%d)" % (min(rs), max(rs), len(rs)) if rs else "—"
 
 
 def route_name(cfg_id, *rows):
@@ -143,8 +189,11 @@ def build(snnet_rows, torch_rows, mapping):
     lines.append("PyTorch: " + describe(torch_rows, ("version", "timm", "device", "gpu", "threads",
                                                        "fused_attn")))
     lines.append("")
+    with_rounds = any("rounds" in r for r in list(s_idx.values()) + list(t_idx.values()))
     head = ["workload", "device", "dtype", "batch", "route", "snnet ms", "PyTorch ms",
             "snnet/PyTorch"]
+    if with_rounds:
+        head += ["per-round range (rounds)"]
     if show_tf32:
         head += ["PyTorch TF32 ms", "snnet/PyTorch TF32"]
     lines.append("| " + " | ".join(head) + " |")
@@ -170,15 +219,18 @@ def build(snnet_rows, torch_rows, mapping):
         if not show_tf32 and t_off is None:  # only a TF32-on row (not CUDA f32): main column
             off_ms, t_off = on_ms, t_on
         workload, device, dtype, batch, cfg_id = k
+        r_off, r_on = ratio_of(srow, t_off, s_ms, off_ms), ratio_of(srow, t_on, s_ms, on_ms)
         cells = [workload, device, dtype, str(batch), route_name(cfg_id, t_off, t_on, srow),
-                 fmt_ms(s_ms), fmt_ms(off_ms), fmt_ratio(s_ms, off_ms)]
+                 fmt_ms(s_ms), fmt_ms(off_ms), fmt_ratio(r_off)]
+        if with_rounds:
+            cells += [fmt_range(srow, t_off)]
         if show_tf32:
-            cells += [fmt_ms(on_ms), fmt_ratio(s_ms, on_ms)]
+            cells += [fmt_ms(on_ms), fmt_ratio(r_on)]
         lines.append("| " + " | ".join(cells) + " |")
-        if s_ms is not None and off_ms is not None:
-            ratios.setdefault((workload, device, dtype, "PyTorch"), []).append(s_ms / off_ms)
-        if show_tf32 and s_ms is not None and on_ms is not None:
-            ratios.setdefault((workload, device, dtype, "PyTorch TF32"), []).append(s_ms / on_ms)
+        if r_off is not None:
+            ratios.setdefault((workload, device, dtype, "PyTorch"), []).append(r_off)
+        if show_tf32 and r_on is not None:
+            ratios.setdefault((workload, device, dtype, "PyTorch TF32"), []).append(r_on)
 
     if ratios:
         lines.append("")
