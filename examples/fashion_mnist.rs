@@ -31,6 +31,10 @@ use snnet::{
     workflow::{check_stitching, evaluate_into, progress_bar, route_table, train_with_progress, write_accuracy_plots, BoxError},
 };
 
+/// Test images per forward in evaluation: on the CPU backend 64 evaluated every route 1.26× faster
+/// than 500 (2,000 images, two workers; smaller activations stay in cache).
+const EVAL_BATCH: usize = 64;
+
 /// Stitch, initialise, fine-tune and evaluate the Fashion-MNIST demo SN-Net.
 #[derive(Parser)]
 struct Options {
@@ -122,7 +126,7 @@ impl Options {
         ls_net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
         if self.eval_ls {
             let routes: Vec<usize> = (0..ls_net.num_routes()).collect();
-            let rows = evaluate_into(&ls_net, &test, &routes, 500, self.workers, &self.output.join("results-ls.jsonl"))?;
+            let rows = evaluate_into(&ls_net, &test, &routes, EVAL_BATCH, self.workers, &self.output.join("results-ls.jsonl"))?;
             println!("after least squares only:\n{}", route_table(&ls_net, &rows, &names));
         }
 
@@ -166,7 +170,7 @@ impl Options {
 
         // 3. Evaluate every route on the whole test set; table, checks, plot.
         let t = Instant::now();
-        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), 500, self.workers, &results)?;
+        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.workers, &results)?;
         let eval_seconds = t.elapsed().as_secs_f64();
         println!("evaluation of {} routes on {} test images in {eval_seconds:.1} s\n", rows.len(), test.len());
         print!("{}", route_table(&net, &rows, &names));

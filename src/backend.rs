@@ -169,6 +169,17 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
     }
 }
 
+/// Worker threads that should share independent forwards (e.g. routes being evaluated) on the
+/// backend called `name`: one per CPU thread on `flex` (`RAYON_NUM_THREADS`, else the available
+/// parallelism), whose small-tensor work keeps a core busy each, and one on GPU backends, which
+/// run one forward's kernels across the whole device.
+pub fn default_workers(name: &str) -> usize {
+    match name {
+        "flex" | "cpu" => snnet_core::kernels::cpu::threads(),
+        _ => 1,
+    }
+}
+
 /// Makes the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back
 /// to the operating system; returns whether the setting took effect (Linux with glibc; elsewhere it
 /// does nothing and returns `false`). Called once per process, by [`run_on_with`] for `flex`.

@@ -78,3 +78,14 @@ fn the_cpu_backend_runs_and_unknown_names_or_precisions_are_refused() {
     let err = run_on_with("flex", Precision::BF16, DeviceName).unwrap_err();
     assert!(err.to_string().contains("does not run bf16"), "{err}");
 }
+
+#[test]
+fn independent_forwards_share_the_cpu_threads_and_a_gpu_runs_one() {
+    let cpu_threads = snnet::core::kernels::cpu::threads();
+    assert!(cpu_threads >= 1);
+    assert_eq!(snnet::backend::default_workers("flex"), cpu_threads);
+    assert_eq!(snnet::backend::default_workers("cpu"), cpu_threads);
+    for gpu in ["cuda", "wgpu", "vulkan", "metal"] {
+        assert_eq!(snnet::backend::default_workers(gpu), 1, "{gpu}");
+    }
+}

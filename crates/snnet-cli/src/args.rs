@@ -109,9 +109,10 @@ pub enum Command {
         /// Images per forward.
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        /// Threads sharing the routes (on the CPU backend two make evaluation about twice as fast).
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
+        /// Threads sharing the routes (default: one per CPU thread on the CPU backend, where two
+        /// evaluate the Fashion-MNIST family 1.3× faster than one; one on GPU backends).
+        #[arg(long)]
+        workers: Option<usize>,
         /// Evaluate only the first N validation images.
         #[arg(long)]
         limit: Option<usize>,

@@ -90,8 +90,8 @@ pub struct Eval<'a> {
     pub routes: Option<Vec<usize>>,
     /// Images per forward.
     pub batch: usize,
-    /// Threads sharing the routes.
-    pub workers: usize,
+    /// Threads sharing the routes (`None`: [`snnet::backend::default_workers`] of the backend).
+    pub workers: Option<usize>,
     /// Evaluate only this many images.
     pub limit: Option<usize>,
     /// Results file.
@@ -124,12 +124,13 @@ impl Dataset for Prefix<'_> {
 impl snnet::backend::BackendTask for Eval<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output {
         let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
+        let workers = self.workers.unwrap_or_else(|| snnet::backend::default_workers(name));
         let data = Prefix { inner: dataset.as_ref(), len: self.limit.unwrap_or(usize::MAX).min(dataset.len()) };
         let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
-        let rows = evaluate_into(&net, &data, &wanted, self.batch, self.workers, self.output)?;
+        let rows = evaluate_into(&net, &data, &wanted, self.batch, workers, self.output)?;
         let names: Vec<String> = self.desc.anchors.iter().map(|a| a.name()).collect();
         print!("{}", route_table(&net, &rows, &names));
         if !self.plots.is_empty() {
