@@ -486,8 +486,8 @@ pub mod flex {
         #[test]
         fn fused_gemm_equals_burns_linear() {
             let device = Default::default();
-            // Large enough for the GEMM to split between threads, and a small one that does not.
-            for (rows, i, o) in [(300, 64, 256), (5, 6, 3)] {
+            // 300·128·256 multiply-adds split between threads (above `PARALLEL_MACS`); 5·6·3 do not.
+            for (rows, i, o) in [(300, 128, 256), (5, 6, 3)] {
                 let x = Tensor::<Flex, 2>::random([rows, i], Distribution::Normal(0.0, 1.0), &device);
                 for with_bias in [true, false] {
                     let l = LinearConfig::new(i, o).with_bias(with_bias).init::<Flex>(&device);
