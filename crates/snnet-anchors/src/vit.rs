@@ -7,7 +7,11 @@ use burn::{
     tensor::{backend::Backend, Tensor},
 };
 use serde::{Deserialize, Serialize};
-use snnet_core::{drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout};
+use snnet_core::{
+    drop_path,
+    ops::{linear_rows, patch_tokens},
+    Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout,
+};
 
 use crate::error::Result;
 
@@ -369,6 +373,10 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     }
 
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
+        let (cls, pos) = (self.cls_token.val(), self.pos_embed.val());
+        if let Some(tokens) = patch_tokens(&self.patch_embed.proj, &images, &cls, &pos, self.config.patch_size) {
+            return Features::Tokens(tokens);
+        }
         let x = self.patch_embed.proj.forward(images);
         let [b, c, gh, gw] = x.dims();
         let x = match self.tokens_on_cpu(x) {

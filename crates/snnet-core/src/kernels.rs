@@ -438,35 +438,148 @@ pub mod flex {
             None => None,
         };
         let mut out = start_rows(rows, n, bias);
-        if rows * n > 0 && k > 0 {
-            let parallelism = if rows * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-            // SAFETY: `lhs` holds `rows × k`, `rhs` `k × n` and `out` `rows × n` contiguous
-            // row-major f32 (checked by the shapes and `as_slice`); `out` does not alias them.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    bias.is_some(),
-                    lhs.as_ptr(),
-                    1,
-                    k as isize,
-                    rhs.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
+        // SAFETY: `lhs` holds `rows × k`, `rhs` `k × n` and `out` `rows × n` contiguous row-major
+        // f32 (checked by the shapes and `as_slice`).
+        unsafe { accumulate_product(rows, n, k, out.as_mut_ptr(), n, bias.is_some(), lhs.as_ptr(), k, rhs.as_ptr(), [n, 1]) };
+        Some(Tensor::from_data(TensorData::new(out, [rows, n]), (&device, DType::F32)))
+    }
+
+    /// `dst = (read_dst ? dst : 0) + lhs · rhs` for row-major `lhs` `[m, k]` (row stride
+    /// `lhs_rs`) and `dst` `[m, n]` (row stride `dst_rs`); `rhs` `[k, n]` has strides
+    /// `[row, column]` (`[n, 1]` row-major, `[1, k]` for the transpose of an `[n, k]` matrix).
+    /// Threaded above [`PARALLEL_MACS`].
+    ///
+    /// # Safety
+    /// The pointers must address those matrices, `dst` writable and not overlapping the others.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn accumulate_product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        read_dst: bool,
+        lhs: *const f32,
+        lhs_rs: usize,
+        rhs: *const f32,
+        [rhs_rs, rhs_cs]: [usize; 2],
+    ) {
+        if m * n == 0 || k == 0 {
+            return;
+        }
+        let parallelism = if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        // SAFETY: the caller's contract.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                dst_rs as isize,
+                read_dst,
+                lhs,
+                1,
+                lhs_rs as isize,
+                rhs,
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        };
+    }
+
+    /// A ViT's token sequence straight from its images: the non-overlapping `patch × patch`
+    /// convolution (`weight` `[e, c, patch, patch]`, `bias` `[e]`) as one GEMM per image writing
+    /// into rows that already hold the position embedding `pos` `[1, 1 + n, e]` (plus the bias),
+    /// after the class token `cls` `[1, 1, e]` — timm's `cat(cls, proj(x).flatten(2).T) + pos`.
+    /// `images` `[b, c, h, w]` with `h`, `w` multiples of `patch`. `None` when a tensor is not a
+    /// contiguous f32 tensor of burn-flex or the shapes do not fit; the caller then runs burn's
+    /// convolution.
+    pub fn patch_tokens<B: Backend>(
+        images: &Tensor<B, 4>,
+        weight: &Tensor<B, 4>,
+        bias: Option<&Tensor<B, 1>>,
+        cls: &Tensor<B, 3>,
+        pos: &Tensor<B, 3>,
+        patch: usize,
+    ) -> Option<Tensor<B, 3>> {
+        if !cpu::runs_in_place(images) || patch == 0 {
+            return None;
+        }
+        let ([b, c, h, w], [e, c_w, ph, pw]) = (images.dims(), weight.dims());
+        let (gh, gw) = (h / patch, w / patch);
+        let n = gh * gw;
+        let shapes_fit = c == c_w
+            && [ph, pw] == [patch, patch]
+            && h % patch == 0
+            && w % patch == 0
+            && cls.dims() == [1, 1, e]
+            && pos.dims() == [1, n + 1, e]
+            && bias.is_none_or(|t| t.dims() == [e]);
+        if !shapes_fit {
+            return None;
+        }
+        let device = images.device();
+        let tensors = [flex_tensor(images.clone())?, flex_tensor(weight.clone())?, flex_tensor(cls.clone())?, flex_tensor(pos.clone())?];
+        let bias = match bias {
+            Some(t) => Some(flex_tensor(t.clone())?),
+            None => None,
+        };
+        let [images, weight, cls, pos] = [0, 1, 2, 3].map(|i| tensors[i].as_slice::<f32>());
+        let (images, weight, cls, pos) = (images?, weight?, cls?, pos?);
+        let bias = match &bias {
+            Some(t) => Some(t.as_slice::<f32>()?),
+            None => None,
+        };
+        // Patches as rows `[b·n, c·patch·patch]`, each in the weight's (channel, y, x) order.
+        let k = c * patch * patch;
+        let mut patches = Vec::with_capacity(b * n * k);
+        for image in images.chunks_exact(c * h * w) {
+            for (gy, gx) in (0..gh).flat_map(|gy| (0..gw).map(move |gx| (gy, gx))) {
+                for plane in image.chunks_exact(h * w) {
+                    for y in gy * patch..(gy + 1) * patch {
+                        patches.extend_from_slice(&plane[y * w + gx * patch..y * w + (gx + 1) * patch]);
+                    }
+                }
             }
         }
-        Some(Tensor::from_data(TensorData::new(out, [rows, n]), (&device, DType::F32)))
+        // Each image's rows: the class token, then the patches' bias; all plus the positions.
+        let mut tokens = Vec::with_capacity(b * (n + 1) * e);
+        for _ in 0..b {
+            tokens.extend(cls.iter().zip(&pos[..e]).map(|(c, p)| c + p));
+            for row in pos[e..].chunks_exact(e) {
+                match bias {
+                    Some(bias) => tokens.extend(row.iter().zip(bias).map(|(p, b)| p + b)),
+                    None => tokens.extend_from_slice(row),
+                }
+            }
+        }
+        for i in 0..b {
+            // SAFETY: image `i`'s patches are `n × k` row-major; its token rows after the class
+            // token are `n × e` (row stride `e`) inside `tokens`; the weight `[e, k]` row-major
+            // is the `[k, e]` product operand with strides `[1, k]`.
+            unsafe {
+                accumulate_product(
+                    n,
+                    e,
+                    k,
+                    tokens.as_mut_ptr().add((i * (n + 1) + 1) * e),
+                    e,
+                    true,
+                    patches.as_ptr().add(i * n * k),
+                    k,
+                    weight.as_ptr(),
+                    [1, k],
+                )
+            };
+        }
+        Some(Tensor::from_data(TensorData::new(tokens, [b, n + 1, e]), (&device, DType::F32)))
     }
 
     #[cfg(test)]
@@ -498,6 +611,35 @@ pub mod flex {
                     assert!(diff < 1e-5, "{rows}x{i}x{o} bias {with_bias}: {diff}");
                 }
             }
+        }
+
+        #[test]
+        fn patch_tokens_equal_convolution_class_token_and_positions() {
+            use burn::nn::conv::Conv2dConfig;
+            let device = Default::default();
+            let (b, c, e, patch, h, w) = (2, 3, 5, 4, 8, 12);
+            let n = (h / patch) * (w / patch);
+            let images = Tensor::<Flex, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let cls = Tensor::<Flex, 3>::random([1, 1, e], Distribution::Normal(0.0, 1.0), &device);
+            let pos = Tensor::<Flex, 3>::random([1, n + 1, e], Distribution::Normal(0.0, 1.0), &device);
+            for with_bias in [true, false] {
+                let conv = Conv2dConfig::new([c, e], [patch, patch]).with_stride([patch, patch]).with_bias(with_bias).init::<Flex>(&device);
+                let maps = conv.forward(images.clone()).reshape([b, e, n]).swap_dims(1, 2);
+                let expected = Tensor::cat(vec![cls.clone().expand([b as i64, 1, e as i64]), maps], 1) + pos.clone();
+                let bias = conv.bias.as_ref().map(|t| t.val());
+                let got = super::patch_tokens(&images, &conv.weight.val(), bias.as_ref(), &cls, &pos, patch)
+                    .expect("flex tensors take the fused path");
+                assert_eq!(got.dims(), [b, n + 1, e]);
+                let diff: f32 = (got - expected).abs().max().into_scalar();
+                assert!(diff < 1e-5, "bias {with_bias}: {diff}");
+            }
+            // A patch that does not tile the image, or positions for another grid, are declined.
+            let conv = Conv2dConfig::new([c, e], [patch, patch]).with_stride([patch, patch]).init::<Flex>(&device);
+            let bias = conv.bias.as_ref().map(|t| t.val());
+            let odd = Tensor::<Flex, 4>::random([b, c, h + 1, w], Distribution::Default, &device);
+            assert!(super::patch_tokens(&odd, &conv.weight.val(), bias.as_ref(), &cls, &pos, patch).is_none());
+            let short = pos.clone().narrow(1, 0, n);
+            assert!(super::patch_tokens(&images, &conv.weight.val(), bias.as_ref(), &cls, &short, patch).is_none());
         }
 
         #[test]

@@ -1,7 +1,7 @@
 //! Tensor operations shared by anchors and stitching layers, written the way backends run fastest.
 
 use burn::{
-    nn::Linear,
+    nn::{conv::Conv2d, Linear, PaddingConfig2d},
     tensor::{backend::Backend, Tensor},
 };
 
@@ -41,6 +41,35 @@ fn linear_2d<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     match cpu::map_in_place(product, |y| cpu::add_to_rows(y, values)) {
         Ok(y) => y,
         Err(product) => product + bias.unsqueeze(),
+    }
+}
+
+/// A ViT's tokens `[b, 1 + n, e]` from `images` `[b, c, h, w]` in one step on burn-flex (feature
+/// `flex`): the `patch × patch`, stride-`patch` convolution `conv` as one GEMM per image into rows
+/// holding the class token `cls` `[1, 1, e]` and position embedding `pos` `[1, 1 + n, e]`
+/// (`kernels::flex::patch_tokens`). `None` elsewhere, or when `conv` is not such a convolution's
+/// weight shape; the caller then runs the convolution and assembles the tokens itself.
+pub fn patch_tokens<B: Backend>(
+    conv: &Conv2d<B>,
+    images: &Tensor<B, 4>,
+    cls: &Tensor<B, 3>,
+    pos: &Tensor<B, 3>,
+    patch: usize,
+) -> Option<Tensor<B, 3>> {
+    let patchify =
+        conv.stride == [patch, patch] && conv.dilation == [1, 1] && conv.groups == 1 && matches!(conv.padding, PaddingConfig2d::Valid);
+    if !patchify {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    {
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        crate::kernels::flex::patch_tokens(images, &conv.weight.val(), bias.as_ref(), cls, pos, patch)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (images, cls, pos);
+        None
     }
 }
 
