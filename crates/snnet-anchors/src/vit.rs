@@ -351,13 +351,14 @@ impl<B: Backend> Vit<B> {
 
     /// The embedding's tokens from the patch maps `[b, c, gh, gw]` on burn-flex: one pass
     /// ([`cpu::maps_to_tokens`]) instead of a strided transpose, a concatenation and an add.
-    /// Gives the maps back on every other backend.
-    fn tokens_on_cpu(&self, maps: Tensor<B, 4>) -> core::result::Result<Tensor<B, 3>, Tensor<B, 4>> {
+    /// Gives the maps back on every other backend. (`embed` tries [`patch_tokens`] first; this
+    /// serves when that declines: snnet-core built without its `flex` feature, or strided images.)
+    fn tokens_on_cpu(maps: Tensor<B, 4>, cls: &Tensor<B, 3>, pos: &Tensor<B, 3>) -> core::result::Result<Tensor<B, 3>, Tensor<B, 4>> {
         if !cpu::runs_in_place(&maps) {
             return Err(maps);
         }
         let [b, c, gh, gw] = maps.dims();
-        let (cls, pos) = (self.cls_token.val().to_data(), self.pos_embed.val().to_data());
+        let (cls, pos) = (cls.to_data(), pos.to_data());
         let (Ok(cls), Ok(pos)) = (cls.as_slice::<f32>(), pos.as_slice::<f32>()) else { return Err(maps) };
         cpu::map_into(maps, [b, gh * gw + 1, c], |maps| cpu::maps_to_tokens(maps, [b, c, gh * gw], cls, pos))
     }
@@ -379,13 +380,12 @@ impl<B: Backend> Anchor<B> for Vit<B> {
         }
         let x = self.patch_embed.proj.forward(images);
         let [b, c, gh, gw] = x.dims();
-        let x = match self.tokens_on_cpu(x) {
+        let x = match Self::tokens_on_cpu(x, &cls, &pos) {
             Ok(tokens) => return Features::Tokens(tokens),
             Err(x) => x,
         };
         let x = x.reshape([b, c, gh * gw]).swap_dims(1, 2);
-        let cls = self.cls_token.val().expand([b as i64, 1, c as i64]);
-        Features::Tokens(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val())
+        Features::Tokens(Tensor::cat(vec![cls.expand([b as i64, 1, c as i64]), x], 1) + pos)
     }
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {

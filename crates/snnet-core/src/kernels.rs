@@ -414,12 +414,21 @@ pub mod flex {
         }
     }
 
+    /// burn-flex's tensor behind `x` when there is one: `Some(None)` without `x`, `None` when `x`
+    /// is not burn-flex's.
+    fn optional_flex_tensor<B: Backend, const D: usize>(x: Option<&Tensor<B, D>>) -> Option<Option<FlexTensor>> {
+        match x {
+            Some(t) => flex_tensor(t.clone()).map(Some),
+            None => Some(None),
+        }
+    }
+
     /// `x · weight + bias` for `x` `[rows, in]`, `weight` `[in, out]`, `bias` `[out]`, as one GEMM
     /// over burn-flex's buffers. `None` when a tensor is not a contiguous f32 tensor of burn-flex
     /// (autodiff, another backend, a strided view, another dtype) or the shapes do not chain; the
     /// caller then runs burn's own operations.
     pub fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
-        if !cpu::runs_in_place(x) || weight.dtype() != DType::F32 {
+        if !cpu::runs_in_place(x) {
             return None;
         }
         let ([rows, k], [k_w, n]) = (x.dims(), weight.dims());
@@ -427,11 +436,8 @@ pub mod flex {
             return None;
         }
         let device = x.device();
-        let (x, weight) = (flex_tensor(x.clone())?, flex_tensor(weight.clone())?);
-        let bias = match bias {
-            Some(b) => Some(flex_tensor(b.clone())?),
-            None => None,
-        };
+        let (x, weight, bias) = (flex_tensor(x.clone())?, flex_tensor(weight.clone())?, optional_flex_tensor(bias)?);
+        // `as_slice` is `None` for another dtype or a strided layout.
         let (lhs, rhs) = (x.as_slice::<f32>()?, weight.as_slice::<f32>()?);
         let bias = match &bias {
             Some(b) => Some(b.as_slice::<f32>()?),
@@ -526,13 +532,10 @@ pub mod flex {
             return None;
         }
         let device = images.device();
-        let tensors = [flex_tensor(images.clone())?, flex_tensor(weight.clone())?, flex_tensor(cls.clone())?, flex_tensor(pos.clone())?];
-        let bias = match bias {
-            Some(t) => Some(flex_tensor(t.clone())?),
-            None => None,
-        };
-        let [images, weight, cls, pos] = [0, 1, 2, 3].map(|i| tensors[i].as_slice::<f32>());
-        let (images, weight, cls, pos) = (images?, weight?, cls?, pos?);
+        let (images, weight) = (flex_tensor(images.clone())?, flex_tensor(weight.clone())?);
+        let (cls, pos, bias) = (flex_tensor(cls.clone())?, flex_tensor(pos.clone())?, optional_flex_tensor(bias)?);
+        let (images, weight) = (images.as_slice::<f32>()?, weight.as_slice::<f32>()?);
+        let (cls, pos) = (cls.as_slice::<f32>()?, pos.as_slice::<f32>()?);
         let bias = match &bias {
             Some(t) => Some(t.as_slice::<f32>()?),
             None => None,
