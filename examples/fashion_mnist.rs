@@ -32,7 +32,7 @@ use snnet::{
 };
 
 /// Test images per forward in evaluation: on the CPU backend 64 evaluated every route 1.26× faster
-/// than 500 (2,000 images, two workers; smaller activations stay in cache).
+/// than 500 (2,000 images, two workers; docs/benchmarks.md). Smaller activations stay in cache.
 const EVAL_BATCH: usize = 64;
 
 /// Stitch, initialise, fine-tune and evaluate the Fashion-MNIST demo SN-Net.

@@ -110,7 +110,7 @@ pub enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Threads sharing the routes (default: one per CPU thread on the CPU backend, where two
-        /// evaluate the Fashion-MNIST family 1.3× faster than one; one on GPU backends).
+        /// evaluate the Fashion-MNIST family 1.3× faster than one, docs/benchmarks.md; one on GPU backends).
         #[arg(long)]
         workers: Option<usize>,
         /// Evaluate only the first N validation images.
