@@ -9,7 +9,7 @@ use burn::{
 use serde::{Deserialize, Serialize};
 use snnet_core::{
     drop_path,
-    ops::{linear_rows, patch_tokens},
+    ops::{self, linear_rows, patch_tokens},
     Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout,
 };
 
@@ -240,6 +240,9 @@ impl<B: Backend> Attention<B> {
 
     /// The attention proper, from the qkv projection `[b, n, 3c]` to the merged heads `[b, n, c]`.
     pub fn core(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(merged) = ops::attention(&qkv, self.num_heads) {
+            return merged;
+        }
         let [b, n, c3] = qkv.dims();
         let c = c3 / 3;
         let (h, d) = (self.num_heads, c / self.num_heads);

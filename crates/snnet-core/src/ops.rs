@@ -73,6 +73,22 @@ pub fn patch_tokens<B: Backend>(
     }
 }
 
+/// Multi-head self-attention from the fused projection `qkv` `[b, n, 3c]` to the merged heads
+/// `[b, n, c]` (timm's `softmax(q·kᵀ·d^-½)·v`, `heads` heads) in one step on burn-flex and under
+/// autodiff on burn-flex (feature `flex`, `kernels::flex::attention`). `None` elsewhere; the caller
+/// then runs burn's operations.
+pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    {
+        crate::kernels::flex::attention(qkv, heads)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (qkv, heads);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::{
