@@ -1,10 +1,15 @@
-//! Kernels that read burn-flex tensors in place (feature `flex`).
+//! Kernels that read burn-flex tensors in place (feature `flex`): GEMMs of the `gemm` crate (the
+//! one burn-flex uses) straight over burn-flex's buffers.
 //!
-//! burn-flex's matmul makes each output three times (a zeroed `Vec<u8>`, then a copy into an
-//! aligned allocation, then the GEMM's write) and a Linear's bias is one more pass over it. Here
-//! the input and weight are borrowed straight from burn-flex's buffers, the output starts as the
-//! bias rows and the GEMM accumulates into it: one write before the GEMM, none after.
-
+//! - [`linear`]: burn-flex's matmul makes each output three times (a zeroed `Vec<u8>`, then a copy
+//!   into an aligned allocation, then the GEMM's write) and a Linear's bias is one more pass over
+//!   it. Here the output starts as the bias rows and the GEMM accumulates into it.
+//! - [`attention`]: the ViT attention from its qkv projection to the merged heads, two GEMMs per
+//!   image and head over strided blocks of qkv, our softmax between.
+//! - [`patch_tokens`]: the ViT patch convolution as one GEMM per image into the token rows.
+//!
+//! Under autodiff on burn-flex, the Linear and the attention are recorded as single operations
+//! with GEMM backward passes (`tracked`).
 use std::any::Any;
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
@@ -365,17 +370,20 @@ mod tests {
         }
     }
 
+    /// Asserts that `got` is within `tolerance` of `want`, relative to `want`'s largest magnitude
+    /// (at least 1).
+    fn assert_close<const D: usize>(got: Tensor<Autodiff<Flex>, D>, want: Tensor<Autodiff<Flex>, D>, tolerance: f32, what: &str) {
+        let scale: f32 = want.clone().abs().max().into_scalar();
+        let diff: f32 = (got - want).abs().max().into_scalar();
+        assert!(diff <= tolerance * scale.max(1.0), "{what}: {diff} (largest {scale})");
+    }
+
     #[test]
     fn recorded_linear_gives_burns_values_and_gradients() {
         use burn::module::Module;
         type A = Autodiff<Flex>;
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
-        let close = |got: Tensor<A, 2>, want: Tensor<A, 2>, what: &str| {
-            let scale: f32 = want.clone().abs().max().into_scalar();
-            let diff: f32 = (got - want).abs().max().into_scalar();
-            assert!(diff <= 1e-5 * scale.max(1.0), "{what}: {diff} (largest {scale})");
-        };
         // 300·128·256 multiply-adds split between threads; 5·6·3 do not.
         for (rows, i, o) in [(300, 128, 256), (5, 6, 3)] {
             for (with_bias, frozen, x_tracked) in (0..8).map(|c| (c & 1 == 0, c & 2 != 0, c & 4 == 0)) {
@@ -389,7 +397,7 @@ mod tests {
                 let (w, b) = (l.weight.val(), l.bias.as_ref().map(|b| b.val()));
                 let got = linear(&x, &w, b.as_ref()).expect("autodiff over flex takes the recorded path");
                 let want = l.forward(x.clone());
-                close(got.clone(), want.clone(), &format!("{case}: values"));
+                assert_close(got.clone(), want.clone(), 1e-5, &format!("{case}: values"));
                 if frozen && !x_tracked {
                     continue; // nothing to differentiate
                 }
@@ -408,7 +416,7 @@ mod tests {
                 for (name, got, want) in grads {
                     assert_eq!(got.is_some(), want.is_some(), "{case}: whether {name} has a gradient");
                     if let (Some(got), Some(want)) = (got, want) {
-                        close(Tensor::from_inner(got), Tensor::from_inner(want), &format!("{case}: ∂{name}"));
+                        assert_close(Tensor::from_inner(got), Tensor::from_inner(want), 1e-5, &format!("{case}: ∂{name}"));
                     }
                 }
             }
@@ -430,11 +438,6 @@ mod tests {
         type A = Autodiff<Flex>;
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
-        let close = |got: Tensor<A, 3>, want: Tensor<A, 3>, what: &str| {
-            let scale: f32 = want.clone().abs().max().into_scalar();
-            let diff: f32 = (got - want).abs().max().into_scalar();
-            assert!(diff <= 2e-5 * scale.max(1.0), "{what}: {diff} (largest {scale})");
-        };
         // The second case is enough work to be split between threads.
         for (b, n, heads, d) in [(2, 5, 3, 4), (16, 64, 4, 32)] {
             let case = format!("b {b}, n {n}, {heads} heads of {d}");
@@ -447,15 +450,15 @@ mod tests {
             let qkv = Tensor::<A, 3>::from_inner(qkv).require_grad();
             let got = super::attention(&qkv, heads).expect("autodiff over flex takes the recorded kernel");
             let want = attention_reference(qkv.clone(), heads);
-            close(got.clone(), want.clone(), &format!("{case}: values"));
+            assert_close(got.clone(), want.clone(), 2e-5, &format!("{case}: values"));
             let upstream = Tensor::<A, 3>::random([b, n, heads * d], normal.clone(), &device);
             let got = qkv.grad(&(got * upstream.clone()).sum().backward()).expect("a gradient");
             let want = qkv.grad(&(want * upstream).sum().backward()).expect("a gradient");
-            close(Tensor::from_inner(got), Tensor::from_inner(want), &format!("{case}: ∂qkv"));
+            assert_close(Tensor::from_inner(got), Tensor::from_inner(want), 2e-5, &format!("{case}: ∂qkv"));
         }
         // Untracked input under autodiff: values only.
         let qkv = Tensor::<A, 3>::random([2, 5, 12], normal, &device);
-        close(super::attention(&qkv, 2).expect("recorded kernel"), attention_reference(qkv.clone(), 2), "untracked");
+        assert_close(super::attention(&qkv, 2).expect("recorded kernel"), attention_reference(qkv.clone(), 2), 2e-5, "untracked");
     }
 
     #[test]

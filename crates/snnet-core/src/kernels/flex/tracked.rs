@@ -18,7 +18,7 @@ use std::any::TypeId;
 
 use burn::tensor::{
     backend::{Backend, BackendTypes},
-    Tensor,
+    Tensor, TensorData,
 };
 use burn_autodiff::{
     checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
@@ -28,10 +28,10 @@ use burn_autodiff::{
 };
 use burn_flex::{Flex, FlexTensor};
 
+use super::{accumulate_product, affine, attention_forward, for_each_head, primitive_as, tensor_of, AttentionShape, SharedMut};
+
 /// Autodiff's tensor over burn-flex's (burn-autodiff does not export its name).
 type AutodiffTensor = <Autodiff<Flex> as BackendTypes>::FloatTensorPrimitive;
-
-use super::{accumulate_product, affine, attention_forward, for_each_head, primitive_as, tensor_of, AttentionShape, SharedMut};
 
 /// `x · weight + bias` recorded as one autodiff operation, when `B` is `Autodiff<Flex>`
 /// (default checkpointing) and the operands are contiguous f32; `None` otherwise.
@@ -100,7 +100,7 @@ impl<const N: usize> Backward<Flex, N> for LinearBackward {
             // SAFETY: `g` is `rows × n` row-major, `w` `k × n` row-major read as its
             // transpose `[n, k]` (strides `[1, n]`), `dx` `rows × k`.
             unsafe { accumulate_product(rows, k, n, dx.as_mut_ptr(), k, false, g.as_ptr(), [n, 1], w.as_ptr(), [1, n]) };
-            grads.register::<Flex>(node.id, FlexTensor::from_data(burn::tensor::TensorData::new(dx, [rows, k])));
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [rows, k])));
         }
         if let (Some(node), Some(x)) = (weight_node, x) {
             let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x));
@@ -109,14 +109,14 @@ impl<const N: usize> Backward<Flex, N> for LinearBackward {
             // SAFETY: `xs` is `rows × k` row-major read as its transpose `[k, rows]`
             // (strides `[1, k]`), `g` `rows × n`, `dw` `k × n`.
             unsafe { accumulate_product(k, n, rows, dw.as_mut_ptr(), n, false, xs.as_ptr(), [1, k], g.as_ptr(), [n, 1]) };
-            grads.register::<Flex>(node.id, FlexTensor::from_data(burn::tensor::TensorData::new(dw, [k, n])));
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, [k, n])));
         }
         if let Some(node) = bias_node {
             let mut db = vec![0.0f32; n];
             for row in g.chunks_exact(n) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
-            grads.register::<Flex>(node.id, FlexTensor::from_data(burn::tensor::TensorData::new(db, [n])));
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [n])));
         }
     }
 }
@@ -199,7 +199,7 @@ impl Backward<Flex, 1> for AttentionBackward {
             }
         });
         let dims = [s.batch, n, 3 * c];
-        grads.register::<Flex>(parent.id, FlexTensor::from_data(burn::tensor::TensorData::new(dqkv, dims)));
+        grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dqkv, dims)));
     }
 }
 
