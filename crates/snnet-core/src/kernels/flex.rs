@@ -50,10 +50,10 @@ fn optional_flex_tensor<B: Backend, const D: usize>(x: Option<&Tensor<B, D>>) ->
 }
 
 /// `x · weight + bias` for `x` `[rows, in]`, `weight` `[in, out]`, `bias` `[out]`, as one GEMM
-/// over burn-flex's buffers, on burn-flex and under autodiff on burn-flex (`Autodiff<Flex>`:
-/// one recorded operation whose backward reads the transposes in place, see [`tracked`]). `None` when a
-/// tensor is not a contiguous f32 tensor of those backends (another backend, a strided view,
-/// another dtype) or the shapes do not chain; the caller then runs burn's own operations.
+/// over burn-flex's buffers, on burn-flex and under autodiff on burn-flex (`Autodiff<Flex>`: one
+/// recorded operation whose backward reads the transposes in place, see the module docs). `None`
+/// when a tensor is not a contiguous f32 tensor of those backends (another backend, a strided
+/// view, another dtype) or the shapes do not chain; the caller then runs burn's own operations.
 pub fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
     let ([rows, k], [k_w, n]) = (x.dims(), weight.dims());
     if x.dtype() != DType::F32 || k != k_w || bias.is_some_and(|b| b.dims() != [n]) {
@@ -93,10 +93,11 @@ mod tracked;
 /// `heads` heads of `d = c / heads`) → `[b, n, c]`. Each (image, head) is two GEMMs that read q, k
 /// and v in place as strided blocks of `qkv` and write the head's columns of the output, with our
 /// softmax in between; under autodiff on burn-flex it is one recorded operation whose backward is
-/// four more such GEMMs ([`tracked`]). burn's formulation (reshape, transposes, narrows, batched
-/// matmuls, softmax) makes burn-flex copy the strided views and, in the backward, the gradients of
-/// every layout step. `None` when `qkv` is not a contiguous f32 tensor of burn-flex (or autodiff
-/// over it) or `3c` is not a multiple of `3·heads`; the caller then runs burn's operations.
+/// four more such GEMMs (see the module docs). burn's formulation (reshape, transposes, narrows,
+/// batched matmuls, softmax) makes burn-flex copy the strided views and, in the backward, the
+/// gradients of every layout step. `None` when `qkv` is not a contiguous f32 tensor of burn-flex
+/// (or autodiff over it) or `3c` is not a multiple of `3·heads`; the caller then runs burn's
+/// operations.
 pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize) -> Option<Tensor<B, 3>> {
     let [batch, tokens, width] = qkv.dims();
     if qkv.dtype() != DType::F32 || heads == 0 || width % (3 * heads) != 0 || tokens == 0 {
