@@ -407,12 +407,17 @@ mod joint_training {
         let (resumed, report) = run(net(), &resume, &config, &mut routes_resumed).unwrap();
         assert_eq!((report.resumed_from, report.steps), (8, 12));
         assert_eq!(routes_resumed, routes_whole[8..], "the sampler continues where it was");
+        // Equal up to float rounding: the order in which a step's gradient contributions are
+        // summed is not fixed from run to run, and AdamW's normalisation (m / √v) amplifies
+        // last-bit differences over the four steps after the resume (seen: 1.3e-6 at scale 0.078).
+        // A lost optimizer state, schedule position or data position moves weights by about the
+        // learning rate (2e-3 here), far above this bound.
         let (a, b) = (params(&whole), params(&resumed));
         for (key, va) in &a {
             let vb = &b[key];
             let scale = va.iter().map(|v| v.abs()).fold(1e-6, f32::max);
             let diff = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-            assert!(diff <= 1e-5 * scale, "{key}: resumed differs by {diff} (scale {scale})");
+            assert!(diff <= 1e-4 * scale, "{key}: resumed differs by {diff} (scale {scale})");
         }
         // Only the current generation is kept.
         let files: Vec<String> = std::fs::read_dir(&killed_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
