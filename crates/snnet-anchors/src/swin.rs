@@ -15,10 +15,7 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
-    drop_path,
-    ops::{self, linear_rows},
-    weights::TensorMap,
-    Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
+    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
 };
 
 use crate::{error::Result, kernels::softmax_scaled, vit::Mlp};
@@ -364,24 +361,18 @@ impl<B: Backend> WindowAttention<B> {
     }
 
     /// Attention inside each window: `windows` is `[batch·nW, w², C]`; `mask` (shifted windows)
-    /// holds `[nW, w², w²]` values, added per window.
-    pub fn forward(&self, windows: Tensor<B, 3>, mask: Option<&[f32]>) -> Tensor<B, 3> {
+    /// is `[nW, w², w²]`, added per window.
+    pub fn forward(&self, windows: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let [bw, n, c] = windows.dims();
         let (h, d) = (self.num_heads, c / self.num_heads);
-        let qkv = linear_rows(&self.qkv, windows);
-        let bias = self.relative_bias(n);
-        if let Some(merged) = ops::attention(&qkv, h, Some(&bias), mask) {
-            return linear_rows(&self.proj, merged);
-        }
-        let heads = qkv.reshape([bw, n, 3 * h, d]).swap_dims(1, 2);
+        let heads = linear_rows(&self.qkv, windows).reshape([bw, n, 3 * h, d]).swap_dims(1, 2);
         let q = heads.clone().narrow(1, 0, h);
         let k = heads.clone().narrow(1, h, h);
         let v = heads.narrow(1, 2 * h, h);
-        let logits = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias.unsqueeze_dim::<4>(0);
+        let logits = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + self.relative_bias(n).unsqueeze_dim::<4>(0);
         let logits = match mask {
             Some(mask) => {
-                let nw = mask.len() / (n * n);
-                let mask = Tensor::<B, 3>::from_data(TensorData::new(mask.to_vec(), [nw, n, n]), &logits.device());
+                let nw = mask.dims()[0];
                 (logits.reshape([bw / nw, nw, h, n, n]) + mask.unsqueeze_dims::<5>(&[0, 2])).reshape([bw, h, n, n])
             }
             None => logits,
@@ -426,7 +417,9 @@ impl<B: Backend> SwinBlock<B> {
         // Partition into windows: [b, g/w, w, g/w, w, C] → [b·nW, w², C].
         let p = g / w;
         let windows = y.reshape([b, p, w, p, w, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b * p * p, w * w, c]);
-        let out = self.attn.forward(windows, (shift > 0).then_some(self.attn_mask.as_slice()));
+        let mask = (shift > 0)
+            .then(|| Tensor::<B, 3>::from_data(TensorData::new(self.attn_mask.clone(), [p * p, w * w, w * w]), &windows.device()));
+        let out = self.attn.forward(windows, mask);
         let y = out.reshape([b, p, p, w, w, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, g, g, c]);
         let y = torch_roll(y, shift as isize);
         let x = x + drop_path(y.reshape([b, l, c]), self.drop_path, seeds[0]);

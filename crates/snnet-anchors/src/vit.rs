@@ -240,7 +240,7 @@ impl<B: Backend> Attention<B> {
 
     /// The attention proper, from the qkv projection `[b, n, 3c]` to the merged heads `[b, n, c]`.
     pub fn core(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
-        if let Some(merged) = ops::attention(&qkv, self.num_heads, None, None) {
+        if let Some(merged) = ops::attention(&qkv, self.num_heads) {
             return merged;
         }
         let [b, n, c3] = qkv.dims();

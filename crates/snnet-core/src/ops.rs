@@ -74,18 +74,17 @@ pub fn patch_tokens<B: Backend>(
 }
 
 /// Multi-head self-attention from the fused projection `qkv` `[b, n, 3c]` to the merged heads
-/// `[b, n, c]` (timm's `softmax(q·kᵀ·d^-½ + bias + mask)·v`, `heads` heads; `bias`
-/// `[heads, n, n]` for every image, `mask` `[m, n, n]` flattened, for image `i` as
-/// `mask[i mod m]`) in one step on burn-flex and under autodiff on burn-flex (feature `flex`,
-/// `kernels::flex::attention`). `None` elsewhere; the caller then runs burn's operations.
-pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize, bias: Option<&Tensor<B, 3>>, mask: Option<&[f32]>) -> Option<Tensor<B, 3>> {
+/// `[b, n, c]` (timm's `softmax(q·kᵀ·d^-½)·v`, `heads` heads) in one step on burn-flex and under
+/// autodiff on burn-flex (feature `flex`, `kernels::flex::attention`). `None` elsewhere; the caller
+/// then runs burn's operations.
+pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize) -> Option<Tensor<B, 3>> {
     #[cfg(feature = "flex")]
     {
-        crate::kernels::flex::attention(qkv, heads, bias, mask)
+        crate::kernels::flex::attention(qkv, heads)
     }
     #[cfg(not(feature = "flex"))]
     {
-        let _ = (qkv, heads, bias, mask);
+        let _ = (qkv, heads);
         None
     }
 }

@@ -89,67 +89,27 @@ fn affine(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>, [rows,
 mod tracked;
 
 /// Multi-head self-attention from the fused projection, timm's
-/// `softmax(q·kᵀ·d^-½ + bias + mask)·v` with the heads merged: `qkv` `[b, n, 3c]` (q, k, v side
-/// by side, each `heads` heads of `d = c / heads`) → `[b, n, c]`. `bias` `[heads, n, n]` is added
-/// to every image's logits (Swin's relative position bias; it may need a gradient), `mask`
-/// `[m, n, n]` (flattened, a constant) to image `i`'s as `mask[i mod m]` (Swin's shifted windows;
-/// `b` a multiple of `m`). Each (image, head) is two GEMMs that read q, k and v in place as strided
-/// blocks of `qkv` and write the head's columns of the output, with our softmax in between; under
-/// autodiff on burn-flex it is one recorded operation whose backward is four more such GEMMs (see
-/// the module docs). burn's formulation (reshape, transposes, narrows, batched matmuls, softmax)
-/// makes burn-flex copy the strided views and, in the backward, the gradients of every layout step.
-/// `None` when a tensor is not a contiguous f32 tensor of burn-flex (or autodiff over it) or the
-/// shapes do not fit; the caller then runs burn's operations.
-pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize, bias: Option<&Tensor<B, 3>>, mask: Option<&[f32]>) -> Option<Tensor<B, 3>> {
+/// `softmax(q·kᵀ·d^-½)·v` with the heads merged: `qkv` `[b, n, 3c]` (q, k, v side by side, each
+/// `heads` heads of `d = c / heads`) → `[b, n, c]`. Each (image, head) is two GEMMs that read q, k
+/// and v in place as strided blocks of `qkv` and write the head's columns of the output, with our
+/// softmax in between; under autodiff on burn-flex it is one recorded operation whose backward is
+/// four more such GEMMs (see the module docs). burn's formulation (reshape, transposes, narrows,
+/// batched matmuls, softmax) makes burn-flex copy the strided views and, in the backward, the
+/// gradients of every layout step. `None` when `qkv` is not a contiguous f32 tensor of burn-flex
+/// (or autodiff over it) or `3c` is not a multiple of `3·heads`; the caller then runs burn's
+/// operations.
+pub fn attention<B: Backend>(qkv: &Tensor<B, 3>, heads: usize) -> Option<Tensor<B, 3>> {
     let [batch, tokens, width] = qkv.dims();
     if qkv.dtype() != DType::F32 || heads == 0 || width % (3 * heads) != 0 || tokens == 0 {
         return None;
     }
     let shape = AttentionShape { batch, tokens, heads, head_dim: width / (3 * heads) };
-    let block = tokens * tokens;
-    let mask_fits = mask.is_none_or(|m| !m.is_empty() && m.len() % block == 0 && batch % (m.len() / block) == 0);
-    if bias.is_some_and(|b| b.dims() != [heads, tokens, tokens]) || !mask_fits {
-        return None;
-    }
     if !cpu::runs_in_place(qkv) {
-        return tracked::attention(qkv, shape, bias, mask);
+        return tracked::attention(qkv, shape);
     }
     let qkv = flex_tensor(qkv.clone())?;
-    let bias = optional_flex_tensor(bias)?;
-    let bias = match &bias {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
-    let (out, _) = attention_forward(qkv.as_slice::<f32>()?, shape, Logits { bias, mask })?;
+    let (out, _) = attention_forward(qkv.as_slice::<f32>()?, shape)?;
     tensor_of(out)
-}
-
-/// What is added to the scaled logits `q·kᵀ·d^-½` of an attention: a bias `[heads, n, n]` for
-/// every image and a mask `[m, n, n]` for image `i` as `mask[i mod m]` (both flattened).
-#[derive(Debug, Clone, Copy, Default)]
-struct Logits<'a> {
-    bias: Option<&'a [f32]>,
-    mask: Option<&'a [f32]>,
-}
-
-impl Logits<'_> {
-    /// Fills `block` with `(bias + mask) / scale` for (image, head), so that a GEMM accumulating
-    /// `q·kᵀ` into it and a softmax scaling by `scale` give `softmax(scale·q·kᵀ + bias + mask)`.
-    /// `false` (and `block` untouched) when nothing is added.
-    fn prefill(&self, block: &mut [f32], image: usize, head: usize, scale: f32) -> bool {
-        let len = block.len();
-        let bias = self.bias.map(|b| &b[head * len..(head + 1) * len]);
-        let mask = self.mask.map(|m| {
-            let windows = m.len() / len;
-            &m[(image % windows) * len..(image % windows + 1) * len]
-        });
-        match (bias, mask) {
-            (None, None) => return false,
-            (Some(b), None) | (None, Some(b)) => block.iter_mut().zip(b).for_each(|(x, b)| *x = b / scale),
-            (Some(b), Some(m)) => block.iter_mut().zip(b.iter().zip(m)).for_each(|(x, (b, m))| *x = (b + m) / scale),
-        }
-        true
-    }
 }
 
 /// The sizes of an attention: `batch` images of `tokens` tokens, `heads` heads of `head_dim`.
@@ -178,10 +138,10 @@ impl AttentionShape {
     }
 }
 
-/// The forward of [`attention`] on `qkv`'s buffer, `logits` added: the merged heads `[b, n, c]`
-/// and the attention probabilities `[b, heads, n, n]` (which the backward needs). `None` when the
-/// buffer does not hold `b·n·3c` elements (the bias and mask sizes are the caller's to check).
-fn attention_forward(qkv: &[f32], s: AttentionShape, logits: Logits<'_>) -> Option<(FlexTensor, FlexTensor)> {
+/// The forward of [`attention`] on `qkv`'s buffer: the merged heads `[b, n, c]` and the attention
+/// probabilities `[b, heads, n, n]` (which the backward needs). `None` when the buffer does not
+/// hold `b·n·3c` elements.
+fn attention_forward(qkv: &[f32], s: AttentionShape) -> Option<(FlexTensor, FlexTensor)> {
     let (n, d, c) = (s.tokens, s.head_dim, s.width());
     if qkv.len() != s.batch * n * 3 * c {
         return None;
@@ -197,8 +157,7 @@ fn attention_forward(qkv: &[f32], s: AttentionShape, logits: Logits<'_>) -> Opti
         // checked); `p` is this head's `n × n`; the output block (image, head) is `n × d` with row
         // stride c, written by this call only.
         unsafe {
-            let added = logits.prefill(p, image, head, s.scale());
-            accumulate_product(n, n, d, p.as_mut_ptr(), n, added, q.as_ptr(), [3 * c, 1], k.as_ptr(), [1, 3 * c]);
+            accumulate_product(n, n, d, p.as_mut_ptr(), n, false, q.as_ptr(), [3 * c, 1], k.as_ptr(), [1, 3 * c]);
             cpu::softmax_rows(p, n, s.scale());
             accumulate_product(n, d, n, out_ptr.at(image * n * c + head * d), c, false, p.as_ptr(), [n, 1], v.as_ptr(), [3 * c, 1]);
         }
@@ -467,74 +426,12 @@ mod tests {
 
     /// timm's attention in burn's operations: `qkv` `[b, n, 3c]` → `[b, n, c]`.
     fn attention_reference<B: burn::tensor::backend::Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-        biased_reference(qkv, heads, None, None)
-    }
-
-    /// timm's (Swin's) attention with a bias `[heads, n, n]` and a mask `[m, n, n]` added to the
-    /// logits, in burn's operations.
-    fn biased_reference<B: burn::tensor::backend::Backend>(
-        qkv: Tensor<B, 3>,
-        heads: usize,
-        bias: Option<Tensor<B, 3>>,
-        mask: Option<Tensor<B, 3>>,
-    ) -> Tensor<B, 3> {
         let [b, n, c3] = qkv.dims();
         let d = c3 / 3 / heads;
         let parts = qkv.reshape([b, n, 3, heads, d]).permute([2, 0, 3, 1, 4]);
         let [q, k, v] = [0, 1, 2].map(|i| parts.clone().narrow(0, i, 1).reshape([b, heads, n, d]));
-        let mut logits = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5);
-        if let Some(bias) = bias {
-            logits = logits + bias.unsqueeze_dim::<4>(0);
-        }
-        if let Some(mask) = mask {
-            let m = mask.dims()[0];
-            logits = (logits.reshape([b / m, m, heads, n, n]) + mask.unsqueeze_dims::<5>(&[0, 2])).reshape([b, heads, n, n]);
-        }
-        let attn = burn::tensor::activation::softmax(logits, 3);
+        let attn = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5), 3);
         attn.matmul(v).swap_dims(1, 2).reshape([b, n, heads * d])
-    }
-
-    #[test]
-    fn attention_with_bias_and_mask_gives_swins_values_and_gradients() {
-        type A = Autodiff<Flex>;
-        let device = Default::default();
-        let normal = Distribution::Normal(0.0, 1.0);
-        // 6 windows of 9 tokens, 2 heads of 4, a mask per window for 3 windows (two images).
-        let (b, n, heads, d, m) = (6, 9, 2, 4, 3);
-        let qkv = Tensor::<Flex, 3>::random([b, n, 3 * heads * d], normal.clone(), &device);
-        let bias = Tensor::<Flex, 3>::random([heads, n, n], normal.clone(), &device);
-        let mask_values: Vec<f32> = (0..m * n * n).map(|i| if i % 7 == 3 { -100.0 } else { 0.0 }).collect();
-        let mask = Tensor::<Flex, 3>::from_data(burn::tensor::TensorData::new(mask_values.clone(), [m, n, n]), &device);
-        for (with_bias, with_mask) in [(true, true), (true, false), (false, true)] {
-            let case = format!("bias {with_bias}, mask {with_mask}");
-            let (bias_arg, mask_arg) = (with_bias.then_some(&bias), with_mask.then_some(mask_values.as_slice()));
-            let got = super::attention(&qkv, heads, bias_arg, mask_arg).expect("flex tensors take the kernel");
-            let want = biased_reference(qkv.clone(), heads, with_bias.then(|| bias.clone()), with_mask.then(|| mask.clone()));
-            let diff: f32 = (got - want).abs().max().into_scalar();
-            assert!(diff < 1e-5, "{case}, no autodiff: {diff}");
-
-            let qkv_a = Tensor::<A, 3>::from_inner(qkv.clone()).require_grad();
-            let bias_a = Tensor::<A, 3>::from_inner(bias.clone()).require_grad();
-            let mask_a = Tensor::<A, 3>::from_inner(mask.clone());
-            let got = super::attention(&qkv_a, heads, with_bias.then_some(&bias_a), mask_arg).expect("recorded kernel");
-            let want = biased_reference(qkv_a.clone(), heads, with_bias.then(|| bias_a.clone()), with_mask.then_some(mask_a));
-            assert_close(got.clone(), want.clone(), 2e-5, &format!("{case}: values"));
-            let upstream = Tensor::<A, 3>::random([b, n, heads * d], normal.clone(), &device);
-            let (got, want) = ((got * upstream.clone()).sum().backward(), (want * upstream).sum().backward());
-            let (g, w) = (qkv_a.grad(&got).expect("∂qkv"), qkv_a.grad(&want).expect("∂qkv"));
-            assert_close(Tensor::from_inner(g), Tensor::from_inner(w), 2e-5, &format!("{case}: ∂qkv"));
-            if with_bias {
-                let (g, w) = (bias_a.grad(&got).expect("∂bias"), bias_a.grad(&want).expect("∂bias"));
-                assert_close(Tensor::from_inner(g), Tensor::from_inner(w), 2e-5, &format!("{case}: ∂bias"));
-            }
-        }
-        // A bias of the wrong shape, a mask that does not divide the windows: declined.
-        let wrong_bias = Tensor::<Flex, 3>::random([heads, n, n - 1], normal, &device);
-        assert!(super::attention(&qkv, heads, Some(&wrong_bias), None).is_none());
-        let ragged = &mask_values[..n * n + 1];
-        assert!(super::attention(&qkv, heads, None, Some(ragged)).is_none());
-        let four_windows = vec![0.0f32; 4 * n * n];
-        assert!(super::attention(&qkv, heads, None, Some(&four_windows)).is_none());
     }
 
     #[test]
@@ -546,13 +443,13 @@ mod tests {
         for (b, n, heads, d) in [(2, 5, 3, 4), (16, 64, 4, 32)] {
             let case = format!("b {b}, n {n}, {heads} heads of {d}");
             let qkv = Tensor::<Flex, 3>::random([b, n, 3 * heads * d], normal.clone(), &device);
-            let plain = super::attention(&qkv, heads, None, None).expect("flex tensors take the kernel");
+            let plain = super::attention(&qkv, heads).expect("flex tensors take the kernel");
             let want = attention_reference(qkv.clone(), heads);
             let diff: f32 = (plain - want).abs().max().into_scalar();
             assert!(diff < 1e-5, "{case}, no autodiff: {diff}");
 
             let qkv = Tensor::<A, 3>::from_inner(qkv).require_grad();
-            let got = super::attention(&qkv, heads, None, None).expect("autodiff over flex takes the recorded kernel");
+            let got = super::attention(&qkv, heads).expect("autodiff over flex takes the recorded kernel");
             let want = attention_reference(qkv.clone(), heads);
             assert_close(got.clone(), want.clone(), 2e-5, &format!("{case}: values"));
             let upstream = Tensor::<A, 3>::random([b, n, heads * d], normal.clone(), &device);
@@ -562,12 +459,7 @@ mod tests {
         }
         // Untracked input under autodiff: values only.
         let qkv = Tensor::<A, 3>::random([2, 5, 12], normal, &device);
-        assert_close(
-            super::attention(&qkv, 2, None, None).expect("recorded kernel"),
-            attention_reference(qkv.clone(), 2),
-            2e-5,
-            "untracked",
-        );
+        assert_close(super::attention(&qkv, 2).expect("recorded kernel"), attention_reference(qkv.clone(), 2), 2e-5, "untracked");
     }
 
     #[test]
@@ -575,12 +467,12 @@ mod tests {
         let device = Default::default();
         let qkv = Tensor::<Flex, 3>::random([2, 5, 12], Distribution::Default, &device);
         // 12 is not 3 × 5 heads of a whole width; no heads at all.
-        assert!(super::attention(&qkv, 5, None, None).is_none());
-        assert!(super::attention(&qkv, 0, None, None).is_none());
+        assert!(super::attention(&qkv, 5).is_none());
+        assert!(super::attention(&qkv, 0).is_none());
         // A strided view, plain and under autodiff.
         let strided = Tensor::<Flex, 3>::random([2, 12, 5], Distribution::Default, &device).swap_dims(1, 2);
-        assert!(super::attention(&strided, 2, None, None).is_none());
-        assert!(super::attention(&Tensor::<Autodiff<Flex>, 3>::from_inner(strided), 2, None, None).is_none());
+        assert!(super::attention(&strided, 2).is_none());
+        assert!(super::attention(&Tensor::<Autodiff<Flex>, 3>::from_inner(strided), 2).is_none());
     }
 
     #[test]

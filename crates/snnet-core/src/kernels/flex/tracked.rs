@@ -28,7 +28,7 @@ use burn_autodiff::{
 };
 use burn_flex::{Flex, FlexTensor};
 
-use super::{accumulate_product, affine, attention_forward, for_each_head, primitive_as, tensor_of, AttentionShape, Logits, SharedMut};
+use super::{accumulate_product, affine, attention_forward, for_each_head, primitive_as, tensor_of, AttentionShape, SharedMut};
 
 /// Autodiff's tensor over burn-flex's (burn-autodiff does not export its name).
 type AutodiffTensor = <Autodiff<Flex> as BackendTypes>::FloatTensorPrimitive;
@@ -131,52 +131,24 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
 }
 
 /// [`super::attention`] recorded as one autodiff operation, when `B` is `Autodiff<Flex>` (default
-/// checkpointing) and `qkv` (and `bias`) are contiguous f32; `None` otherwise. The mask is a
-/// constant.
-pub(super) fn attention<B: Backend>(
-    qkv: &Tensor<B, 3>,
-    shape: AttentionShape,
-    bias: Option<&Tensor<B, 3>>,
-    mask: Option<&[f32]>,
-) -> Option<Tensor<B, 3>> {
+/// checkpointing) and `qkv` is contiguous f32; `None` otherwise.
+pub(super) fn attention<B: Backend>(qkv: &Tensor<B, 3>, shape: AttentionShape) -> Option<Tensor<B, 3>> {
     if TypeId::of::<B>() != TypeId::of::<Autodiff<Flex>>() {
         return None;
     }
     let qkv: AutodiffTensor = primitive_as(qkv.clone())?;
-    let bias: Option<AutodiffTensor> = match bias {
-        Some(b) => Some(primitive_as(b.clone())?),
-        None => None,
-    };
-    let bias_values = match &bias {
-        Some(b) => Some(b.primitive.as_slice::<f32>()?),
-        None => None,
-    };
-    let (out, probs) = attention_forward(qkv.primitive.as_slice::<f32>()?, shape, Logits { bias: bias_values, mask })?;
-    let out = match bias {
-        Some(bias) => record_attention([qkv, bias], out, probs, shape),
-        None => record_attention([qkv], out, probs, shape),
+    let (out, probs) = attention_forward(qkv.primitive.as_slice::<f32>()?, shape)?;
+    let out = match AttentionBackward.prepare::<NoCheckpointing>([qkv.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let qkv = prep.checkpoint(&qkv);
+            prep.finish(AttentionState { qkv, probs, shape }, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
     };
     tensor_of(out)
 }
 
-/// Records the attention `out` of `inputs` (`qkv`, perhaps the logits' bias) in the graph.
-fn record_attention<const N: usize>(
-    inputs: [AutodiffTensor; N],
-    out: FlexTensor,
-    probs: FlexTensor,
-    shape: AttentionShape,
-) -> AutodiffTensor {
-    let nodes = inputs.each_ref().map(|t| t.node.clone());
-    match AttentionBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
-        OpsKind::Tracked(mut prep) => {
-            let qkv = prep.checkpoint(&inputs[0]);
-            prep.finish(AttentionState { qkv, probs, shape }, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    }
-}
-
-/// The backward of [`attention`]; its parents are `qkv` and perhaps the logits' bias.
+/// The backward of [`attention`]; its one parent is `qkv`.
 #[derive(Debug)]
 struct AttentionBackward;
 
@@ -188,14 +160,13 @@ struct AttentionState {
     shape: AttentionShape,
 }
 
-impl<const N: usize> Backward<Flex, N> for AttentionBackward {
+impl Backward<Flex, 1> for AttentionBackward {
     type State = AttentionState;
 
-    fn backward(self, ops: Ops<AttentionState, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+    fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let AttentionState { qkv, probs, shape: s } = ops.state;
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let mut parents = ops.parents.into_iter();
-        let (qkv_node, bias_node) = (parents.next().flatten(), parents.next().flatten());
+        let [Some(parent)] = ops.parents else { return };
         let qkv = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(qkv));
         // The forward read and wrote contiguous f32 buffers of these sizes.
         let (g, qkv, probs) = (
@@ -206,7 +177,7 @@ impl<const N: usize> Backward<Flex, N> for AttentionBackward {
         let (n, d, c) = (s.tokens, s.head_dim, s.width());
         let mut dqkv = vec![0.0f32; qkv.len()];
         let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-        // One `n × n` block per (image, head) for ∂P, then the gradient of `q·kᵀ`.
+        // One `n × n` scratch block per (image, head) for ∂P, then ∂S.
         let mut scratch = vec![0.0f32; probs.len()];
         // Twice the forward's work: four GEMMs of the same size.
         for_each_head(&mut scratch, n * n, 2 * s.macs_per_head(), |i, dp| {
@@ -227,21 +198,8 @@ impl<const N: usize> Backward<Flex, N> for AttentionBackward {
                 accumulate_product(n, d, n, dqkv_ptr.at(base + c), 3 * c, false, dp.as_ptr(), [1, n], q.as_ptr(), [3 * c, 1]);
             }
         });
-        if let Some(node) = qkv_node {
-            let dims = [s.batch, n, 3 * c];
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dqkv, dims)));
-        }
-        if let Some(node) = bias_node {
-            // The bias enters the logits unscaled: its gradient is Σ over images of ∂(q·kᵀ) / scale.
-            let mut dbias = vec![0.0f32; s.heads * n * n];
-            for (i, block) in scratch.chunks_exact(n * n).enumerate() {
-                let head = i % s.heads;
-                dbias[head * n * n..(head + 1) * n * n].iter_mut().zip(block).for_each(|(d, g)| *d += g);
-            }
-            let inverse = 1.0 / s.scale();
-            dbias.iter_mut().for_each(|d| *d *= inverse);
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dbias, [s.heads, n, n])));
-        }
+        let dims = [s.batch, n, 3 * c];
+        grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dqkv, dims)));
     }
 }
 
