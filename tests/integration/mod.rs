@@ -1,6 +1,7 @@
 //! Integration tests of the facade crate on the CPU backend.
 
 mod backend;
+mod backend_suite;
 mod common;
 mod costs;
 mod demo;

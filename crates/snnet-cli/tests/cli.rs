@@ -532,3 +532,56 @@ fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
         }
     }
 }
+
+/// The wgpu backend through the command line (built with `--features wgpu`; CI runs it on
+/// lavapipe as part of the backend suite): `infer --route all --device wgpu` gives the CPU
+/// backend's logits and the official PyTorch logits for every family, from official checkpoints.
+#[cfg(feature = "wgpu")]
+#[test]
+fn backend_suite_infer_on_wgpu_gives_the_cpus_logits_for_every_family() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let families: [(&str, &str, &str, &str, fn(usize) -> String); 5] = [
+        ("vit", "import/mini_vit.json", "import/snnet_official.pth", "import/snnet_routes.safetensors", |id| format!("logits.{id}")),
+        ("swin", "swin/mini_swin.json", "swin/snnet_swin.pth", "swin/reference.safetensors", |id| format!("logits.route.{id}")),
+        ("resnet", "resnet/r18_r50.json", "resnet/snnet_r18_r50.pth", "resnet/reference.safetensors", |id| format!("logits.r18_r50.{id}")),
+        ("resnet-swin", "resnet/r18_swin.json", "resnet/snnet_r18_swin.safetensors", "resnet/reference.safetensors", |id| {
+            format!("logits.r18_swin.{id}")
+        }),
+        ("levit", "levit/mini_levit.json", "levit/snnet_levit.pth", "levit/reference.safetensors", |id| format!("logits.route.{id}")),
+    ];
+    for (family, config, weights, reference, key) in families {
+        let (reference, _) = read_tensors(&fixtures.join(reference)).unwrap();
+        let input = tmp(&format!("{family}-wgpu-probe.safetensors"));
+        write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
+        let logits = |device: &str| {
+            let output = tmp(&format!("{family}-{device}-logits.safetensors"));
+            let (config, weights) = (fixtures.join(config), fixtures.join(weights));
+            let (ok, _, err) = snnet(&[
+                "--config",
+                config.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--device",
+                device,
+                "infer",
+                "--route",
+                "all",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+            ]);
+            assert!(ok, "{family} on {device}: {err}");
+            read_tensors(&output).unwrap().0
+        };
+        let (cpu, gpu) = (logits("flex"), logits("wgpu"));
+        assert_eq!(gpu.len(), cpu.len(), "{family}: routes");
+        for id in 0..cpu.len() {
+            let got = &gpu[&format!("logits.{id}")].data;
+            let e = rel_err(got, &cpu[&format!("logits.{id}")].data);
+            assert!(e <= 1e-4, "{family} route {id}: relative error {e} against the CPU backend");
+            let e = rel_err(got, &reference[&key(id)].data);
+            assert!(e <= 1e-4, "{family} route {id}: relative error {e} against PyTorch");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The checks, generic over the device backend `D`; the CPU backend (`Flex`) is the reference.
+
+use std::sync::{RwLock, RwLockReadGuard};
+
+use burn::{
+    backend::{Autodiff, Flex},
+    tensor::backend::Backend,
+};
+use snnet::{
+    train::{train_step, AdamW, AdamWConfig, StepConfig},
+    AnyAnchor, StitchedNet,
+};
+
+use super::{
+    counting::{Counted, Transfers},
+    families::{families, host, relative_error, Family, HostImages, WeightFile},
+    Tolerance,
+};
+
+/// Checks share the device; the one that measures its memory runs alone.
+static DEVICE: RwLock<()> = RwLock::new(());
+
+fn shared_device() -> RwLockReadGuard<'static, ()> {
+    DEVICE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every route's logits on `D` against the CPU's, for every family.
+pub fn every_route_gives_the_cpus_logits<D: Backend>(device: &D::Device, tolerance: f32) {
+    let _device = shared_device();
+    for family in families() {
+        let (cpu, file) = family.on_cpu(0.0);
+        let net = family.load::<D>(device, 0.0, &file);
+        let images = HostImages::new(2, family.input(), 11);
+        let worst = compare_routes(&family, &cpu, &net, &images, tolerance);
+        eprintln!("{}: {} routes, worst relative error {worst:.2e}", family.name, net.num_routes());
+    }
+}
+
+/// The largest relative error over every route; panics past `tolerance`.
+fn compare_routes<D: Backend>(
+    family: &Family,
+    cpu: &StitchedNet<Flex, AnyAnchor<Flex>>,
+    net: &StitchedNet<D, AnyAnchor<D>>,
+    images: &HostImages,
+    tolerance: f32,
+) -> f32 {
+    let device = net_device(net);
+    let (on_cpu, on_device) = (images.on::<Flex>(&Default::default()), images.on::<D>(&device));
+    let mut worst = 0f32;
+    for id in 0..cpu.num_routes() {
+        let want = host(cpu.forward(on_cpu.clone(), id).unwrap());
+        let got = host(net.forward(on_device.clone(), id).unwrap());
+        let error = relative_error(&got, &want);
+        assert!(error <= tolerance, "{} route {id}: relative error {error:.3e} > {tolerance:.0e}", family.name);
+        worst = worst.max(error);
+    }
+    worst
+}
+
+fn net_device<B: Backend>(net: &StitchedNet<B, AnyAnchor<B>>) -> B::Device {
+    use burn::module::Module;
+    net.devices().into_iter().next().expect("the network has parameters")
+}
+
+/// Least squares on `D` gives the CPU's stitching layers; the device's weight file, loaded on the
+/// CPU, holds exactly the device's values and gives its logits.
+pub fn least_squares_gives_the_cpus_layers<D: Backend>(device: &D::Device, tolerance: Tolerance) {
+    let _device = shared_device();
+    for family in families() {
+        let (mut cpu, file) = family.on_cpu(0.0);
+        let mut net = family.load::<D>(device, 0.0, &file);
+        let calibration = HostImages::new(8, family.input(), 5);
+        cpu.init_least_squares(calibration.on::<Flex>(&Default::default()), 4, |_| {}).unwrap();
+        net.init_least_squares(calibration.on::<D>(device), 4, |_| {}).unwrap();
+        let want = cpu.named_tensors();
+        let got = net.named_tensors();
+        let mut fitted = 0;
+        for ((key, g), (_, w)) in got.iter().zip(&want).filter(|((key, _), _)| key.starts_with("stitch_layers.")) {
+            let error = relative_error(&g.data, &w.data);
+            assert!(error <= tolerance.least_squares, "{} {key}: relative error {error:.3e}", family.name);
+            fitted += 1;
+        }
+        assert!(fitted > 0, "{}: no stitching layer", family.name);
+
+        // Saved on the device, loaded on the CPU: the same values, the same logits.
+        let saved = WeightFile::new(family.name);
+        net.save(saved.path(), Default::default()).unwrap();
+        let back = family.load::<Flex>(&Default::default(), 0.0, &saved);
+        for ((key, a), (_, b)) in back.named_tensors().iter().zip(&got) {
+            assert_eq!(a.data, b.data, "{} {key}: the file changed the values", family.name);
+        }
+        compare_routes(&family, &back, &net, &HostImages::new(2, family.input(), 3), tolerance.logits);
+    }
+}
+
+/// One AdamW step on a stitched route (drop path on; clipping off, then on at a norm it cuts) moves
+/// every weight on `D` as on the CPU; the loss and the gradient norm agree too.
+pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Backend>(device: &D::Device, tolerance: f32) {
+    let _device = shared_device();
+    for family in families() {
+        let (_, file) = family.on_cpu(0.1);
+        for clip in [None, Some(0.05)] {
+            let (cpu, cpu_before) = step_once::<Flex>(&family, &Default::default(), &file, clip);
+            let (net, before) = step_once::<D>(&family, device, &file, clip);
+            let what = format!("{} (clipping {clip:?})", family.name);
+            let error = (net.loss - cpu.loss).abs() / cpu.loss.abs();
+            assert!(error <= tolerance as f64, "{what}: loss {} on the device, {} on the CPU", net.loss, cpu.loss);
+            let error = (net.grad_norm - cpu.grad_norm).abs() / cpu.grad_norm;
+            assert!(error <= tolerance as f64, "{what}: gradient norm {} on the device, {} on the CPU", net.grad_norm, cpu.grad_norm);
+            if let Some(max) = clip {
+                assert!(cpu.grad_norm > max, "{what}: the gradient norm {} is not clipped at {max}", cpu.grad_norm);
+            }
+            let mut moved = 0;
+            for (((key, got), (_, want)), (_, start)) in net.weights.iter().zip(&cpu.weights).zip(&cpu_before) {
+                let error = relative_error(&got.data, &want.data);
+                assert!(error <= tolerance, "{what} {key}: relative error {error:.3e} after the step");
+                moved += usize::from(want.data != start.data);
+            }
+            assert!(moved > 2, "{what}: the step moved {moved} tensors");
+            assert_eq!(before.len(), cpu_before.len());
+        }
+    }
+}
+
+struct Stepped {
+    loss: f64,
+    grad_norm: f64,
+    weights: Vec<(String, snnet::weights::NamedTensor)>,
+}
+
+type Named = Vec<(String, snnet::weights::NamedTensor)>;
+
+/// One training step of the family's middle route on backend `B` with autodiff.
+fn step_once<B: Backend>(family: &Family, device: &B::Device, file: &WeightFile, clip: Option<f64>) -> (Stepped, Named) {
+    let net = family.load::<Autodiff<B>>(device, 0.1, file);
+    let before = net.named_tensors();
+    let images = HostImages::new(4, family.input(), 17);
+    // Adam's first step moves each weight by about `lr · sign(g)`: where a gradient element is as
+    // small as the rounding differences between backends, its sign is noise and the step differs
+    // by 2·lr. A large `eps` makes the step `lr · g / (|g| + eps)`, linear in the gradient, so the
+    // weights after it compare the gradients themselves (the same arithmetic, other constants).
+    let mut optimizer = AdamW::new(AdamWConfig { eps: 1.0, clip_grad_norm: clip, ..Default::default() });
+    let route = net.num_routes() / 2;
+    assert!(!net.route(route).unwrap().is_anchor(), "{}: route {route} is stitched", family.name);
+    net.reseed(23);
+    let (net, outcome) =
+        train_step(net, &mut optimizer, images.on(device), images.labels(device), None, route, 0.1, &StepConfig::default()).unwrap();
+    (Stepped { loss: outcome.loss, grad_norm: outcome.optimizer.grad_norm, weights: net.named_tensors() }, before)
+}
+
+/// Host reads and uploads of an inference forward and a training step, counted on `D` through
+/// [`Counted`]. A forward reads nothing back until its logits are asked for; the training step's
+/// counts are printed (docs/benchmarks.md records them).
+pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device) {
+    let _device = shared_device();
+    for family in families() {
+        let (_, file) = family.on_cpu(0.0);
+        let net = family.load::<Counted<D>>(device, 0.0, &file);
+        let images = HostImages::new(2, family.input(), 11);
+        let route = net.num_routes() / 2;
+        let on_device = images.on::<Counted<D>>(device);
+        // Warm-up: lazily built constants may upload once.
+        let _ = host(net.forward(on_device.clone(), route).unwrap());
+        let start = Transfers::now();
+        let logits = net.forward(on_device.clone(), route).unwrap();
+        let forward = Transfers::since(start);
+        assert_eq!(forward.reads, 0, "{}: the forward read {} tensors back", family.name, forward.reads);
+        let start = Transfers::now();
+        let _ = host(logits);
+        assert_eq!(Transfers::since(start).reads, 1, "{}: reading the logits", family.name);
+
+        let trained = family.load::<Autodiff<Counted<D>>>(device, 0.0, &file);
+        let mut optimizer = AdamW::new(AdamWConfig::default());
+        let (images, labels) = (images.on(device), images.labels(device));
+        let start = Transfers::now();
+        let (trained, _) = train_step(trained, &mut optimizer, images, labels, None, route, 1e-3, &StepConfig::default()).unwrap();
+        let step = Transfers::since(start);
+        eprintln!(
+            "host transfers, {}: forward {} reads, {} uploads; training step {} reads, {} uploads ({} parameter tensors)",
+            family.name,
+            forward.reads,
+            forward.uploads,
+            step.reads,
+            step.uploads,
+            trained.named_tensors().len()
+        );
+    }
+}
+
+/// After every route has run once, switching among them and running again takes no new device
+/// memory: `reserved` is the device's reserved bytes (cubecl's memory pools).
+pub fn switching_routes_allocates_nothing<D: Backend>(device: &D::Device, reserved: impl Fn(&D::Device) -> u64) {
+    let _alone = DEVICE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for family in families() {
+        let (_, file) = family.on_cpu(0.0);
+        let mut net = family.load::<D>(device, 0.0, &file);
+        let images = HostImages::new(2, family.input(), 11).on::<D>(device);
+        let run_all = |net: &mut StitchedNet<D, AnyAnchor<D>>| {
+            for id in 0..net.num_routes() {
+                net.select(id).unwrap();
+                let _ = host(net.forward_selected(images.clone()).unwrap());
+            }
+            D::sync(device).unwrap();
+        };
+        run_all(&mut net);
+        let warm = reserved(device);
+        for _ in 0..2 {
+            run_all(&mut net);
+        }
+        let after = reserved(device);
+        assert_eq!(after, warm, "{}: {} bytes reserved after warm-up, {after} after switching", family.name, warm);
+    }
+}
