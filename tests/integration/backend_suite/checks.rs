@@ -189,6 +189,7 @@ pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device) {
 
 /// After every route has run once, switching among them and running again takes no new device
 /// memory: `reserved` is the device's reserved bytes (cubecl's memory pools).
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 pub fn switching_routes_allocates_nothing<D: Backend>(device: &D::Device, reserved: impl Fn(&D::Device) -> u64) {
     let _alone = DEVICE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     for family in families() {
