@@ -370,6 +370,14 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
     assert!(ok, "{err}");
 }
 
+/// `snnet --config CONFIG infer --route 0 --input INPUT --output OUTPUT`.
+fn infer_route_0(config: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> (bool, String, String) {
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let args = ["--config".into(), path(config), "infer".into(), "--route".into(), "0".into(), "--input".into(), path(input)];
+    let args: Vec<String> = args.into_iter().chain(["--output".into(), path(output)]).collect();
+    snnet(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 #[test]
 fn infer_reads_image_files_for_one_channel_networks() {
     let vit = |d: usize| serde_json::json!({"arch": "vit", "img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": d, "depth": 2, "num_heads": 2, "num_classes": 10});
@@ -389,17 +397,7 @@ fn infer_reads_image_files_for_one_channel_networks() {
     // A broken image is an error naming the file.
     let broken = tmp("broken.jpg");
     std::fs::write(&broken, b"not a jpeg").unwrap();
-    let (ok, _, err) = snnet(&[
-        "--config",
-        config.to_str().unwrap(),
-        "infer",
-        "--route",
-        "0",
-        "--input",
-        broken.to_str().unwrap(),
-        "--output",
-        logits.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = infer_route_0(&config, &broken, &logits);
     assert!(!ok && err.contains("broken.jpg"), "{err}");
 }
 
@@ -658,17 +656,7 @@ fn a_nan_in_the_input_is_reported_as_the_input() {
         .unwrap();
     let config = mini_config();
     let output = tmp("nan-logits.safetensors");
-    let (ok, _, err) = snnet(&[
-        "--config",
-        config.to_str().unwrap(),
-        "infer",
-        "--route",
-        "0",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = infer_route_0(&config, &input, &output);
     assert!(!ok && err.contains("input file") && err.contains("nan-input.safetensors") && err.contains("non-finite"), "{err}");
     assert!(!err.contains("weight file"), "{err}");
 }
