@@ -53,11 +53,12 @@ struct Options {
     /// Epochs of joint fine-tuning.
     #[arg(long, default_value_t = 4)]
     epochs: usize,
-    /// Images per step and worker.
+    /// Images per step, split between the `--workers` threads.
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Worker threads: in training each trains its own sampled route on its own batch per step
-    /// (gradients averaged); in evaluation they share the routes.
+    /// Worker threads: in training they share each step (its one sampled route on each thread's
+    /// part of the batch, gradients combined as for the whole batch); in evaluation they share
+    /// the routes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Peak learning rate of the stitching layers (cosine to 1e-6 after a short warmup); the

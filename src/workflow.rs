@@ -18,7 +18,7 @@ use snnet_core::{
 };
 use snnet_train::{
     append_result,
-    data::{Dataset, FashionMnist, ImageFolder, Preprocess, Split},
+    data::{Dataset, FashionMnist, ImageFolder, Split},
     done_routes, evaluate_routes_parallel, RouteSampler, RunOptions, Teacher, TrainConfig, TrainReport, TrainResult,
 };
 
@@ -97,8 +97,10 @@ impl TermLike for LogLines {
 
 /// The split of the dataset in `dir` for a network whose first anchor is `layout`: Fashion-MNIST
 /// IDX files (plain or gzipped) if the folder holds them, else an ImageFolder tree (`train/` and
-/// `val/` sub-folders if present, else the folder itself) with timm's evaluation preprocessing.
-/// Images of another shape than the network's input, or more classes than its head, are errors.
+/// `val/` sub-folders if present, else the folder itself) converted to the network's channels
+/// (RGB with timm's evaluation preprocessing, or the luminance for one-channel networks;
+/// [`ImageFolder::open_for_input`]). Images of another shape than the network's input, or more
+/// classes than its head, are errors.
 pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<Box<dyn Dataset>, BoxError> {
     let input = layout.input;
     let idx = |prefix: &str| ["-images-idx3-ubyte", "-images-idx3-ubyte.gz"].iter().any(|s| dir.join(format!("{prefix}{s}")).is_file());
@@ -110,7 +112,7 @@ pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<B
             Split::Test => "val",
         };
         let root = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
-        Box::new(ImageFolder::open(&root, Preprocess::imagenet(input[1]))?)
+        Box::new(ImageFolder::open_for_input(&root, input)?)
     };
     if dataset.shape() != input {
         return Err(format!("{}: images are {:?}, the network takes {input:?}", dir.display(), dataset.shape()).into());

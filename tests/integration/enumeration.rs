@@ -41,6 +41,7 @@ fn usizes(v: &Value) -> Vec<usize> {
 fn check_routes(file: &str, anchors: &[AnchorLayout], settings: &SpaceSettings) -> StitchSpace {
     let v = load_json(&format!("vectors/{file}"));
     let space = StitchSpace::build(anchors, settings).unwrap();
+    assert_eq!(snnet::space::count_routes(anchors, settings).unwrap(), space.num_routes() as u64, "{file}: routes counted");
     let configs = v["configs"].as_array().unwrap();
     assert_eq!(space.num_routes(), v["num_configs"].as_u64().unwrap() as usize, "{file}");
     assert_eq!(space.num_routes(), configs.len());

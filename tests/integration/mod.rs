@@ -10,6 +10,7 @@ mod forward;
 mod import;
 mod least_squares;
 mod levit;
+mod limits;
 mod resnet;
 mod swin;
 mod weights;

@@ -152,8 +152,14 @@ pub fn family_defaults(architectures: &[Architecture]) -> (SpaceSettings, Behavi
     }
 }
 
+/// The values of an explicit anchor's `arch` field.
+pub const ARCHITECTURES: [&str; 4] = ["vit", "swin", "resnet", "levit"];
+
 /// One anchor: a preset name or an explicit architecture.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Read from JSON by [`AnchorSpec::from_json_value`], whose errors name the field at fault and
+/// what was expected.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AnchorSpec {
     /// A preset, e.g. `deit_small_patch16_224`.
@@ -162,7 +168,58 @@ pub enum AnchorSpec {
     Explicit(Architecture),
 }
 
+impl<'de> Deserialize<'de> for AnchorSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::from_json_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `T` from a JSON object; the error starts with the path of the field at fault (`depth: …`).
+fn fields_of<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(fields).map_err(|e| e.to_string())
+}
+
 impl AnchorSpec {
+    /// One anchor of a description from its JSON value: a string is a preset name (checked when
+    /// resolved), an object an explicit architecture (`arch`, one of [`ARCHITECTURES`], and that
+    /// family's fields). The error names the field at fault and what was expected.
+    pub fn from_json_value(value: serde_json::Value) -> std::result::Result<Self, String> {
+        use serde_json::Value;
+        let mut fields = match value {
+            Value::String(name) => return Ok(AnchorSpec::Preset(name)),
+            Value::Object(fields) => fields,
+            other => {
+                return Err(format!(
+                    "expected a preset name (a string such as \"{}\") or an object with `arch` ({}) and that family's fields, got {}",
+                    PRESETS[0],
+                    ARCHITECTURES.join(", "),
+                    json_kind(&other)
+                ))
+            }
+        };
+        let arch = match fields.remove("arch") {
+            Some(Value::String(arch)) => arch,
+            Some(other) => return Err(format!("arch: expected one of {}, got {}", ARCHITECTURES.join(", "), json_kind(&other))),
+            None => {
+                return Err(format!(
+                    "an explicit anchor needs `arch` (one of {}) beside its fields; or give a preset name: {}",
+                    ARCHITECTURES.join(", "),
+                    PRESETS.join(", ")
+                ))
+            }
+        };
+        let fields = Value::Object(fields);
+        let architecture = match arch.as_str() {
+            "vit" => fields_of(fields).map(Architecture::Vit),
+            "swin" => fields_of(fields).map(Architecture::Swin),
+            "resnet" => fields_of(fields).map(Architecture::ResNet),
+            "levit" => fields_of(fields).map(Architecture::Levit),
+            other => return Err(format!("arch: unknown architecture `{other}`, expected one of {}", ARCHITECTURES.join(", "))),
+        };
+        architecture.map(AnchorSpec::Explicit).map_err(|e| format!("{arch} anchor: {e}"))
+    }
+
     /// The architecture, resolving presets.
     pub fn architecture(&self) -> Result<Architecture> {
         match self {
@@ -179,21 +236,38 @@ impl AnchorSpec {
         }
     }
 
-    /// The anchor's layout, without building it.
+    /// The anchor's layout, without building it (after checking its fields and
+    /// [`limits`](crate::limits)).
     pub fn layout(&self) -> Result<AnchorLayout> {
         let a = self.architecture()?;
         a.validate()?;
         Ok(a.layout(&self.name()))
     }
 
-    /// Per-part costs at the native resolution, without building the anchor.
+    /// Per-part costs at the native resolution, without building the anchor (after checking its
+    /// fields and [`limits`](crate::limits)).
     pub fn costs(&self) -> Result<AnchorCosts> {
-        Ok(self.architecture()?.costs())
+        let a = self.architecture()?;
+        a.validate()?;
+        Ok(a.costs())
     }
 
     /// Builds the anchor with random weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<AnyAnchor<B>> {
         self.architecture()?.init(&self.name(), device)
+    }
+}
+
+/// What a JSON value is, for error messages: `the number 5`, `an array`, ….
+fn json_kind(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
     }
 }
 
@@ -225,7 +299,8 @@ impl Description {
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
         let fail = |e: serde_json::Error| Error::Description { path: source.into(), reason: e.to_string() };
         let value: serde_json::Value = serde_json::from_str(text).map_err(fail)?;
-        let mut d: Self = serde_json::from_value(value.clone()).map_err(fail)?;
+        let mut d: Self = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| Error::Description { path: source.into(), reason: e.to_string() })?;
         if d.anchors.is_empty() {
             return Err(Error::Description { path: source.into(), reason: "`anchors` is empty".into() });
         }
@@ -245,19 +320,24 @@ impl Description {
         family_defaults(&architectures)
     }
 
-    /// Reads a description file.
+    /// Reads a description file (a regular file: a named pipe or a directory is an error, see
+    /// [`snnet_core::read_regular_file`]).
     pub fn from_file(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Description { path: shown.clone(), reason: e.to_string() })?;
+        let fail = |reason: String| Error::Description { path: shown.clone(), reason };
+        let bytes = snnet_core::read_regular_file(path).map_err(|e| fail(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
         Self::from_json(&text, &shown)
     }
 
-    /// Layouts of every anchor, without building them.
+    /// Layouts of every anchor, without building them; an anchor's error names it (`anchors[1]`).
     pub fn layouts(&self) -> Result<Vec<AnchorLayout>> {
-        self.anchors.iter().map(AnchorSpec::layout).collect()
+        self.anchors.iter().enumerate().map(|(i, a)| a.layout().map_err(|e| e.in_anchor(i))).collect()
     }
 
-    /// The stitch space and the cost of every route, without building any tensor.
+    /// The stitch space and the cost of every route, without building any tensor. Anchors over
+    /// the [`limits`](crate::limits) and spaces over the route limit
+    /// ([`snnet_core::limits::max_routes`]) are errors before anything is enumerated.
     pub fn space_with_costs(&self) -> Result<(StitchSpace, Vec<RouteCost>)> {
         let layouts = self.layouts()?;
         let costs = self.anchors.iter().map(AnchorSpec::costs).collect::<Result<Vec<_>>>()?;
@@ -267,10 +347,22 @@ impl Description {
         Ok((space, routes))
     }
 
-    /// Builds the stitched network with random weights.
+    /// Builds the stitched network with random weights. The whole network (every anchor's
+    /// parameters and index tables, every stitching layer) is checked against the parameter limit
+    /// ([`limits::max_params`](crate::limits::max_params)) before anything is allocated.
     pub fn build<B: Backend>(&self, device: &B::Device) -> Result<StitchedNet<B, AnyAnchor<B>>> {
+        self.check_network_size()?;
         let anchors = self.anchors.iter().map(|a| a.init::<B>(device)).collect::<Result<Vec<_>>>()?;
         Ok(StitchedNet::new(anchors, &self.space, self.behaviour.clone(), device)?)
+    }
+
+    /// The parameters of the whole network within [`limits::max_params`](crate::limits::max_params).
+    fn check_network_size(&self) -> Result<()> {
+        let layouts = self.layouts()?;
+        let anchors = self.anchors.iter().map(|a| Ok(a.costs()?.total().params as u128)).sum::<Result<u128>>()?;
+        let space = StitchSpace::build(&layouts, &self.space)?;
+        let stitching: u128 = space.layers.iter().map(|l| snnet_core::cost::stitch_cost(l).params as u128).sum();
+        crate::limits::require_params(anchors + stitching, "parameters in the network (anchors and stitching layers)")
     }
 
     /// JSON text of the description (stored in weight files as `snnet.description`).

@@ -21,6 +21,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An anchor or network that asks for more than a limit allows (see [`crate::limits`]).
+    #[error("{what}: over the limit of {limit}; raise it with the environment variable {variable} if you mean it")]
+    OverLimit {
+        /// What was asked for, with the number (e.g. `5000000000 parameters and index-table entries`).
+        what: String,
+        /// The limit in force.
+        limit: u64,
+        /// The environment variable that sets the limit.
+        variable: &'static str,
+    },
     /// A description file that cannot be parsed.
     #[error("description {path}: {reason}")]
     Description {
@@ -32,6 +42,18 @@ pub enum Error {
     /// An error of the stitching engine.
     #[error(transparent)]
     Core(#[from] snnet_core::Error),
+}
+
+impl Error {
+    /// The error with `anchors[index]` in front of the field or quantity it names, for an error of
+    /// one anchor of a description.
+    pub fn in_anchor(self, index: usize) -> Self {
+        match self {
+            Error::InvalidConfig { field, reason } => Error::InvalidConfig { field: format!("anchors[{index}].{field}"), reason },
+            Error::OverLimit { what, limit, variable } => Error::OverLimit { what: format!("anchors[{index}]: {what}"), limit, variable },
+            other => other,
+        }
+    }
 }
 
 /// Result alias of the anchors crate.

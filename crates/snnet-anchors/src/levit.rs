@@ -124,9 +124,22 @@ impl LevitConfig {
         (0..s).map(|t| 2 * self.depth[t] + 2).sum()
     }
 
-    /// Checks every field, naming the first bad one.
+    /// Checks every field, naming the first bad one, and the anchor's size against the
+    /// [`limits`](crate::limits).
     pub fn validate(&self) -> Result<()> {
         let bad = crate::config::invalid::<()>;
+        use crate::limits::{MAX_CLASSES, MAX_IMG_SIZE, MAX_RATIO, MAX_WIDTH};
+        crate::limits::require_at_most(&[
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("in_chans", self.in_chans, MAX_WIDTH),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("key_dim", self.key_dim, MAX_WIDTH),
+            ("attn_ratio", self.attn_ratio, MAX_RATIO),
+            ("mlp_ratio", self.mlp_ratio, MAX_RATIO),
+        ])?;
+        crate::limits::require_blocks("depth", &self.depth)?;
+        crate::limits::require_each_at_most("embed_dim", &self.embed_dim, MAX_WIDTH)?;
+        crate::limits::require_each_at_most("num_heads", &self.num_heads, MAX_WIDTH)?;
         let n = self.embed_dim.len();
         if n == 0 {
             return bad("embed_dim", "needs at least one stage".into());
@@ -162,7 +175,19 @@ impl LevitConfig {
             return bad("embed_dim", format!("stage 0's width {} is not a multiple of 8 (the stem's widths)", self.embed_dim[0]));
         }
         crate::config::require_rate(self.drop_path_rate)?;
-        Ok(())
+        crate::limits::require_budgets(&self.layout(""), self.costs().total(), self.index_entries())
+    }
+
+    /// Entries of the attention-bias index tables: `n²` for every attention block of a stage of
+    /// `n` positions, `⌈r/2⌉²·r²` for every subsampling attention.
+    fn index_entries(&self) -> u128 {
+        (0..self.num_stages())
+            .map(|s| {
+                let r = self.resolution(s) as u128;
+                let subsample = if s + 1 < self.num_stages() { r.div_ceil(2).pow(2) * r * r } else { 0 };
+                self.depth[s] as u128 * r.pow(4) + subsample
+            })
+            .sum()
     }
 
     /// The anchor layout: one token stage per entry of `embed_dim`.
@@ -174,11 +199,14 @@ impl LevitConfig {
     /// Per-part costs by fvcore's convention (spec §8): Linear/conv/matmul multiply-accumulates,
     /// 2 per element for BatchNorm, Hardswish, softmax and the token mean not counted.
     pub fn costs(&self) -> AnchorCosts {
-        let u = |v: usize| v as u64;
+        // In 128 bits, saturating into the u64 costs (the fields are bounded by `validate`).
+        let u = |v: usize| v as u128;
         // Linear_BN / Conv_BN producing `b` channels at `n` positions from `a·k²` inputs each.
-        let linear_bn = |n: usize, a: usize, b: usize| PartCost::new(u(n * a * b + 2 * n * b), u(a * b + 2 * b));
-        let conv_bn =
-            |side: usize, a: usize, b: usize| PartCost::new(u(side * side * b * a * 9 + 2 * side * side * b), u(b * a * 9 + 2 * b));
+        let linear_bn = |n: usize, a: usize, b: usize| PartCost::saturating(u(n) * u(a) * u(b) + 2 * u(n) * u(b), u(a) * u(b) + 2 * u(b));
+        let conv_bn = |side: usize, a: usize, b: usize| {
+            let positions = u(side) * u(side);
+            PartCost::saturating(positions * u(b) * u(a) * 9 + 2 * positions * u(b), u(b) * u(a) * 9 + 2 * u(b))
+        };
         let (d, c0) = (self.key_dim, self.embed_dim[0]);
         let mut side = self.img_size;
         let mut embed = PartCost::default();
@@ -193,8 +221,9 @@ impl LevitConfig {
             let (r, c, h) = (self.resolution(s), self.embed_dim[s], self.num_heads[s]);
             let n = r * r;
             let v = self.attn_ratio * d;
-            let attention =
-                linear_bn(n, c, h * (2 * d + v)) + PartCost::new(u(h * n * n * d + h * n * n * v), u(h * n)) + linear_bn(n, h * v, c);
+            let attention = linear_bn(n, c, h * (2 * d + v))
+                + PartCost::saturating(u(h) * u(n) * u(n) * (u(d) + u(v)), u(h) * u(n))
+                + linear_bn(n, h * v, c);
             blocks.extend(std::iter::repeat_n(attention + mlp(n, c, self.mlp_ratio), self.depth[s]));
             if s + 1 < self.num_stages() {
                 let (hd, next) = (self.down_heads(s), self.embed_dim[s + 1]);
@@ -203,13 +232,13 @@ impl LevitConfig {
                 let vd = DOWN_ATTN_RATIO * d;
                 let down = linear_bn(n, c, hd * (d + vd))
                     + linear_bn(n2, c, hd * d)
-                    + PartCost::new(u(hd * n2 * n * (d + vd)), u(hd * n))
+                    + PartCost::saturating(u(hd) * u(n2) * u(n) * (u(d) + u(vd)), u(hd) * u(n))
                     + linear_bn(n2, hd * vd, next);
                 transitions.push(down + mlp(n2, next, DOWN_MLP_RATIO));
             }
         }
         let (c, k) = (u(self.embed_dim[self.num_stages() - 1]), u(self.num_classes));
-        let one_head = PartCost::new(2 * c + c * k, 2 * c + c * k + k);
+        let one_head = PartCost::saturating(2 * c + c * k, 2 * c + c * k + k);
         AnchorCosts {
             embed,
             blocks,

@@ -10,6 +10,7 @@ pub mod description;
 pub mod error;
 pub mod family;
 pub mod levit;
+pub mod limits;
 pub mod norm;
 pub mod resnet;
 pub mod swin;

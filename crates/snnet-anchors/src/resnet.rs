@@ -130,9 +130,20 @@ impl ResNetConfig {
         }
     }
 
-    /// Checks every field, naming the first bad one.
+    /// Checks every field, naming the first bad one, and the anchor's size against the
+    /// [`limits`](crate::limits).
     pub fn validate(&self) -> Result<()> {
         let bad = crate::config::invalid::<()>;
+        use crate::limits::{MAX_CLASSES, MAX_IMG_SIZE, MAX_WIDTH};
+        crate::limits::require_at_most(&[
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("in_chans", self.in_chans, MAX_WIDTH),
+            ("stem_width", self.stem_width, MAX_WIDTH),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+        ])?;
+        crate::limits::require_blocks("layers", &self.layers)?;
+        // A stage outputs `channels · expansion` (4 for bottlenecks).
+        crate::limits::require_each_at_most("channels", &self.channels, MAX_WIDTH / 4)?;
         if self.layers.len() != 4 {
             return bad("layers", format!("needs 4 stages, got {}", self.layers.len()));
         }
@@ -154,7 +165,7 @@ impl ResNetConfig {
             return bad("img_size", format!("{} is not a multiple of 32 (the network's total stride)", self.img_size));
         }
         crate::config::require_rate(self.drop_path_rate)?;
-        Ok(())
+        crate::limits::require_budgets(&self.layout(""), self.costs().total(), 0)
     }
 
     /// The anchor layout: four map stages.
@@ -167,10 +178,12 @@ impl ResNetConfig {
     /// their output resolution, 2 per element for BatchNorm, the global average pool as its input's
     /// size, ReLU and max pooling not counted.
     pub fn costs(&self) -> AnchorCosts {
+        // In 128 bits, saturating into the u64 costs (the fields are bounded by `validate`).
+        let u = |v: usize| v as u128;
         let conv = |cin: usize, cout: usize, k: usize, out_side: usize| {
-            PartCost::new((out_side * out_side * cout * cin * k * k) as u64, (cout * cin * k * k) as u64)
+            PartCost::saturating(u(out_side) * u(out_side) * u(cout) * u(cin) * u(k * k), u(cout) * u(cin) * u(k * k))
         };
-        let bn = |c: usize, side: usize| PartCost::new((2 * side * side * c) as u64, 2 * c as u64);
+        let bn = |c: usize, side: usize| PartCost::saturating(2 * u(side) * u(side) * u(c), 2 * u(c));
         let stem_side = self.img_size / 2;
         let embed = conv(self.in_chans, self.stem_width, 7, stem_side) + bn(self.stem_width, stem_side);
         let mut blocks = Vec::new();
@@ -197,12 +210,12 @@ impl ResNetConfig {
                 blocks.push(cost);
             }
         }
-        let (c, k, g) = (self.stage_dim(3) as u64, self.num_classes as u64, self.grid(3) as u64);
+        let (c, k, g) = (u(self.stage_dim(3)), u(self.num_classes), u(self.grid(3)));
         AnchorCosts {
             embed,
             blocks,
             transitions: vec![PartCost::default(); 4],
-            head: PartCost::new(g * g * c + c * k, c * k + k),
+            head: PartCost::saturating(g * g * c + c * k, c * k + k),
             final_norm: PartCost::default(),
             official_omits_front_transitions: false,
         }

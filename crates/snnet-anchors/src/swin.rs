@@ -147,9 +147,19 @@ impl SwinConfig {
         crate::config::linear_drop_path(self.drop_path_rate, i, self.total_blocks())
     }
 
-    /// Checks every field, naming the first bad one.
+    /// Checks every field, naming the first bad one, and the anchor's size against the
+    /// [`limits`](crate::limits).
     pub fn validate(&self) -> Result<()> {
         let bad = crate::config::invalid::<()>;
+        use crate::limits::{MAX_CLASSES, MAX_IMG_SIZE, MAX_WIDTH};
+        crate::limits::require_at_most(&[
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("in_chans", self.in_chans, MAX_WIDTH),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+        ])?;
+        crate::limits::require_blocks("depths", &self.depths)?;
+        crate::limits::require_each_at_most("num_heads", &self.num_heads, MAX_WIDTH)?;
         crate::config::require_positive(&[
             ("img_size", self.img_size),
             ("patch_size", self.patch_size),
@@ -185,11 +195,36 @@ impl SwinConfig {
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden(0) == 0 {
             return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
         }
+        let last = self.num_stages() - 1;
+        if self.stage_dim(last) > MAX_WIDTH || self.hidden(last) > MAX_WIDTH {
+            return bad(
+                "embed_dim",
+                format!(
+                    "{} doubled over {} stages gives width {} and MLP width {}, over the limit of {MAX_WIDTH}",
+                    self.embed_dim,
+                    self.num_stages(),
+                    self.stage_dim(last),
+                    self.hidden(last)
+                ),
+            );
+        }
         crate::config::require_rate(self.drop_path_rate)?;
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }
-        Ok(())
+        crate::limits::require_budgets(&self.layout(""), self.costs().total(), self.index_entries())
+    }
+
+    /// Entries of the index tables and masks the blocks precompute: the relative-position index
+    /// (`w⁴`) of every block and the attention mask (`h·w·w²`) of every shifted one.
+    fn index_entries(&self) -> u128 {
+        (0..self.num_stages())
+            .map(|s| {
+                let (g, w) = (self.grid(s) as u128, self.window(s) as u128);
+                let shifted = (0..self.depths[s]).filter(|&b| self.shift(s, b) > 0).count() as u128;
+                self.depths[s] as u128 * w.pow(4) + shifted * g * g * w * w
+            })
+            .sum()
     }
 
     /// The anchor layout: one stage per entry of `depths`.
@@ -201,34 +236,35 @@ impl SwinConfig {
     /// Per-part costs by fvcore's convention (spec §8): Linear and attention matmuls as
     /// multiply-accumulates, 5 per element for LayerNorm, the average pool not counted.
     pub fn costs(&self) -> AnchorCosts {
-        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u64;
-        let (n0, c0) = ((self.grid(0) * self.grid(0)) as u64, self.embed_dim as u64);
-        let embed = PartCost::new(n0 * patch_in * c0 + 5 * n0 * c0, patch_in * c0 + c0 + 2 * c0);
-        let qkv_bias = |c: u64| if self.qkv_bias { 3 * c } else { 0 };
+        // In 128 bits, saturating into the u64 costs (the fields are bounded by `validate`).
+        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u128;
+        let (n0, c0) = ((self.grid(0) * self.grid(0)) as u128, self.embed_dim as u128);
+        let embed = PartCost::saturating(n0 * patch_in * c0 + 5 * n0 * c0, patch_in * c0 + c0 + 2 * c0);
+        let qkv_bias = |c: u128| if self.qkv_bias { 3 * c } else { 0 };
         let mut blocks = Vec::new();
         let mut transitions = vec![PartCost::default()];
         for s in 0..self.num_stages() {
-            let (n, c, h) = ((self.grid(s) * self.grid(s)) as u64, self.stage_dim(s) as u64, self.hidden(s) as u64);
-            let w = self.window(s) as u64;
-            let table = (2 * w - 1) * (2 * w - 1) * self.num_heads[s] as u64;
-            let block = PartCost::new(
+            let (n, c, h) = ((self.grid(s) * self.grid(s)) as u128, self.stage_dim(s) as u128, self.hidden(s) as u128);
+            let w = self.window(s) as u128;
+            let table = (2 * w - 1) * (2 * w - 1) * self.num_heads[s] as u128;
+            let block = PartCost::saturating(
                 10 * n * c + 4 * n * c * c + 2 * n * c * h + 2 * n * w * w * c,
                 4 * c + 3 * c * c + qkv_bias(c) + c * c + c + 2 * c * h + h + c + table,
             );
             blocks.extend(std::iter::repeat_n(block, self.depths[s]));
             if s + 1 < self.num_stages() {
                 // Patch merging of stage s: LayerNorm over 4C at n/4 tokens, then 4C → 2C without bias.
-                transitions.push(PartCost::new(5 * n * c + 2 * n * c * c, 8 * c * c + 8 * c));
+                transitions.push(PartCost::saturating(5 * n * c + 2 * n * c * c, 8 * c * c + 8 * c));
             }
         }
         let last = self.num_stages() - 1;
-        let (n3, c3, k) = ((self.grid(last) * self.grid(last)) as u64, self.stage_dim(last) as u64, self.num_classes as u64);
+        let (n3, c3, k) = ((self.grid(last) * self.grid(last)) as u128, self.stage_dim(last) as u128, self.num_classes as u128);
         AnchorCosts {
             embed,
             blocks,
             transitions,
-            head: PartCost::new(c3 * k, c3 * k + k),
-            final_norm: PartCost::new(5 * n3 * c3, 2 * c3),
+            head: PartCost::saturating(c3 * k, c3 * k + k),
+            final_norm: PartCost::saturating(5 * n3 * c3, 2 * c3),
             official_omits_front_transitions: true,
         }
     }

@@ -92,9 +92,19 @@ impl VitConfig {
         Self::new(768, 12, 12)
     }
 
-    /// Checks every field, naming the first bad one.
+    /// Checks every field, naming the first bad one, and the anchor's size against the
+    /// [`limits`](crate::limits).
     pub fn validate(&self) -> Result<()> {
         let bad = crate::config::invalid::<()>;
+        use crate::limits::{MAX_BLOCKS, MAX_CLASSES, MAX_IMG_SIZE, MAX_WIDTH};
+        crate::limits::require_at_most(&[
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("in_chans", self.in_chans, MAX_WIDTH),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_BLOCKS),
+            ("num_heads", self.num_heads, MAX_WIDTH),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+        ])?;
         crate::config::require_positive(&[
             ("img_size", self.img_size),
             ("patch_size", self.patch_size),
@@ -113,11 +123,14 @@ impl VitConfig {
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) || self.hidden() == 0 {
             return bad("mlp_ratio", format!("{} gives no hidden units", self.mlp_ratio));
         }
+        if self.hidden() > MAX_WIDTH {
+            return bad("mlp_ratio", format!("{} gives {} hidden units, over the limit of {MAX_WIDTH}", self.mlp_ratio, self.hidden()));
+        }
         crate::config::require_rate(self.drop_path_rate)?;
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }
-        Ok(())
+        crate::limits::require_budgets(&self.layout(""), self.costs().total(), 0)
     }
 
     /// Drop-path probability of block `i` (timm: `torch.linspace(0, drop_path_rate, depth)`).
@@ -156,23 +169,27 @@ impl VitConfig {
 
     /// Per-part costs by fvcore's convention (spec §8).
     pub fn costs(&self) -> AnchorCosts {
-        let (c, n, h) = (self.embed_dim as u64, self.tokens() as u64, self.hidden() as u64);
-        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u64;
+        // In 128 bits, saturating into the u64 costs (the fields are bounded by `validate`).
+        let (c, n, h) = (self.embed_dim as u128, self.tokens() as u128, self.hidden() as u128);
+        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u128;
         let patches = n - 1;
         let conv_params = c * patch_in + c;
-        let embed = PartCost { flops: patches * patch_in * c, params: conv_params + c + n * c, params_official: conv_params };
+        let embed = PartCost {
+            params_official: PartCost::saturating(0, conv_params).params,
+            ..PartCost::saturating(patches * patch_in * c, conv_params + c + n * c)
+        };
         let qkv_bias = if self.qkv_bias { 3 * c } else { 0 };
-        let block = PartCost::new(
+        let block = PartCost::saturating(
             10 * n * c + 3 * n * c * c + 2 * n * n * c + n * c * c + 2 * n * c * h,
             4 * c + 3 * c * c + qkv_bias + c * c + c + 2 * c * h + h + c,
         );
-        let k = self.num_classes as u64;
+        let k = self.num_classes as u128;
         AnchorCosts {
             embed,
             blocks: vec![block; self.depth],
             transitions: vec![PartCost::default()],
-            head: PartCost::new(c * k, c * k + k),
-            final_norm: PartCost::new(5 * n * c, 2 * c),
+            head: PartCost::saturating(c * k, c * k + k),
+            final_norm: PartCost::saturating(5 * n * c, 2 * c),
             official_omits_front_transitions: false,
         }
     }

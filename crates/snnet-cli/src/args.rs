@@ -4,9 +4,47 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Most images per forward that `bench` and `parity` accept: 4,096 (the probe batch is allocated
+/// up front, and the activations grow with it).
+pub const MAX_PROBE_BATCH: usize = 4096;
+
+/// Most untimed warm-up forwards, and most timed repeats, per route in `bench`: 10,000.
+pub const MAX_BENCH_FORWARDS: usize = 10_000;
+
+/// A whole number between `min` and `max`, for clap; the error names the number and the limit.
+fn number_within(text: &str, min: usize, max: usize, what: &str) -> Result<usize, String> {
+    let value: usize = text.trim().parse().map_err(|e| format!("`{text}` is not a whole number ({e})"))?;
+    if value < min {
+        return Err(format!("{value} is less than {min}"));
+    }
+    if value > max {
+        return Err(format!("{value} is over the limit of {max} {what}"));
+    }
+    Ok(value)
+}
+
+fn probe_batch(text: &str) -> Result<usize, String> {
+    number_within(text, 1, MAX_PROBE_BATCH, "images per forward")
+}
+
+fn bench_forwards(text: &str) -> Result<usize, String> {
+    number_within(text, 0, MAX_BENCH_FORWARDS, "forwards per route")
+}
+
+/// What `snnet --help` says about the limits a network is checked against (the library's
+/// `snnet::anchors::limits` and `snnet::core::limits`; a test keeps the numbers equal).
+const LIMITS_HELP: &str = "Limits: a network that asks for more is refused before anything is allocated, naming the \
+number and the limit. Raise them with these environment variables if you mean it:
+  SNNET_MAX_PARAMS     parameters (and index tables) per anchor and per network, default 4294967296
+  SNNET_MAX_FLOPS      multiply-accumulates per image and anchor, default 17592186044416
+  SNNET_MAX_POSITIONS  positions (tokens or map cells) per image at any stage, default 65536
+  SNNET_MAX_ROUTES     routes per stitch space, default 100000
+Fixed: widths up to 262144, 4096 blocks and 16 stages per anchor, images up to 16384 px, 16777216 classes, \
+kernel_size up to 64.";
+
 /// Stitchable Neural Networks: one network, many accuracy/speed trade-offs.
 #[derive(Debug, Parser)]
-#[command(name = "snnet", version, about)]
+#[command(name = "snnet", version, about, after_help = LIMITS_HELP)]
 pub struct Cli {
     /// Flags every command shares.
     #[command(flatten)]
@@ -132,14 +170,14 @@ pub enum Command {
         /// Route ids, comma separated (default: every route).
         #[arg(long, value_delimiter = ',')]
         routes: Option<Vec<usize>>,
-        /// Batch sizes, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "1")]
+        /// Batch sizes, comma separated (each 1 to 4,096).
+        #[arg(long, value_delimiter = ',', default_value = "1", value_parser = probe_batch)]
         batch: Vec<usize>,
-        /// Untimed forwards before timing each route.
-        #[arg(long, default_value_t = 2)]
+        /// Untimed forwards before timing each route (at most 10,000).
+        #[arg(long, default_value_t = 2, value_parser = bench_forwards)]
         warmup: usize,
-        /// Timed forwards per route (at least).
-        #[arg(long, default_value_t = 5)]
+        /// Timed forwards per route (at least; at most 10,000).
+        #[arg(long, default_value_t = 5, value_parser = bench_forwards)]
         repeats: usize,
         /// Keep timing a route until this many seconds have passed (at most 200 forwards).
         #[arg(long, default_value_t = 0.5)]
@@ -160,8 +198,8 @@ pub enum Command {
         /// Route ids, comma separated (default: every route).
         #[arg(long, value_delimiter = ',')]
         routes: Option<Vec<usize>>,
-        /// Images in the probe batch (deterministic values in [-2, 2]).
-        #[arg(long, default_value_t = 2)]
+        /// Images in the probe batch (deterministic values in [-2, 2]; 1 to 4,096).
+        #[arg(long, default_value_t = 2, value_parser = probe_batch)]
         batch: usize,
     },
     /// Pick the most accurate route (without results: the largest) within every budget given.
@@ -239,11 +277,12 @@ pub struct TrainArgs {
     /// Passes over the training set.
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Images per step and worker.
+    /// Images per step, split between the `--workers` threads.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    /// Data-parallel worker threads: each step every worker trains its own sampled route on its
-    /// own batch and the gradients are averaged (the official multi-GPU recipe).
+    /// Threads sharing each step: the step's one sampled route runs on each thread's part of the
+    /// `--batch` images and the gradients are combined as for the whole batch (same step as one
+    /// thread, faster on the CPU). At most the batch size.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Base learning rate (after warmup).

@@ -9,7 +9,7 @@ use snnet::{
     latency::{prewarm, time_route, TimingOptions},
     plot::{write_frontier_plot, FrontierPlot, PlotRoute},
     select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics},
-    weights::{read_tensors, write_safetensors, NamedTensor},
+    weights::{read_input_tensors, write_safetensors, NamedTensor},
     workflow::progress_bar,
     Description, Route, RouteCost,
 };
@@ -88,7 +88,10 @@ fn route_table(desc: &Description, tables: &TableArgs) -> Result<Vec<RouteMetric
             .into(),
         })
         .collect();
-    let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let read = |path: &Path| {
+        let bytes = snnet::core::read_regular_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text: {e}", path.display()))
+    };
     let mut others = Vec::new();
     if let Some(path) = &tables.results {
         let mut rows = parse_metric_lines(&read(path)?, &path.display().to_string(), &|_| true)?;
@@ -317,9 +320,6 @@ impl BackendTask for Bench<'_> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut lines = Vec::new();
         for &batch in &self.batches {
-            if batch == 0 {
-                return Err("--batch sizes must be at least 1".into());
-            }
             let images = Tensor::<B, 4>::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device);
             let pb = progress_bar(routes.len(), &format!("batch {batch}"));
             let cold = prewarm(&net, &routes[..1], &images)?;
@@ -521,9 +521,6 @@ fn parity(
     routes: Option<Vec<usize>>,
     batch: usize,
 ) -> Result<(), BoxError> {
-    if batch == 0 {
-        return Err("--batch must be at least 1".into());
-    }
     let (space, _) = desc.space_with_costs()?;
     let routes = routes.unwrap_or_else(|| (0..space.num_routes()).collect());
     if let Some(bad) = routes.iter().find(|&&id| id >= space.num_routes()) {
@@ -589,7 +586,7 @@ fn read_input(paths: &[std::path::PathBuf], [c, h, w]: [usize; 3]) -> Result<Nam
     let [path] = paths else {
         return Err(format!("--input takes one safetensors file or image files (.png, .jpg), got {} files", paths.len()).into());
     };
-    let (mut tensors, _) = read_tensors(path)?;
+    let mut tensors = read_input_tensors(path)?;
     match tensors.remove("input") {
         Some(t) => Ok(t),
         None if tensors.len() == 1 => Ok(tensors.into_values().next().expect("one tensor")),

@@ -352,10 +352,12 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
     assert!(lines.iter().all(|l| l["images"] == 8 && l["acc1"].as_f64().unwrap() <= 100.0));
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
 
-    // A Fashion-MNIST-shaped network cannot take RGB folders: a clear error.
+    // A Fashion-MNIST-shaped network reads the RGB folder as luminance.
     let gray = serde_json::json!({"anchors": [{"arch": "vit", "img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 10}]});
     let gray_config = tmp("gray.json");
     std::fs::write(&gray_config, gray.to_string()).unwrap();
+    let gray_results = tmp("g.jsonl");
+    let _ = std::fs::remove_file(&gray_results);
     let (ok, _, err) = snnet(&[
         "--config",
         gray_config.to_str().unwrap(),
@@ -363,9 +365,17 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
         "--data",
         data.to_str().unwrap(),
         "--output",
-        tmp("g.jsonl").to_str().unwrap(),
+        gray_results.to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("the network takes [1, 28, 28]"), "{err}");
+    assert!(ok, "{err}");
+}
+
+/// `snnet --config CONFIG infer --route 0 --input INPUT --output OUTPUT`.
+fn infer_route_0(config: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> (bool, String, String) {
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let args = ["--config".into(), path(config), "infer".into(), "--route".into(), "0".into(), "--input".into(), path(input)];
+    let args: Vec<String> = args.into_iter().chain(["--output".into(), path(output)]).collect();
+    snnet(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -387,17 +397,7 @@ fn infer_reads_image_files_for_one_channel_networks() {
     // A broken image is an error naming the file.
     let broken = tmp("broken.jpg");
     std::fs::write(&broken, b"not a jpeg").unwrap();
-    let (ok, _, err) = snnet(&[
-        "--config",
-        config.to_str().unwrap(),
-        "infer",
-        "--route",
-        "0",
-        "--input",
-        broken.to_str().unwrap(),
-        "--output",
-        logits.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = infer_route_0(&config, &broken, &logits);
     assert!(!ok && err.contains("broken.jpg"), "{err}");
 }
 
@@ -583,5 +583,207 @@ fn backend_suite_infer_on_wgpu_gives_the_cpus_logits_for_every_family() {
             let e = rel_err(got, &reference[&key(id)].data);
             assert!(e <= 1e-4, "{family} route {id}: relative error {e} against PyTorch");
         }
+    }
+}
+
+/// `snnet` with extra environment variables, killed (and the test failed) if it runs longer than
+/// `seconds`: what used to block or run for minutes must now end at once.
+fn snnet_within(seconds: u64, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snnet"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // Drain both pipes while waiting, so a long output cannot block the child.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("snnet {args:?} still running after {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.success(), stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+fn write_config(name: &str, desc: serde_json::Value) -> PathBuf {
+    let path = tmp(name);
+    std::fs::write(&path, desc.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn absurd_descriptions_are_refused_at_once_with_the_number_and_the_limit() {
+    let vit = |embed_dim: u64, depth: u64| serde_json::json!({"arch": "vit", "img_size": 32, "patch_size": 8, "embed_dim": embed_dim, "depth": depth, "num_heads": 2});
+    for (name, anchor, field, number, limit) in [
+        ("deep.json", vit(32, 1_000_000_000), "anchors[0].depth", "1000000000", "4096"),
+        ("deepest.json", vit(32, u64::MAX), "anchors[0].depth", "18446744073709551615", "4096"),
+        ("wide.json", vit(1_000_000_000, 4), "anchors[0].embed_dim", "1000000000", "262144"),
+    ] {
+        let config = write_config(name, serde_json::json!({ "anchors": [anchor] }));
+        for command in [&["space"][..], &["infer", "--route", "0", "--input", "x.safetensors", "--output", "y.safetensors"]] {
+            let mut args = vec!["--config", config.to_str().unwrap()];
+            args.extend_from_slice(command);
+            let (ok, _, err) = snnet_within(30, &[], &args);
+            assert!(!ok && err.contains(field) && err.contains(number) && err.contains(&format!("limit of {limit}")), "{name}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    // Twelve identical small anchors with every pair and chain: the routes are counted, not built.
+    let small = vit(16, 12);
+    let config = write_config("twelve.json", serde_json::json!({"anchors": vec![small; 12], "space": {"nearest_stitching": false}}));
+    let c = config.to_str().unwrap();
+    let (ok, _, err) = snnet_within(30, &[], &["--config", c, "space"]);
+    assert!(!ok && err.contains("883147435617 routes") && err.contains("limit of 100000") && err.contains("SNNET_MAX_ROUTES"), "{err}");
+    // The limits are documented and overridable: raised, the official 732-route space of a
+    // smaller limit builds; malformed, the variable is named.
+    let (ok, out, err) = snnet_within(60, &[("SNNET_MAX_ROUTES", "731")], &["space", "--anchors", DEIT, "--nearest-stitching", "false"]);
+    assert!(!ok && err.contains("732 routes") && err.contains("limit of 731"), "{out}{err}");
+    let (ok, out, err) = snnet_within(60, &[("SNNET_MAX_ROUTES", "1_000")], &["space", "--anchors", DEIT, "--nearest-stitching", "false"]);
+    assert!(ok && out.contains("732 routes"), "{err}");
+    let (ok, _, err) = snnet_within(30, &[("SNNET_MAX_PARAMS", "lots")], &["space", "--anchors", DEIT]);
+    assert!(!ok && err.contains("SNNET_MAX_PARAMS") && err.contains("\"lots\""), "{err}");
+}
+
+#[test]
+fn description_errors_name_the_anchor_the_field_and_what_was_expected() {
+    let cases = [
+        (serde_json::json!({"anchors": [{"arch": "vit", "embed_dim": 32, "num_heads": 2}]}), ["anchors[0]", "missing field `depth`"]),
+        (
+            serde_json::json!({"anchors": ["deit_tiny_patch16_224", {"arch": "transformer", "depth": 2}]}),
+            ["anchors[1]", "unknown architecture `transformer`"],
+        ),
+        (serde_json::json!({"anchors": ["deit_tiny_patch16_224", 7]}), ["anchors[1]", "expected a preset name"]),
+    ];
+    for (i, (desc, expected)) in cases.into_iter().enumerate() {
+        let config = write_config(&format!("bad-description-{i}.json"), desc);
+        let (ok, _, err) = snnet(&["--config", config.to_str().unwrap(), "space"]);
+        assert!(!ok && expected.iter().all(|e| err.contains(e)), "{err}");
+        assert!(!err.contains("untagged enum"), "{err}");
+    }
+}
+
+#[test]
+fn bench_refuses_absurd_batches_and_warmups() {
+    let (ok, _, err) = snnet_within(30, &[], &["--anchors", DEIT, "bench", "--batch", "1,100000000"]);
+    assert!(!ok && err.contains("100000000 is over the limit of 4096 images per forward"), "{err}");
+    let (ok, _, err) = snnet_within(30, &[], &["--anchors", DEIT, "bench", "--warmup", "18446744073709551615"]);
+    assert!(!ok && err.contains("18446744073709551615 is over the limit of 10000 forwards per route"), "{err}");
+    let (ok, _, err) = snnet_within(30, &[], &["--anchors", DEIT, "bench", "--batch", "0"]);
+    assert!(!ok && err.contains("0 is less than 1"), "{err}");
+    let (ok, _, err) = snnet_within(30, &[], &["--anchors", DEIT, "parity", "--batch", "100000000"]);
+    assert!(!ok && err.contains("limit of 4096"), "{err}");
+}
+
+#[test]
+fn train_help_says_what_workers_and_batch_do() {
+    let (ok, out, err) = snnet(&["train", "--help"]);
+    assert!(ok, "{err}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("Images per step, split between the `--workers` threads"), "{text}");
+    assert!(text.contains("the step's one sampled route runs on each thread's part of the `--batch` images"), "{text}");
+    assert!(!text.contains("its own sampled route") && !text.contains("per step and worker"), "{text}");
+}
+
+#[test]
+fn a_nan_in_the_input_is_reported_as_the_input() {
+    let input = tmp("nan-input.safetensors");
+    let mut data = vec![0.5f32; 3 * 32 * 32];
+    data[7] = f32::NAN;
+    write_safetensors(&input, &[("input".into(), NamedTensor { shape: vec![1, 3, 32, 32], data, stored_as: "F32" })], Default::default())
+        .unwrap();
+    let config = mini_config();
+    let output = tmp("nan-logits.safetensors");
+    let (ok, _, err) = infer_route_0(&config, &input, &output);
+    assert!(!ok && err.contains("input file") && err.contains("nan-input.safetensors") && err.contains("non-finite"), "{err}");
+    assert!(!err.contains("weight file"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn named_pipes_are_refused_instead_of_blocking() {
+    let fifo = tmp("pipe");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f = fifo.to_str().unwrap();
+    let config = mini_config();
+    let c = config.to_str().unwrap();
+    let output = tmp("pipe-logits.safetensors");
+    let o = output.to_str().unwrap();
+    let input = tmp("pipe-input.safetensors");
+    let t = NamedTensor { shape: vec![1, 3, 32, 32], data: vec![0.0; 3 * 32 * 32], stored_as: "F32" };
+    write_safetensors(&input, &[("input".into(), t)], Default::default()).unwrap();
+    let i = input.to_str().unwrap();
+    for args in [
+        vec!["--config", f, "space"],
+        vec!["--config", c, "--weights", f, "infer", "--route", "0", "--input", i, "--output", o],
+        vec!["--config", c, "infer", "--route", "0", "--input", f, "--output", o],
+        vec!["--anchors", DEIT, "select", "--results", f],
+    ] {
+        let (ok, _, err) = snnet_within(30, &[], &args);
+        assert!(!ok && err.contains("pipe") && err.contains("not a regular file but a named pipe (FIFO)"), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
+#[test]
+fn grayscale_image_folders_feed_one_channel_networks() {
+    let data = tmp("gray-folder");
+    let _ = std::fs::remove_dir_all(&data);
+    for (c, class) in ["shirt", "shoe"].iter().enumerate() {
+        let dir = data.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..3u32 {
+            image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * 3 + i * 20) % 256) as u8 / (c as u8 + 1)]))
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let vit = |in_chans: usize| serde_json::json!({"anchors": [{"arch": "vit", "img_size": 28, "patch_size": 7, "in_chans": in_chans, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 10}]});
+    let eval = |config: &PathBuf, name: &str| {
+        let results = tmp(name);
+        let _ = std::fs::remove_file(&results);
+        snnet(&["--config", config.to_str().unwrap(), "eval", "--data", data.to_str().unwrap(), "--output", results.to_str().unwrap()])
+    };
+    let (ok, out, err) = eval(&write_config("gray-1.json", vit(1)), "gray-1.jsonl");
+    assert!(ok && out.contains("cfg_id"), "{err}");
+    // Channel counts other than one and three keep the clear error.
+    let (ok, _, err) = eval(&write_config("gray-2.json", vit(2)), "gray-2.jsonl");
+    assert!(!ok && err.contains("images are [3, 28, 28], the network takes [2, 28, 28]"), "{err}");
+}
+
+#[test]
+fn help_documents_the_limits_the_library_applies() {
+    use snnet::{anchors::limits, core::limits as core_limits};
+    let (ok, out, err) = snnet(&["--help"]);
+    assert!(ok, "{err}");
+    for (variable, default) in [
+        (limits::MAX_PARAMS_VAR, limits::DEFAULT_MAX_PARAMS),
+        (limits::MAX_FLOPS_VAR, limits::DEFAULT_MAX_FLOPS),
+        (limits::MAX_POSITIONS_VAR, limits::DEFAULT_MAX_POSITIONS),
+        (core_limits::MAX_ROUTES_VAR, core_limits::DEFAULT_MAX_ROUTES),
+    ] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(variable)).unwrap_or_else(|| panic!("{variable} in {out}"));
+        assert!(line.ends_with(&format!("default {default}")), "{line}");
+    }
+    for fixed in
+        [limits::MAX_WIDTH, limits::MAX_BLOCKS, limits::MAX_STAGES, limits::MAX_IMG_SIZE, limits::MAX_CLASSES, core_limits::MAX_KERNEL_SIZE]
+    {
+        assert!(out.contains(&fixed.to_string()), "{fixed} in {out}");
     }
 }

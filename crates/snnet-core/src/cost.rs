@@ -20,8 +20,8 @@ pub struct RouteCost {
 
 /// Cost of a stitching layer: `rows · Cin · Cout` MACs, `Cin·Cout + Cout` parameters.
 pub fn stitch_cost(slot: &LayerSlot) -> PartCost {
-    let (i, o, n) = (slot.in_channels as u64, slot.out_channels as u64, slot.rows_per_image as u64);
-    PartCost::new(n * i * o, i * o + o)
+    let (i, o, n) = (slot.in_channels as u128, slot.out_channels as u128, slot.rows_per_image as u128);
+    PartCost::saturating(n * i * o, i * o + o)
 }
 
 /// Cost of `route`. Plain anchors cost their whole forward; stitched routes sum the stem of the
@@ -58,7 +58,10 @@ pub fn route_cost(
     let last = &costs[route.segments.last().expect("a route has segments").anchor];
     run = run + last.head;
     let norm = last.final_norm;
-    let (flops, params_exact) =
-        if final_norm_on_stitched { (run.flops + norm.flops, run.params + norm.params) } else { (run.flops, run.params) };
-    RouteCost { flops, params: run.params_official + norm.params_official, params_exact }
+    let (flops, params_exact) = if final_norm_on_stitched {
+        (run.flops.saturating_add(norm.flops), run.params.saturating_add(norm.params))
+    } else {
+        (run.flops, run.params)
+    };
+    RouteCost { flops, params: run.params_official.saturating_add(norm.params_official), params_exact }
 }

@@ -21,6 +21,25 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// A stitch space with more routes than the limit allows (counted before any is built).
+    #[error(
+        "the stitch space has {} routes, over the limit of {limit}; raise it with the environment variable {} if you mean it",
+        crate::limits::count_text(*.count), crate::limits::MAX_ROUTES_VAR
+    )]
+    TooManyRoutes {
+        /// The routes the settings ask for (`u64::MAX`: more than can be counted).
+        count: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// An environment variable that should hold a limit but does not hold a whole number.
+    #[error("environment variable {variable}={value:?} is not a whole number")]
+    InvalidLimit {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+    },
     /// Anchors that cannot be stitched with the chosen settings.
     #[error("anchors cannot be stitched: {0}")]
     IncompatibleAnchors(String),
@@ -46,6 +65,14 @@ pub enum Error {
         /// The file (or `<memory>`).
         path: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// An input file (tensors to run a network on) that cannot be read or holds unusable values.
+    #[error("input file {path}: {reason}")]
+    InputFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it, naming the tensor.
         reason: String,
     },
     /// A weight file written for another network.

@@ -88,12 +88,25 @@ impl PartCost {
     pub fn new(flops: u64, params: u64) -> Self {
         Self { flops, params, params_official: params }
     }
+
+    /// [`PartCost::new`] from counts computed in 128 bits, each clamped to `u64::MAX`: cost
+    /// formulas of absurd configurations saturate (and are then refused by a limit) instead of
+    /// overflowing.
+    pub fn saturating(flops: u128, params: u128) -> Self {
+        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        Self::new(clamp(flops), clamp(params))
+    }
 }
 
+/// Sums saturate at `u64::MAX` (see [`PartCost::saturating`]).
 impl std::ops::Add for PartCost {
     type Output = PartCost;
     fn add(self, o: PartCost) -> PartCost {
-        PartCost { flops: self.flops + o.flops, params: self.params + o.params, params_official: self.params_official + o.params_official }
+        PartCost {
+            flops: self.flops.saturating_add(o.flops),
+            params: self.params.saturating_add(o.params),
+            params_official: self.params_official.saturating_add(o.params_official),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod features;
 pub mod kernels;
 pub mod layout;
+pub mod limits;
 pub mod lstsq;
 pub mod net;
 pub mod ops;
@@ -33,6 +34,9 @@ pub use features::Features;
 pub use layout::{AnchorCosts, AnchorLayout, FeatureKind, PartCost, StageLayout};
 pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StatePart, StitchedNet};
 pub use select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics};
+/// Reads a whole file, refusing named pipes, devices and directories instead of blocking on them
+/// (from `snnet-io`, which every file snnet reads goes through).
+pub use snnet_io::read_regular_file;
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
 pub use stitching_layer::StitchingLayer;
 pub use stochastic::{drop_path, NoiseSeed};

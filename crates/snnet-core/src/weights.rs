@@ -256,7 +256,7 @@ pub struct LoadedWeights {
 /// NaN or infinite values, is an error naming its key.
 pub fn read_weights(path: &Path) -> Result<LoadedWeights> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
+    let bytes = snnet_io::read_regular_file(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
     parse_weights(&bytes, &shown)
 }
 
@@ -307,6 +307,17 @@ fn strip_source(message: &str, source: &str) -> String {
 pub fn read_tensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
     let loaded = read_weights(path)?;
     Ok((loaded.tensors, loaded.metadata))
+}
+
+/// The tensors of an input file (what a network runs on, e.g. `snnet infer --input`), read as
+/// [`read_tensors`] reads weights; errors are [`Error::InputFile`], naming the file as an input
+/// (a NaN in it is the input's, not a weight's).
+pub fn read_input_tensors(path: &Path) -> Result<TensorMap> {
+    match read_weights(path) {
+        Ok(loaded) => Ok(loaded.tensors),
+        Err(Error::WeightFile { path, reason }) => Err(Error::InputFile { path, reason }),
+        Err(other) => Err(other),
+    }
 }
 
 /// Writes tensors (f32) and metadata to `path` atomically (a temporary file renamed into place).

@@ -9,6 +9,8 @@
 //!   and return a [`WeightFile`]: the state dict's tensors by key as
 //!   contiguous little-endian [`RawTensor`]s, plus what else the file holds.
 //! * [`parse_safetensors`]: safetensors only.
+//! * [`read_regular_file`]: reads a file, refusing named pipes, devices and
+//!   directories instead of blocking on them.
 //! * [`pth`]: the `.pth` readers. [`pth::TorchFile`] gives the whole object
 //!   tree ([`pickle::Value`]) and materialises any tensor on demand; state
 //!   dict discovery is [`pth::find_state_dict`].
@@ -31,7 +33,10 @@
 //! malformed input gives an [`Error`] naming the file and the culprit, never
 //! a panic; lengths are checked against the input before allocating; views
 //! are bounds-checked against their storage; broadcast views may not expand
-//! beyond [`pth::MAX_EXPANSION_BYTES`] in total.
+//! beyond [`pth::MAX_EXPANSION_BYTES`] in total; a DEFLATED zip entry is
+//! inflated only up to the bytes its tensors declare (the object pickle: up to
+//! [`pth::MAX_INFLATED_PICKLE_BYTES`]) and refused before inflating if its
+//! record declares more; files are read only if they are regular files.
 //!
 //! ```no_run
 //! let wf = snnet_io::read_weights_file(std::path::Path::new("deit_tiny.pth"))?;
@@ -232,11 +237,48 @@ fn describe_unknown(bytes: &[u8]) -> String {
     format!("{} bytes starting with {}: {guess}", bytes.len(), head.join(" "))
 }
 
-/// Reads a weight file from disk; the path is the display name in errors.
+/// Reads a weight file from disk ([`read_regular_file`]); the path is the
+/// display name in errors.
 pub fn read_weights_file(path: &Path) -> Result<WeightFile> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|err| Error::Io { file: name.clone(), err })?;
+    let bytes = read_regular_file(path).map_err(|err| Error::Io { file: name.clone(), err })?;
     read_weights(&bytes, &name)
+}
+
+/// Reads a whole file, refusing anything but a regular file (a named pipe, a
+/// device, a socket, a directory) before opening it: opening a FIFO would wait
+/// for a writer forever, and a device may never end. The error is
+/// [`std::io::ErrorKind::InvalidInput`] and says what the path is.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file but {}: give the path of a file", describe_file_type(kind)),
+        ));
+    }
+    std::fs::read(path)
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// Parses a safetensors file (dtypes F64/F32/F16/BF16/I64/I32/I16/I8/U8/BOOL).

@@ -25,6 +25,11 @@ use crate::{Error, Format, RawTensor, Result, WeightFile};
 /// overlapping) may add beyond the size of their storages.
 pub const MAX_EXPANSION_BYTES: u64 = 256 << 20;
 
+/// The most bytes a DEFLATED `data.pkl` (the object pickle of a zip `.pth`)
+/// may inflate to. torch writes it STORED, and a STORED entry is bounded by the
+/// file itself; a real object pickle is a few megabytes at most.
+pub const MAX_INFLATED_PICKLE_BYTES: u64 = 256 << 20;
+
 /// The little-endian bytes of the legacy format's magic number
 /// `0x1950a86a20f9469cfc6c`.
 pub const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -103,7 +108,7 @@ impl<'a> TorchFile<'a> {
         let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_owned();
         let big_endian = match archive.find(&format!("{prefix}byteorder")) {
             None => false,
-            Some(e) => match archive.read(e).map_err(zip_err)?.as_ref() {
+            Some(e) => match archive.read_at_most(e, b"little".len() as u64).map_err(zip_err)?.as_ref() {
                 b"little" => false,
                 b"big" => true,
                 other => {
@@ -118,7 +123,7 @@ impl<'a> TorchFile<'a> {
                 }
             },
         };
-        let data = archive.read(pkl).map_err(zip_err)?;
+        let data = archive.read_at_most(pkl, MAX_INFLATED_PICKLE_BYTES).map_err(zip_err)?;
         let loaded = pickle::load(&data).map_err(|err| Error::Pickle { file: file.into(), part: pkl_name.clone(), err })?;
         Ok(TorchFile {
             format: Format::TorchZip,
@@ -222,17 +227,34 @@ impl<'a> TorchFile<'a> {
     }
 
     /// The raw bytes of a storage, as saved (byte order not converted).
+    ///
+    /// A DEFLATED storage entry is inflated only up to the bytes the object
+    /// pickle declares for that storage (its element count times the element
+    /// size; none for a key the pickle never mentions): an entry whose zip
+    /// record declares more is refused before anything is inflated.
     pub fn storage_bytes(&self, key: &str) -> Result<Cow<'a, [u8]>> {
         match &self.store {
             Store::Zip { archive, prefix } => {
                 let name = format!("{prefix}data/{key}");
-                let entry = archive.find(&name).ok_or_else(|| Error::Storage {
+                let storage_err = |message: String| Error::Storage {
                     file: self.file.clone(),
                     key: key.into(),
                     location: format!("zip entry '{name}'"),
-                    message: "missing: the archive has no such entry".into(),
-                })?;
-                archive.read(entry).map_err(|e| Error::Zip { file: self.file.clone(), entry: e.entry, message: e.message })
+                    message,
+                };
+                let entry = archive.find(&name).ok_or_else(|| storage_err("missing: the archive has no such entry".into()))?;
+                let declared = self.declared_storage_bytes(key);
+                if entry.method != 0 && entry.size > declared {
+                    return Err(storage_err(format!(
+                        "the compressed entry inflates to {} bytes, but the pickle declares {declared} bytes for this storage: refused before inflating",
+                        entry.size
+                    )));
+                }
+                archive.read_at_most(entry, declared).map_err(|e| Error::Zip {
+                    file: self.file.clone(),
+                    entry: e.entry,
+                    message: e.message,
+                })
             }
             Store::Legacy { blobs } => match blobs.get(key) {
                 Some((b, _)) => Ok(Cow::Borrowed(*b)),
@@ -244,6 +266,13 @@ impl<'a> TorchFile<'a> {
                 }),
             },
         }
+    }
+
+    /// The most bytes any reference to storage `key` declares (element count
+    /// times element size, saturating; 0 when no tensor refers to it). A
+    /// storage of unknown element type counts one byte per element.
+    fn declared_storage_bytes(&self, key: &str) -> u64 {
+        self.storages.iter().filter(|s| s.key == key).map(|s| s.numel.saturating_mul(s.elem_size.unwrap_or(1) as u64)).max().unwrap_or(0)
     }
 
     fn storage_location(&self, key: &str) -> String {

@@ -3,7 +3,9 @@
 //! and a minimal STORED writer for tests and fuzzing.
 //!
 //! The reader works on a byte slice and never allocates from a length field
-//! before checking it against the bytes that are actually there.
+//! before checking it against the bytes that are actually there; a DEFLATED
+//! entry, whose inflated size the bytes do not bound, is read with
+//! [`ZipArchive::read_at_most`] against the size its reader expects.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -193,14 +195,29 @@ impl<'a> ZipArchive<'a> {
     }
 
     /// The uncompressed bytes of an entry, borrowed when it is STORED.
-    /// Checks sizes and the CRC-32.
+    /// Checks sizes and the CRC-32. A DEFLATED entry is inflated up to the size
+    /// its directory record declares, whatever that is: for untrusted archives
+    /// use [`read_at_most`](Self::read_at_most).
     pub fn read(&self, entry: &ZipEntry) -> Result<Cow<'a, [u8]>, ZipError> {
-        self.read_inner(entry).map_err(|message| ZipError { entry: Some(entry.name.clone()), message })
+        self.read_at_most(entry, u64::MAX)
     }
 
-    fn read_inner(&self, e: &ZipEntry) -> Result<Cow<'a, [u8]>, String> {
+    /// [`read`](Self::read), refusing a DEFLATED entry whose directory record
+    /// declares more than `max_size` inflated bytes before inflating anything
+    /// (a STORED entry is borrowed from the input, which bounds it already).
+    pub fn read_at_most(&self, entry: &ZipEntry, max_size: u64) -> Result<Cow<'a, [u8]>, ZipError> {
+        self.read_inner(entry, max_size).map_err(|message| ZipError { entry: Some(entry.name.clone()), message })
+    }
+
+    fn read_inner(&self, e: &ZipEntry, max_size: u64) -> Result<Cow<'a, [u8]>, String> {
         if e.flags & 1 != 0 {
             return Err("encrypted entries are not supported".into());
+        }
+        if e.method != 0 && e.size > max_size {
+            return Err(format!(
+                "inflates to {} bytes by its directory record, more than the {max_size} bytes expected of it: refused before inflating",
+                e.size
+            ));
         }
         let data = self.data;
         let off = usize::try_from(e.local_header_offset)
@@ -352,27 +369,41 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// # Panics
 /// If an entry or the archive exceeds the 32-bit zip limits.
 pub fn write_stored(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    write_archive(entries, false)
+}
+
+/// [`write_stored`] with every entry DEFLATED (miniz's fast level), as
+/// Python's `zipfile.ZIP_DEFLATED` writes them; for tests and fuzzing.
+///
+/// # Panics
+/// As [`write_stored`].
+pub fn write_deflated(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    write_archive(entries, true)
+}
+
+fn write_archive(entries: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
-    let small = |v: usize| u32::try_from(v).expect("write_stored: entry too large for a zip32 archive");
+    let small = |v: usize| u32::try_from(v).expect("zip writer: entry too large for a zip32 archive");
     for (name, data) in entries {
         let offset = small(out.len());
         let crc = crc32(data);
-        let name_len = u16::try_from(name.len()).expect("write_stored: name too long");
+        let name_len = u16::try_from(name.len()).expect("zip writer: name too long");
+        let stored: Cow<'_, [u8]> = if deflate { Cow::Owned(miniz_oxide::deflate::compress_to_vec(data, 1)) } else { Cow::Borrowed(data) };
         let mut common = Vec::new();
         common.extend_from_slice(&20u16.to_le_bytes()); // version needed
         common.extend_from_slice(&0u16.to_le_bytes()); // flags
-        common.extend_from_slice(&0u16.to_le_bytes()); // STORED
+        common.extend_from_slice(&(if deflate { 8u16 } else { 0u16 }).to_le_bytes()); // method
         common.extend_from_slice(&0u32.to_le_bytes()); // time, date
         common.extend_from_slice(&crc.to_le_bytes());
-        common.extend_from_slice(&small(data.len()).to_le_bytes());
+        common.extend_from_slice(&small(stored.len()).to_le_bytes());
         common.extend_from_slice(&small(data.len()).to_le_bytes());
         common.extend_from_slice(&name_len.to_le_bytes());
         common.extend_from_slice(&0u16.to_le_bytes()); // extra length
         out.extend_from_slice(&LOCAL_SIG.to_le_bytes());
         out.extend_from_slice(&common);
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(data);
+        out.extend_from_slice(&stored);
         central.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
         central.extend_from_slice(&20u16.to_le_bytes()); // version made by
         central.extend_from_slice(&common);
@@ -382,7 +413,7 @@ pub fn write_stored(entries: &[(&str, &[u8])]) -> Vec<u8> {
     }
     let cd_offset = small(out.len());
     out.extend_from_slice(&central);
-    let count = u16::try_from(entries.len()).expect("write_stored: too many entries");
+    let count = u16::try_from(entries.len()).expect("zip writer: too many entries");
     out.extend_from_slice(&EOCD_SIG.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&count.to_le_bytes());
@@ -419,6 +450,18 @@ mod tests {
         assert_eq!(a.entries().len(), 2);
         assert_eq!(&*a.read(a.find("a/data.pkl").unwrap()).unwrap(), b"hello");
         assert_eq!(&*a.read(a.find("a/data/0").unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn roundtrip_deflated_and_bounded() {
+        let zeros = vec![0u8; 100_000];
+        let z = write_deflated(&[("a/big", &zeros)]);
+        assert!(z.len() < 2_000, "{}", z.len());
+        let a = ZipArchive::new(&z).unwrap();
+        let e = a.find("a/big").unwrap();
+        assert_eq!(a.read_at_most(e, 100_000).unwrap().len(), 100_000);
+        let refused = a.read_at_most(e, 99_999).unwrap_err().to_string();
+        assert!(refused.contains("inflates to 100000 bytes") && refused.contains("99999 bytes"), "{refused}");
     }
 
     #[test]

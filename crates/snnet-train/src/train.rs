@@ -1,6 +1,7 @@
-//! The joint-training loop of SN-Net: every step trains one sampled route on one batch (per worker), with the
-//! official schedule, AdamW, optional distillation, seeded data order, augmentation and drop path,
-//! and checkpoints from which a killed run resumes exactly.
+//! The joint-training loop of SN-Net: every step trains one sampled route on one batch (split
+//! between the worker threads, if several), with the official schedule, AdamW, optional
+//! distillation, seeded data order, augmentation and drop path, and checkpoints from which a
+//! killed run resumes exactly.
 
 use std::{path::PathBuf, time::Instant};
 

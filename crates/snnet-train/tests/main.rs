@@ -117,6 +117,26 @@ fn image_folder_decodes_png_and_jpeg_and_skips_corrupt_files() {
 }
 
 #[test]
+fn image_folders_convert_to_the_networks_channels() {
+    let root = tmp("gray-folder");
+    std::fs::create_dir_all(root.join("shirt")).unwrap();
+    image::GrayImage::from_pixel(28, 28, image::Luma([255])).save(root.join("shirt").join("white.png")).unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([0, 0, 0])).save(root.join("shirt").join("black.png")).unwrap();
+    // One channel: the luminance, normalised as Fashion-MNIST, whatever the files hold.
+    let gray = ImageFolder::open_for_input(&root, [1, 28, 28]).unwrap();
+    assert_eq!(gray.shape(), [1, 28, 28]);
+    let (black, white) = (gray.get(0).unwrap().image, gray.get(1).unwrap().image);
+    assert_eq!((black.len(), white.len()), (28 * 28, 28 * 28));
+    let fashion = |p: f32| (p / 255.0 - 0.2860) / 0.3530;
+    assert!((white[0] - fashion(255.0)).abs() < 1e-3 && (black[0] - fashion(0.0)).abs() < 1e-3, "{} {}", white[0], black[0]);
+    // Three channels: RGB with timm's preprocessing, grayscale files included.
+    let rgb = ImageFolder::open_for_input(&root, [3, 16, 16]).unwrap();
+    assert_eq!((rgb.shape(), rgb.get(1).unwrap().image.len()), ([3, 16, 16], 3 * 16 * 16));
+    // Other channel counts get RGB images, for the caller to refuse by their shape.
+    assert_eq!(ImageFolder::open_for_input(&root, [2, 16, 16]).unwrap().shape(), [3, 16, 16]);
+}
+
+#[test]
 fn evaluation_preprocessing_matches_timm() {
     // tools/make_preprocess_fixture.py: timm 0.6.13's eval transform at 32 px (resize 36, crop 32).
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

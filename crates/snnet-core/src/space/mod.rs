@@ -67,6 +67,14 @@ impl SpaceSettings {
         if self.kernel_size == 0 {
             return bad("kernel_size", "must be at least 1");
         }
+        if self.kernel_size > crate::limits::MAX_KERNEL_SIZE {
+            let reason = format!(
+                "{} is over the limit of {} (the window enumerates kernel_size² pairs at every position)",
+                self.kernel_size,
+                crate::limits::MAX_KERNEL_SIZE
+            );
+            return bad("kernel_size", &reason);
+        }
         if self.stride == 0 {
             return bad("stride", "must be at least 1");
         }
@@ -174,11 +182,19 @@ pub struct StitchSpace {
 }
 
 impl StitchSpace {
-    /// Enumerates the space of `anchors` (in the order given; it matters, spec §9 B5/B6).
+    /// Enumerates the space of `anchors` (in the order given; it matters, spec §9 B5/B6). The
+    /// routes are counted first ([`count_routes`]): more than the limit in force
+    /// ([`limits::max_routes`](crate::limits::max_routes): 100,000 unless `SNNET_MAX_ROUTES` says
+    /// otherwise) is [`Error::TooManyRoutes`], before anything is built.
     pub fn build(anchors: &[AnchorLayout], settings: &SpaceSettings) -> Result<Self> {
-        settings.validate()?;
-        if anchors.is_empty() {
-            return Err(Error::IncompatibleAnchors("no anchors given".into()));
+        Self::build_with_limit(anchors, settings, crate::limits::max_routes()?)
+    }
+
+    /// [`StitchSpace::build`] with an explicit route limit instead of the environment's.
+    pub fn build_with_limit(anchors: &[AnchorLayout], settings: &SpaceSettings, max_routes: u64) -> Result<Self> {
+        let count = count_routes(anchors, settings)?;
+        if count > max_routes {
+            return Err(Error::TooManyRoutes { count, limit: max_routes });
         }
         let mut builder = Builder { anchors, routes: Vec::new(), layers: Vec::new() };
         for a in 0..anchors.len() {
@@ -290,15 +306,7 @@ impl Builder<'_> {
     /// DeiT-style: paired window over all blocks, anchor combinations (spec §2.2).
     fn global(&mut self, settings: &SpaceSettings) -> Result<()> {
         let n = self.anchors.len();
-        let depth = self.anchors[0].num_blocks();
-        if let Some((i, l)) = self.anchors.iter().enumerate().find(|(_, l)| l.num_blocks() != depth) {
-            return Err(Error::IncompatibleAnchors(format!(
-                "global (DeiT-style) stitching needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
-                self.anchors[0].name,
-                l.name,
-                l.num_blocks()
-            )));
-        }
+        let depth = equal_depth(self.anchors)?;
         let paired = paired_stitching(depth, settings.kernel_size, settings.stride, settings.paired_variant);
         let pairs: Vec<(usize, usize)> = if settings.nearest_stitching {
             (1..n).map(|i| (i - 1, i)).collect()
@@ -341,30 +349,9 @@ impl Builder<'_> {
     fn stagewise(&mut self, settings: &SpaceSettings, stages: &[usize]) -> Result<()> {
         let n = self.anchors.len();
         for (stage_key, &s) in stages.iter().enumerate() {
-            if let Some(l) = self.anchors.iter().find(|l| s >= l.stages.len()) {
-                return Err(Error::InvalidSettings {
-                    setting: "stitched_stages".into(),
-                    reason: format!("stage {s} does not exist in anchor `{}` ({} stages)", l.name, l.stages.len()),
-                });
-            }
+            stage_exists(self.anchors, s)?;
             for i in 1..n {
-                let (d0, d1) = (self.anchors[i - 1].stages[s].depth, self.anchors[i].stages[s].depth);
-                let stitching = match d0.cmp(&d1) {
-                    std::cmp::Ordering::Equal => {
-                        paired_stitching(d0, settings.kernel_size, settings.stride, settings.paired_variant)
-                    }
-                    std::cmp::Ordering::Less => {
-                        unpaired_stitching(d0, d1, settings.paired_variant == PairedVariant::ForwardNoEntry)
-                    }
-                    std::cmp::Ordering::Greater => {
-                        return Err(Error::IncompatibleAnchors(format!(
-                            "stage-wise stitching needs anchors in non-decreasing depth (spec §9 B6): at stage {s}, anchor {} (`{}`) has {d0} blocks but anchor {i} (`{}`) has {d1}",
-                            i - 1,
-                            self.anchors[i - 1].name,
-                            self.anchors[i].name
-                        )))
-                    }
-                };
+                let stitching = stage_pair_stitching(self.anchors, settings, s, i)?;
                 let first = self.add_slots(Some((stage_key, s)), i - 1, (i - 1, i), stitching.num_layers)?;
                 let (front_start, end_start) = (self.anchors[i - 1].stage_start(s), self.anchors[i].stage_start(s));
                 let end_blocks = self.anchors[i].num_blocks();
@@ -379,6 +366,114 @@ impl Builder<'_> {
         }
         Ok(())
     }
+}
+
+/// The depth every anchor of a global (DeiT-style) space shares.
+fn equal_depth(anchors: &[AnchorLayout]) -> Result<usize> {
+    let depth = anchors[0].num_blocks();
+    match anchors.iter().enumerate().find(|(_, l)| l.num_blocks() != depth) {
+        None => Ok(depth),
+        Some((i, l)) => Err(Error::IncompatibleAnchors(format!(
+            "global (DeiT-style) stitching needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
+            anchors[0].name,
+            l.name,
+            l.num_blocks()
+        ))),
+    }
+}
+
+/// Stage `s` must exist in every anchor of a stage-wise space.
+fn stage_exists(anchors: &[AnchorLayout], s: usize) -> Result<()> {
+    match anchors.iter().find(|l| s >= l.stages.len()) {
+        None => Ok(()),
+        Some(l) => Err(Error::InvalidSettings {
+            setting: "stitched_stages".into(),
+            reason: format!("stage {s} does not exist in anchor `{}` ({} stages)", l.name, l.stages.len()),
+        }),
+    }
+}
+
+/// The positions between anchors `i - 1` and `i` inside stage `s`: paired for equal depths,
+/// unpaired (nearest) for a deeper end anchor.
+fn stage_pair_stitching(anchors: &[AnchorLayout], settings: &SpaceSettings, s: usize, i: usize) -> Result<PairedStitching> {
+    let (d0, d1) = (anchors[i - 1].stages[s].depth, anchors[i].stages[s].depth);
+    match d0.cmp(&d1) {
+        std::cmp::Ordering::Equal => Ok(paired_stitching(d0, settings.kernel_size, settings.stride, settings.paired_variant)),
+        std::cmp::Ordering::Less => Ok(unpaired_stitching(d0, d1, settings.paired_variant == PairedVariant::ForwardNoEntry)),
+        std::cmp::Ordering::Greater => Err(Error::IncompatibleAnchors(format!(
+            "stage-wise stitching needs anchors in non-decreasing depth (spec §9 B6): at stage {s}, anchor {} (`{}`) has {d0} blocks but anchor {i} (`{}`) has {d1}",
+            i - 1,
+            anchors[i - 1].name,
+            anchors[i].name
+        ))),
+    }
+}
+
+/// The number of routes [`StitchSpace::build`] enumerates for `anchors` and `settings`, counted
+/// without building any (saturating at `u64::MAX`): the time and memory of this count grow with
+/// the anchors' depth and number, not with the routes. Settings and anchors that cannot be
+/// stitched are the errors `build` gives.
+pub fn count_routes(anchors: &[AnchorLayout], settings: &SpaceSettings) -> Result<u64> {
+    settings.validate()?;
+    if anchors.is_empty() {
+        return Err(Error::IncompatibleAnchors("no anchors given".into()));
+    }
+    let n = anchors.len() as u64;
+    let stitched = match &settings.stitched_stages {
+        None => {
+            let depth = equal_depth(anchors)?;
+            let paired = paired_stitching(depth, settings.kernel_size, settings.stride, settings.paired_variant);
+            if settings.nearest_stitching {
+                (n - 1).saturating_mul(paired.positions.len() as u64)
+            } else {
+                count_chained_routes(n, &paired.positions)
+            }
+        }
+        Some(stages) => {
+            let mut total = 0u64;
+            for &s in stages {
+                stage_exists(anchors, s)?;
+                for i in 1..anchors.len() {
+                    total = total.saturating_add(stage_pair_stitching(anchors, settings, s, i)?.positions.len() as u64);
+                }
+            }
+            total
+        }
+    };
+    Ok(n.saturating_add(stitched))
+}
+
+/// Stitched routes of a global space with every anchor combination: for each combination of `r`
+/// anchors (`C(n, r)` of them) every chain of `r − 1` stitches ([`chains`]), counted by dynamic
+/// programming over the positions instead of enumerated; stops once the count saturates.
+fn count_chained_routes(n: u64, positions: &[Position]) -> u64 {
+    // Chains of length 1 end at each position once; a chain extends by a position whose `j` is
+    // at least the last position's `k`.
+    let mut by_k: Vec<usize> = (0..positions.len()).collect();
+    by_k.sort_by_key(|&p| positions[p].1);
+    let sorted_k: Vec<usize> = by_k.iter().map(|&p| positions[p].1).collect();
+    let mut ending_at = vec![1u64; positions.len()];
+    let mut total = 0u64;
+    let mut combinations = n as u128; // C(n, 1)
+    for r in 2..=n {
+        combinations = combinations.saturating_mul((n - r + 1) as u128) / r as u128;
+        let chains = ending_at.iter().fold(0u64, |a, &c| a.saturating_add(c));
+        if chains == 0 || combinations == 0 {
+            break;
+        }
+        let per_combination = u64::try_from(combinations).unwrap_or(u64::MAX);
+        total = total.saturating_add(per_combination.saturating_mul(chains));
+        if total == u64::MAX {
+            break;
+        }
+        // Chains one longer: prefix sums over the previous ends, ordered by their `k`.
+        let mut prefix = vec![0u64; by_k.len() + 1];
+        for (i, &p) in by_k.iter().enumerate() {
+            prefix[i + 1] = prefix[i].saturating_add(ending_at[p]);
+        }
+        ending_at = positions.iter().map(|&(j, _)| prefix[sorted_k.partition_point(|&k| k <= j)]).collect();
+    }
+    total
 }
 
 /// Sequences of `len` stitches where each next stitch leaves its anchor no earlier than it was

@@ -36,11 +36,12 @@ pub struct PairedStitching {
 /// new pair gets a fresh layer id, shared by the pairs it contributed.
 pub fn paired_stitching(depth: usize, kernel_size: usize, stride: usize, variant: PairedVariant) -> PairedStitching {
     let mut positions: Vec<Position> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut layers = Vec::new();
     let mut next_layer = 0usize;
     let mut i = 0usize;
     while i < depth {
-        let ids = i..(i + kernel_size).min(depth);
+        let ids = i..i + kernel_size.min(depth - i);
         let mut new = false;
         for j in ids.clone() {
             for k in ids.clone() {
@@ -49,7 +50,7 @@ pub fn paired_stitching(depth: usize, kernel_size: usize, stride: usize, variant
                     PairedVariant::Forward => j < k,
                     PairedVariant::ForwardNoEntry => j < k && k != 0,
                 };
-                if keep && !positions.contains(&(j, k)) {
+                if keep && seen.insert((j, k)) {
                     positions.push((j, k));
                     layers.push(next_layer);
                     new = true;
@@ -59,7 +60,7 @@ pub fn paired_stitching(depth: usize, kernel_size: usize, stride: usize, variant
         if new {
             next_layer += 1;
         }
-        i += stride;
+        i = i.saturating_add(stride.max(1));
     }
     PairedStitching { positions, layers, num_layers: next_layer }
 }

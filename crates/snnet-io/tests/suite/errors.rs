@@ -167,3 +167,48 @@ fn safetensors_errors() {
     let e = parse_safetensors(&bad, "big.safetensors").unwrap_err();
     assert!(e.to_string().contains("header"), "{e}");
 }
+
+/// A DEFLATED storage entry that inflates far past what its tensors declare (a zip bomb) is
+/// refused before inflating: the message names the storage, both sizes and the refusal.
+#[test]
+fn deflated_storage_inflating_past_its_tensors_is_refused() {
+    let p = P::new().op(b"}(").s("w").tensor("0", 100, 0, &[100], &[1]).op(b"u").stop();
+    let bomb = vec![0u8; 64 << 20];
+    let zip = snnet_io::zip::write_deflated(&[("archive/data.pkl", &p), ("archive/data/0", &bomb)]);
+    assert!(zip.len() < 1 << 20, "the bomb is small on disk: {} bytes", zip.len());
+    let (e, msg) = err(&zip, "bomb.pth");
+    assert!(matches!(&e, Error::Storage { key, .. } if key == "0"), "{msg}");
+    assert!(msg.contains("inflates to 67108864 bytes") && msg.contains("declares 400 bytes"), "{msg}");
+    assert!(msg.contains("refused before inflating"), "{msg}");
+    // The same archive with a storage of the declared size reads.
+    let exact = vec![0u8; 400];
+    let zip = snnet_io::zip::write_deflated(&[("archive/data.pkl", &p), ("archive/data/0", &exact)]);
+    assert_eq!(read_weights(&zip, "exact.pth").unwrap().tensors["w"].shape, vec![100]);
+}
+
+/// A DEFLATED object pickle larger than `MAX_INFLATED_PICKLE_BYTES` is refused before inflating.
+#[test]
+fn deflated_pickle_past_the_limit_is_refused() {
+    let limit = snnet_io::pth::MAX_INFLATED_PICKLE_BYTES as usize;
+    let pickle = vec![b'N'; limit + 1];
+    let zip = snnet_io::zip::write_deflated(&[("archive/data.pkl", &pickle)]);
+    let (e, msg) = err(&zip, "pickle_bomb.pth");
+    assert!(matches!(e, Error::Zip { .. }), "{msg}");
+    assert!(msg.contains(&format!("inflates to {} bytes", limit + 1)) && msg.contains(&format!("the {limit} bytes")), "{msg}");
+}
+
+/// A named pipe is refused before it is opened (opening it would wait for a writer forever).
+#[cfg(unix)]
+#[test]
+fn named_pipe_is_refused_instead_of_blocking() {
+    let fifo = std::env::temp_dir().join(format!("snnet-io-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let e = read_weights_file(&fifo).expect_err("a FIFO is not a weight file");
+    let msg = e.to_string();
+    let _ = std::fs::remove_file(&fifo);
+    assert!(matches!(&e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::InvalidInput), "{msg}");
+    assert!(msg.contains("not a regular file but a named pipe (FIFO)"), "{msg}");
+    let dir = read_weights_file(&std::env::temp_dir()).unwrap_err().to_string();
+    assert!(dir.contains("not a regular file but a directory"), "{dir}");
+}

@@ -123,7 +123,7 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
 
 /// Reads an IDX file of unsigned bytes with `rank` dimensions: the dimensions and the data.
 fn read_idx(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let raw = snnet_core::read_regular_file(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
