@@ -48,7 +48,11 @@ impl<B: Backend> StitchingLayer<B> {
     pub fn set_affine(&mut self, weight: &[f32], bias: &[f32]) {
         let [d_in, d_out] = self.transform.weight.dims();
         let device = self.transform.weight.device();
-        let w = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [d_out, d_in]), &device).transpose();
+        // burn's orientation `[in, out]`, transposed on the host into a contiguous tensor: as a
+        // transposed view of `[out, in]`, the wgpu backend (with fusion) ran later forwards through
+        // it wrongly (the backend suite's least-squares check).
+        let w_in_out: Vec<f32> = (0..d_in * d_out).map(|i| weight[(i % d_out) * d_in + i / d_out]).collect();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(w_in_out, [d_in, d_out]), &device);
         let b = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [d_out]), &device);
         self.transform.weight = Param::from_tensor(w);
         self.transform.bias = Some(Param::from_tensor(b));

@@ -97,29 +97,38 @@ pub fn least_squares_gives_the_cpus_layers<D: Backend>(device: &D::Device, toler
 /// every weight on `D` as on the CPU; the loss and the gradient norm agree too.
 pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Backend>(device: &D::Device, tolerance: f32) {
     let _device = shared_device();
+    let mut over = Vec::new();
     for family in families() {
         let (_, file) = family.on_cpu(0.1);
         for clip in [None, Some(0.05)] {
             let (cpu, cpu_before) = step_once::<Flex>(&family, &Default::default(), &file, clip);
-            let (net, before) = step_once::<D>(&family, device, &file, clip);
+            let (net, _) = step_once::<D>(&family, device, &file, clip);
             let what = format!("{} (clipping {clip:?})", family.name);
-            let error = (net.loss - cpu.loss).abs() / cpu.loss.abs();
-            assert!(error <= tolerance as f64, "{what}: loss {} on the device, {} on the CPU", net.loss, cpu.loss);
-            let error = (net.grad_norm - cpu.grad_norm).abs() / cpu.grad_norm;
-            assert!(error <= tolerance as f64, "{what}: gradient norm {} on the device, {} on the CPU", net.grad_norm, cpu.grad_norm);
             if let Some(max) = clip {
                 assert!(cpu.grad_norm > max, "{what}: the gradient norm {} is not clipped at {max}", cpu.grad_norm);
+            }
+            let loss = ((net.loss - cpu.loss).abs() / cpu.loss.abs()) as f32;
+            let norm = ((net.grad_norm - cpu.grad_norm).abs() / cpu.grad_norm) as f32;
+            let mut worst = (String::from("loss"), loss);
+            if norm > worst.1 {
+                worst = ("gradient norm".into(), norm);
             }
             let mut moved = 0;
             for (((key, got), (_, want)), (_, start)) in net.weights.iter().zip(&cpu.weights).zip(&cpu_before) {
                 let error = relative_error(&got.data, &want.data);
-                assert!(error <= tolerance, "{what} {key}: relative error {error:.3e} after the step");
+                if error > worst.1 {
+                    worst = (key.clone(), error);
+                }
                 moved += usize::from(want.data != start.data);
             }
             assert!(moved > 2, "{what}: the step moved {moved} tensors");
-            assert_eq!(before.len(), cpu_before.len());
+            eprintln!("{what}: loss {loss:.1e}, gradient norm {norm:.1e}, worst tensor {} {:.1e}", worst.0, worst.1);
+            if worst.1 > tolerance {
+                over.push(format!("{what}: {} {:.3e}", worst.0, worst.1));
+            }
         }
     }
+    assert!(over.is_empty(), "relative errors over {tolerance:.0e} after the step: {over:#?}");
 }
 
 struct Stepped {
@@ -151,9 +160,10 @@ fn step_once<B: Backend>(family: &Family, device: &B::Device, file: &WeightFile,
 /// Host reads and uploads of an inference forward and a training step, counted on `D` through
 /// [`Counted`]. A forward reads nothing back until its logits are asked for; the training step's
 /// counts are printed (docs/benchmarks.md records them).
-pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device) {
+/// Families named in `uncounted` are left out (with the reason at the call).
+pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device, uncounted: &[&str]) {
     let _device = shared_device();
-    for family in families() {
+    for family in families().into_iter().filter(|f| !uncounted.contains(&f.name)) {
         let (_, file) = family.on_cpu(0.0);
         let net = family.load::<Counted<D>>(device, 0.0, &file);
         let images = HostImages::new(2, family.input(), 11);
