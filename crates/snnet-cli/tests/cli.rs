@@ -1,6 +1,9 @@
 //! The `snnet` binary end to end: every command, and its errors.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use snnet::weights::{read_tensors, write_safetensors, NamedTensor};
 
@@ -494,6 +497,17 @@ fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
     }
 }
 
+/// `snnet --config config --weights weights --device device infer --route all`, `input` to
+/// `output`; the logits it wrote, by key `logits.{id}` (the test fails if the command does).
+fn infer_all(config: &Path, weights: &Path, device: &str, input: &Path, output: &Path) -> snnet::weights::TensorMap {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (config, weights, input, output_arg) = (path(config), path(weights), path(input), path(output));
+    let args = ["--config", &config, "--weights", &weights, "--device", device, "infer", "--route", "all"];
+    let (ok, _, err) = snnet(&[&args[..], &["--input", &input, "--output", &output_arg]].concat());
+    assert!(ok, "infer --config {config} on {device}: {err}");
+    read_tensors(output).unwrap().0
+}
+
 #[test]
 fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
@@ -510,21 +524,7 @@ fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
         let input = tmp(&format!("{family}-probe.safetensors"));
         write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
         let output = tmp(&format!("{family}-routes.safetensors"));
-        let (ok, _, err) = snnet(&[
-            "--config",
-            config,
-            "--weights",
-            imported.to_str().unwrap(),
-            "infer",
-            "--route",
-            "all",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]);
-        assert!(ok, "{family} infer: {err}");
-        let (logits, _) = read_tensors(&output).unwrap();
+        let logits = infer_all(Path::new(config), &imported, "flex", &input, &output);
         assert_eq!(logits.len(), routes, "{family}");
         for id in 0..routes {
             let e = rel_err(&logits[&format!("logits.{id}")].data, &reference[&format!("logits.route.{id}")].data);
@@ -555,24 +555,7 @@ fn backend_suite_infer_on_wgpu_gives_the_cpus_logits_for_every_family() {
         write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
         let logits = |device: &str| {
             let output = tmp(&format!("{family}-{device}-logits.safetensors"));
-            let (config, weights) = (fixtures.join(config), fixtures.join(weights));
-            let (ok, _, err) = snnet(&[
-                "--config",
-                config.to_str().unwrap(),
-                "--weights",
-                weights.to_str().unwrap(),
-                "--device",
-                device,
-                "infer",
-                "--route",
-                "all",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-            ]);
-            assert!(ok, "{family} on {device}: {err}");
-            read_tensors(&output).unwrap().0
+            infer_all(&fixtures.join(config), &fixtures.join(weights), device, &input, &output)
         };
         let (cpu, gpu) = (logits("flex"), logits("wgpu"));
         assert_eq!(gpu.len(), cpu.len(), "{family}: routes");
