@@ -42,6 +42,7 @@
 //! line (`--sample-size`, `--warm-up-time`, `--measurement-time`) overrides the defaults of the
 //! `forward` group. Medians are in `target/criterion/<id>/new/estimates.json`.
 
+use snnet::Kernels;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     collections::HashSet,
@@ -107,18 +108,18 @@ const SEED: u64 = 0;
 
 type Net<B> = StitchedNet<B, AnyAnchor<B>>;
 
-fn build<B: Backend>(device: &B::Device) -> Net<B> {
+fn build<B: Kernels>(device: &B::Device) -> Net<B> {
     B::seed(device, SEED);
     let net = Description::from_names(&ANCHORS).build::<B>(device).expect("the DeiT-Ti/S/B SN-Net builds");
     assert_eq!(net.num_routes(), 71);
     net
 }
 
-fn images<B: Backend>(batch: usize, device: &B::Device) -> Tensor<B, 4> {
+fn images<B: Kernels>(batch: usize, device: &B::Device) -> Tensor<B, 4> {
     Tensor::random([batch, 3, 224, 224], Distribution::Normal(0.0, 1.0), device)
 }
 
-fn sync<B: Backend>(device: &B::Device) {
+fn sync<B: Kernels>(device: &B::Device) {
     B::sync(device).expect("device sync");
 }
 
@@ -130,7 +131,7 @@ struct Benches<'c> {
 impl BackendTask for Benches<'_> {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device, name: &'static str) {
+    fn run<B: Kernels>(self, device: B::Device, name: &'static str) {
         let Benches { criterion: c, groups } = self;
         eprintln!("snnet benches on `{name}`, groups: {}", groups.join(","));
         let wants = |group: &str| groups.iter().any(|g| g == group);
@@ -156,7 +157,7 @@ impl BackendTask for Benches<'_> {
     }
 }
 
-fn first_forward<B: Backend>(c: &mut Criterion, device: &B::Device) {
+fn first_forward<B: Kernels>(c: &mut Criterion, device: &B::Device) {
     let mut group = c.benchmark_group("first_forward");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(1));
     let mut cold_reported = false;
@@ -186,7 +187,7 @@ fn first_forward<B: Backend>(c: &mut Criterion, device: &B::Device) {
     group.finish();
 }
 
-fn forward<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
+fn forward<B: Kernels>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
     let mut warmed = HashSet::new();
     for batch in FORWARD_BATCHES {
         let mut group = c.benchmark_group(format!("forward/batch{batch}"));
@@ -218,7 +219,7 @@ fn forward<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut Optio
     }
 }
 
-fn route_switch<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
+fn route_switch<B: Kernels>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
     let mut group = c.benchmark_group("route_switch");
     group.sample_size(50).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let mut reported = false;
@@ -248,7 +249,7 @@ fn route_switch<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut 
     group.finish();
 }
 
-fn ls_init<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
+fn ls_init<B: Kernels>(c: &mut Criterion, device: &B::Device, shared: &mut Option<Net<B>>) {
     let mut group = c.benchmark_group("ls_init");
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     let mut calibration: Option<Tensor<B, 4>> = None;
@@ -264,7 +265,7 @@ fn ls_init<B: Backend>(c: &mut Criterion, device: &B::Device, shared: &mut Optio
     group.finish();
 }
 
-fn train_step<B: Backend>(c: &mut Criterion, device: &B::Device) {
+fn train_step<B: Kernels>(c: &mut Criterion, device: &B::Device) {
     type Ad<B> = Autodiff<B>;
     let mut group = c.benchmark_group("train_step");
     group.sampling_mode(SamplingMode::Flat).sample_size(10);

@@ -9,9 +9,10 @@
 //! synthetic. `--ls-only` prints one JSON line with the least-squares timing and stops (used by
 //! `tools/compare_ls_init.sh` for the side-by-side with the official approach).
 
+use snnet::Kernels;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use snnet::{
     backend::{run_or_exit, BackendTask},
@@ -39,7 +40,7 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 impl BackendTask for Options {
     type Output = Result<(), Box<dyn std::error::Error>>;
 
-    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output {
         B::seed(&device, 0);
         let desc = Description::from_names(&["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]);
         let mut net = desc.build::<B>(&device)?;

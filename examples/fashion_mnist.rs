@@ -10,15 +10,13 @@
 //! cargo run --release --example fashion_mnist -- [--epochs 4] [--workers 2] [--output target/fashion-mnist] [--resume] [--data DIR]
 //! ```
 
+use snnet::{AutodiffKernels, Kernels};
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use burn::{
     backend::Autodiff,
     module::AutodiffModule,
-    tensor::{
-        backend::{AutodiffBackend, Backend},
-        Tensor, TensorData,
-    },
+    tensor::{Tensor, TensorData},
 };
 use clap::Parser;
 use snnet::{
@@ -84,7 +82,7 @@ struct Options {
 }
 
 impl Options {
-    fn run_all<B: AutodiffBackend>(self, device: B::Device) -> Result<(), BoxError> {
+    fn run_all<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         let t0 = Instant::now();
         std::fs::create_dir_all(&self.output)?;
         let desc = demo::description()?;
@@ -206,7 +204,7 @@ impl Options {
 impl BackendTask for Options {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         self.run_all::<Autodiff<B>>(device)
     }
 }

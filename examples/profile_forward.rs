@@ -35,7 +35,7 @@
 //! | `forward.total` | the whole anchor (embed + 12 blocks + head) |
 //! | `gemm.2d` | the qkv GEMM as one 2-D matmul `[b·n, C] × [C, 3C]` (no bias) |
 //! | `gemm.fc1`, `gemm.fc1_wT`, `gemm.fc1_3d` | the fc1 GEMM (no bias): 2-D with the `[in, out]` weight, 2-D with an `[out, in]` weight transposed (view), 3-D with the weight broadcast |
-//! | `attn.softmax_snnet`, `mlp.gelu_snnet` | the anchor's softmax and GELU (`snnet::anchors::kernels::{softmax_scaled, gelu}`; on a shared input, so with one copy) |
+//! | `attn.softmax_snnet`, `mlp.gelu_snnet` | the anchor's softmax and GELU (`Kernels::{softmax_scaled, gelu}` of `Flex`; on a shared input, so with one copy) |
 //! | `kernel.softmax`, `kernel.gelu` | their CPU kernels alone, in place on a buffer |
 
 use std::{hint::black_box, time::Instant};
@@ -45,7 +45,7 @@ use burn::{
     tensor::{activation, module::attention, ops::AttentionModuleOptions, Distribution, Tensor},
 };
 use snnet::{
-    anchors::kernels::{cpu, gelu, softmax_scaled},
+    core::kernels::{flex::cpu, Kernels},
     core::ops::linear_rows,
     Anchor, Features, VitConfig,
 };
@@ -190,7 +190,7 @@ fn main() {
             rec("attn.qk", time(t, || q.clone().matmul(k.clone().swap_dims(2, 3)) * scale));
             let s = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale;
             rec("attn.softmax", time(t, || activation::softmax(s.clone(), 3)));
-            rec("attn.softmax_snnet", time(t, || softmax_scaled(s.clone(), 1.0)));
+            rec("attn.softmax_snnet", time(t, || Flex::softmax_scaled(s.clone(), 1.0)));
             let mut sbuf = s.clone().into_data().to_vec::<f32>().unwrap();
             rec("kernel.softmax", time(t, || cpu::softmax_rows(&mut sbuf, n, 1.0)));
             let p = activation::softmax(s.clone(), 3);
@@ -227,7 +227,7 @@ fn main() {
             let h = blk.mlp.fc1.forward(x.clone());
             rec("mlp.gelu", time(t, || activation::gelu(h.clone())));
             rec("mlp.fc1+gelu", time(t, || activation::gelu(blk.mlp.fc1.forward(x.clone()))));
-            rec("mlp.gelu_snnet", time(t, || gelu(h.clone())));
+            rec("mlp.gelu_snnet", time(t, || Flex::exact_gelu(h.clone())));
             let mut hbuf = h.clone().into_data().to_vec::<f32>().unwrap();
             rec("kernel.gelu", time(t, || cpu::gelu(&mut hbuf)));
             let g = activation::gelu(h.clone());

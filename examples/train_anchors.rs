@@ -6,13 +6,10 @@
 //! cargo run --release --example train_anchors -- [--epochs 10] [--batch 128] [--lr 1e-3] [--data DIR] [--output DIR] [--only 2]
 //! ```
 
+use snnet::{AutodiffKernels, Kernels};
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
-use burn::{
-    backend::Autodiff,
-    module::AutodiffModule,
-    tensor::backend::{AutodiffBackend, Backend},
-};
+use burn::{backend::Autodiff, module::AutodiffModule};
 use clap::Parser;
 use snnet::{
     backend::{run_or_exit, BackendTask},
@@ -51,7 +48,7 @@ struct Options {
 }
 
 impl Options {
-    fn train<B: AutodiffBackend>(self, device: B::Device) -> Result<(), BoxError> {
+    fn train<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         B::seed(&device, 0);
         let desc = demo::description()?;
         let mut net = desc.build::<B>(&device)?;
@@ -105,7 +102,7 @@ impl Options {
 impl BackendTask for Options {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         self.train::<Autodiff<B>>(device)
     }
 }

@@ -5,9 +5,10 @@
 //! in, for a precision it cannot run, or for a GPU backend on a machine without a usable adapter is
 //! an error that says which.
 
+use snnet_core::Kernels;
 use std::{fmt, str::FromStr};
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 
 /// Backend names accepted by [`run_on`].
 pub const BACKENDS: [&str; 5] = ["flex", "cuda", "wgpu", "vulkan", "metal"];
@@ -62,7 +63,7 @@ pub trait BackendTask {
     /// What the task returns.
     type Output;
     /// Runs on backend `B`, on `device`. `name` is the backend's name.
-    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output;
+    fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output;
 }
 
 /// A backend that was asked for but cannot be used.
@@ -175,7 +176,7 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
 /// run one forward's kernels across the whole device.
 pub fn default_workers(name: &str) -> usize {
     match name {
-        "flex" | "cpu" => snnet_core::kernels::cpu::threads(),
+        "flex" | "cpu" => snnet_core::kernels::cpu_threads(),
         _ => 1,
     }
 }
@@ -232,7 +233,7 @@ mod glibc_malloc {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_family<F32: Backend, F16: Backend, T: BackendTask>(
+fn wgpu_family<F32: Kernels, F16: Kernels, T: BackendTask>(
     name: &'static str,
     precision: Precision,
     task: T,
@@ -246,13 +247,13 @@ fn wgpu_family<F32: Backend, F16: Backend, T: BackendTask>(
 
 /// Checks that the backend can run one operation (GPU backends panic deep inside their runtime when
 /// there is no driver or adapter), then runs the task.
-fn launch<B: Backend, T: BackendTask>(name: &'static str, task: T) -> Result<T::Output, BackendError> {
+fn launch<B: Kernels, T: BackendTask>(name: &'static str, task: T) -> Result<T::Output, BackendError> {
     let device = B::Device::default();
     probe::<B>(name, &device)?;
     Ok(task.run::<B>(device, name))
 }
 
-fn probe<B: Backend>(name: &'static str, device: &B::Device) -> Result<(), BackendError> {
+fn probe<B: Kernels>(name: &'static str, device: &B::Device) -> Result<(), BackendError> {
     let message = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let previous = std::panic::take_hook();
     let sink = message.clone();

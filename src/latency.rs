@@ -1,9 +1,10 @@
 //! Measured latency of routes on the running device: cold first forwards, pre-warming, and warm
 //! medians. Every timed forward ends with a device sync, so GPU timings are complete.
 
+use snnet_core::Kernels;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use snnet_core::{Anchor, Result, StitchedNet};
 
@@ -42,7 +43,7 @@ pub struct RouteTiming {
 }
 
 /// Milliseconds of one forward of route `id`, sync included.
-pub fn forward_ms<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, images: &Tensor<B, 4>) -> Result<f64> {
+pub fn forward_ms<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, images: &Tensor<B, 4>) -> Result<f64> {
     let device = images.device();
     let t = Instant::now();
     net.forward(images.clone(), id)?;
@@ -52,13 +53,13 @@ pub fn forward_ms<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, 
 
 /// Runs each route once on `images` so that its kernels are compiled and tuned (GPU backends) and
 /// later forwards of these routes at this batch size run warm. Returns each route's cold time (ms).
-pub fn prewarm<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, routes: &[usize], images: &Tensor<B, 4>) -> Result<Vec<f64>> {
+pub fn prewarm<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, routes: &[usize], images: &Tensor<B, 4>) -> Result<Vec<f64>> {
     routes.iter().map(|&id| forward_ms(net, id, images)).collect()
 }
 
 /// Warm latency of route `id` on `images`: `warmup` untimed forwards, then timed ones (see
 /// [`TimingOptions`]); the median and the minimum.
-pub fn time_route<B: Backend, A: Anchor<B>>(
+pub fn time_route<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     id: usize,
     images: &Tensor<B, 4>,
@@ -80,7 +81,7 @@ pub fn time_route<B: Backend, A: Anchor<B>>(
 
 /// Median wall-clock milliseconds of `repeats` forwards of route `id` on `images`, after `warmup`
 /// untimed forwards.
-pub fn route_latency_ms<B: Backend, A: Anchor<B>>(
+pub fn route_latency_ms<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     id: usize,
     images: &Tensor<B, 4>,

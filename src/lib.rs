@@ -33,8 +33,8 @@ pub use snnet_anchors::{
 };
 pub use snnet_core as core;
 pub use snnet_core::{
-    cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, Behaviour, Budget, Error, FeatureKind, Features, Goal,
-    LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings, StageLayout, StatePart,
-    StitchSpace, StitchedNet, StitchingLayer,
+    cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Error, FeatureKind,
+    Features, Goal, Kernels, LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings,
+    StageLayout, StatePart, StitchSpace, StitchedNet, StitchingLayer,
 };
 pub use snnet_train as train;

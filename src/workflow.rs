@@ -2,6 +2,7 @@
 //! by folder, progress bars, joint training with a live bar, the evaluation of every route into a
 //! resumable results file, the route table and the accuracy-vs-FLOPs plot.
 
+use snnet_core::{AutodiffKernels, Kernels};
 use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
@@ -9,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use serde::Serialize;
 use snnet_core::{
@@ -125,7 +125,7 @@ pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<B
 
 /// [`snnet_train::train`](fn@snnet_train::train) with a progress bar showing the epoch, loss, learning rate, images/s and
 /// ETA. Also returns the seconds of each step (forward, backward, update).
-pub fn train_with_progress<B: AutodiffBackend, A: Anchor<B>>(
+pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     net: StitchedNet<B, A>,
     dataset: &dyn Dataset,
     sampler: &mut dyn RouteSampler,
@@ -175,7 +175,7 @@ pub fn median_after(values: &[f64], skip: usize) -> Option<f64> {
 /// Evaluates the `routes` not yet in `results` (a JSON-lines file, created or appended to) on
 /// `dataset` with a progress bar, the routes shared among `workers` threads, then returns every
 /// row of the file with `gflops` added.
-pub fn evaluate_into<B: Backend, A: Anchor<B>>(
+pub fn evaluate_into<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     dataset: &dyn Dataset,
     routes: &[usize],
@@ -218,7 +218,7 @@ pub fn accuracy_frontier(rows: &[RouteMetrics]) -> Vec<usize> {
 }
 
 /// The route table as text: id, route, GFLOPs, parameters, top-1, top-5, frontier mark.
-pub fn route_table<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, rows: &[RouteMetrics], anchor_names: &[String]) -> String {
+pub fn route_table<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, rows: &[RouteMetrics], anchor_names: &[String]) -> String {
     let front = accuracy_frontier(rows);
     let mut out = format!("{:>6}  {:<22} {:>9}  {:>10}  {:>7}  {:>7}  frontier\n", "cfg_id", "route", "GFLOPs", "params", "acc1", "acc5");
     for r in rows {
@@ -238,7 +238,7 @@ pub fn route_table<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, rows: &[Ro
 }
 
 /// A route in words: `name` for an anchor, `front→end (j,k)` for a stitched route.
-pub fn route_name<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, anchor_names: &[String]) -> String {
+pub fn route_name<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, anchor_names: &[String]) -> String {
     let Ok(route) = net.route(id) else { return "?".into() };
     let name = |a: usize| anchor_names.get(a).cloned().unwrap_or_else(|| a.to_string());
     let comb = route.comb_id.iter().map(|&a| name(a)).collect::<Vec<_>>().join("→");
@@ -250,7 +250,7 @@ pub fn route_name<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, 
 
 /// Writes the accuracy-vs-FLOPs plot of `rows` (anchors named, stitched routes as dots, the
 /// frontier drawn) to each of `paths` (`.png` or `.svg`).
-pub fn write_accuracy_plots<B: Backend, A: Anchor<B>>(
+pub fn write_accuracy_plots<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     rows: &[RouteMetrics],
     anchor_names: &[String],
@@ -318,7 +318,7 @@ impl StitchingCheck {
 
 /// Checks evaluated `rows` (with `acc1` and `images`) of `net` against SN-Net's promise; every
 /// anchor route must be among the rows.
-pub fn check_stitching<B: Backend, A: Anchor<B>>(
+pub fn check_stitching<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     rows: &[RouteMetrics],
     tolerance: f64,

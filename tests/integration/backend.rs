@@ -81,7 +81,7 @@ fn the_cpu_backend_runs_and_unknown_names_or_precisions_are_refused() {
 
 #[test]
 fn independent_forwards_share_the_cpu_threads_and_a_gpu_runs_one() {
-    let cpu_threads = snnet::core::kernels::cpu::threads();
+    let cpu_threads = snnet::core::kernels::cpu_threads();
     assert!(cpu_threads >= 1);
     assert_eq!(snnet::backend::default_workers("flex"), cpu_threads);
     assert_eq!(snnet::backend::default_workers("cpu"), cpu_threads);

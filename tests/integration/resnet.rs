@@ -22,7 +22,7 @@ fn cnn_fixture(name: &str) -> PathBuf {
     super::common::fixture(&format!("resnet/{name}"))
 }
 
-fn net_on<BE: burn::tensor::backend::Backend>(description: &str) -> StitchedNet<BE, AnyAnchor<BE>> {
+fn net_on<BE: snnet::Kernels>(description: &str) -> StitchedNet<BE, AnyAnchor<BE>> {
     let device = Default::default();
     Description::from_file(&cnn_fixture(description)).unwrap().build::<BE>(&device).unwrap()
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
-use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, RouteCost, SpaceSettings, StitchSpace, StitchedNet};
+use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, Kernels, RouteCost, SpaceSettings, StitchSpace, StitchedNet};
 
 use crate::{
     error::{Error, Result},
@@ -350,7 +350,7 @@ impl Description {
     /// Builds the stitched network with random weights. The whole network (every anchor's
     /// parameters and index tables, every stitching layer) is checked against the parameter limit
     /// ([`limits::max_params`](crate::limits::max_params)) before anything is allocated.
-    pub fn build<B: Backend>(&self, device: &B::Device) -> Result<StitchedNet<B, AnyAnchor<B>>> {
+    pub fn build<B: Kernels>(&self, device: &B::Device) -> Result<StitchedNet<B, AnyAnchor<B>>> {
         self.check_network_size()?;
         let anchors = self.anchors.iter().map(|a| a.init::<B>(device)).collect::<Result<Vec<_>>>()?;
         Ok(StitchedNet::new(anchors, &self.space, self.behaviour.clone(), device)?)

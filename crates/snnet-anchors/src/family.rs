@@ -4,7 +4,7 @@ use burn::{
     module::Module,
     tensor::{backend::Backend, Tensor},
 };
-use snnet_core::{weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, Features};
+use snnet_core::{weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, Features, Kernels};
 
 use crate::{levit::Levit, resnet::ResNet, swin::Swin, vit::Vit};
 
@@ -21,7 +21,7 @@ pub enum AnyAnchor<B: Backend> {
     Levit(Levit<B>),
 }
 
-impl<B: Backend> AnyAnchor<B> {
+impl<B: Kernels> AnyAnchor<B> {
     /// Sets the stochastic depth rate of the anchor's blocks (timm's linear rule over the blocks).
     pub fn set_drop_path_rate(&mut self, rate: f64) -> crate::error::Result<()> {
         match self {
@@ -33,7 +33,7 @@ impl<B: Backend> AnyAnchor<B> {
     }
 }
 
-impl<B: Backend> Anchor<B> for AnyAnchor<B> {
+impl<B: Kernels> Anchor<B> for AnyAnchor<B> {
     fn layout(&self) -> &AnchorLayout {
         match self {
             AnyAnchor::Vit(m) => m.layout(),

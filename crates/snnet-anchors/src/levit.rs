@@ -20,10 +20,10 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
-    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
+    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed, PartCost,
 };
 
-use crate::{error::Result, kernels::softmax_scaled, norm::batch_norm};
+use crate::{error::Result, norm::batch_norm};
 
 /// Architecture of a LeViT, with the original (and timm's) argument names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -354,7 +354,7 @@ pub struct LinearBn<B: Backend> {
     pub bn: BatchNorm<B>,
 }
 
-impl<B: Backend> LinearBn<B> {
+impl<B: Kernels> LinearBn<B> {
     /// `[b, n, a] → [b, n, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let y = linear_rows(&self.c, x);
@@ -410,7 +410,7 @@ fn gathered_bias<B: Backend>(table: Tensor<B, 2>, index: &[i64], queries: usize,
     table.select(1, idx).reshape([heads, queries, keys])
 }
 
-impl<B: Backend> LevitAttention<B> {
+impl<B: Kernels> LevitAttention<B> {
     /// `[b, n, C] → [b, n, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
@@ -423,7 +423,7 @@ impl<B: Backend> LevitAttention<B> {
         let k = qkv.clone().narrow(3, d, d);
         let v = qkv.narrow(3, 2 * d, v_dim);
         let bias = gathered_bias(self.attention_biases.val(), &self.bias_index, n, n).unsqueeze_dim::<4>(0);
-        let attn = softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
+        let attn = B::softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, h * v_dim]);
         only_layer(&self.proj).forward(hard_swish(out))
     }
@@ -450,7 +450,7 @@ pub struct AttentionSubsample<B: Backend> {
     bias_index: Vec<i64>,
 }
 
-impl<B: Backend> AttentionSubsample<B> {
+impl<B: Kernels> AttentionSubsample<B> {
     /// `[b, r², C] → [b, r'², C']`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, c] = x.dims();
@@ -469,7 +469,7 @@ impl<B: Backend> AttentionSubsample<B> {
         let sub = Tensor::cat(cols, 2).reshape([b, r2 * r2, c]);
         let q = only_layer(&self.q).forward(sub).reshape([b, r2 * r2, h, d]).swap_dims(1, 2);
         let bias = gathered_bias(self.attention_biases.val(), &self.bias_index, r2 * r2, n).unsqueeze_dim::<4>(0);
-        let attn = softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
+        let attn = B::softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, r2 * r2, h * v_dim]);
         only_layer(&self.proj).forward(hard_swish(out))
     }
@@ -489,7 +489,7 @@ pub struct ResidualMlp<B: Backend> {
     pub m: Vec<Option<LinearBn<B>>>,
 }
 
-impl<B: Backend> ResidualMlp<B> {
+impl<B: Kernels> ResidualMlp<B> {
     fn branch(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let mut layers = self.m.iter().flatten();
         let (fc1, fc2) = (layers.next().expect("two layers"), layers.next().expect("two layers"));
@@ -508,7 +508,7 @@ pub enum LevitModule<B: Backend> {
     Subsample(AttentionSubsample<B>),
 }
 
-impl<B: Backend> LevitModule<B> {
+impl<B: Kernels> LevitModule<B> {
     /// Runs the module; residual branches take drop path (training only) from `seed`.
     pub fn forward(&self, x: Tensor<B, 3>, rate: f64, seed: u64) -> Tensor<B, 3> {
         match self {
@@ -538,7 +538,7 @@ pub struct Levit<B: Backend> {
     noise: NoiseSeed,
 }
 
-impl<B: Backend> Levit<B> {
+impl<B: Kernels> Levit<B> {
     /// The architecture.
     pub fn config(&self) -> &LevitConfig {
         &self.config
@@ -558,7 +558,7 @@ impl<B: Backend> Levit<B> {
     }
 }
 
-impl<B: Backend> Anchor<B> for Levit<B> {
+impl<B: Kernels> Anchor<B> for Levit<B> {
     fn layout(&self) -> &AnchorLayout {
         &self.layout
     }

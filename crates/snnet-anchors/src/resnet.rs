@@ -14,7 +14,7 @@ use burn::{
     tensor::{activation::relu, backend::Backend, module::max_pool2d, Tensor},
 };
 use serde::{Deserialize, Serialize};
-use snnet_core::{drop_path, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost};
+use snnet_core::{drop_path, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed, PartCost};
 
 use crate::{error::Result, norm::batch_norm};
 
@@ -328,7 +328,7 @@ pub struct ResBlock<B: Backend> {
     pub drop_path: f64,
 }
 
-impl<B: Backend> ResBlock<B> {
+impl<B: Kernels> ResBlock<B> {
     /// `relu(branch(x) + shortcut(x))`, drop path on the branch drawn from `seed`.
     pub fn forward(&self, x: Tensor<B, 4>, seed: u64) -> Tensor<B, 4> {
         let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
@@ -373,7 +373,7 @@ pub struct ResNet<B: Backend> {
     noise: NoiseSeed,
 }
 
-impl<B: Backend> ResNet<B> {
+impl<B: Kernels> ResNet<B> {
     /// The architecture.
     pub fn config(&self) -> &ResNetConfig {
         &self.config
@@ -409,7 +409,7 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
-impl<B: Backend> Anchor<B> for ResNet<B> {
+impl<B: Kernels> Anchor<B> for ResNet<B> {
     fn layout(&self) -> &AnchorLayout {
         &self.layout
     }

@@ -15,10 +15,10 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
-    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost,
+    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed, PartCost,
 };
 
-use crate::{error::Result, kernels::softmax_scaled, vit::Mlp};
+use crate::{error::Result, vit::Mlp};
 
 /// Architecture of a Swin Transformer, with timm's constructor argument names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,7 +387,7 @@ pub struct WindowAttention<B: Backend> {
     relative_position_index: Vec<i64>,
 }
 
-impl<B: Backend> WindowAttention<B> {
+impl<B: Kernels> WindowAttention<B> {
     /// The bias added to every window's attention logits, `[heads, w², w²]`.
     fn relative_bias(&self, tokens: usize) -> Tensor<B, 3> {
         let table = self.relative_position_bias_table.val();
@@ -413,7 +413,7 @@ impl<B: Backend> WindowAttention<B> {
             }
             None => logits,
         };
-        let attn = softmax_scaled(logits, 1.0);
+        let attn = B::softmax_scaled(logits, 1.0);
         // (attn v) with heads merged as timm's transpose(1, 2).reshape: see `vit::Attention::core`.
         let merged = v.swap_dims(2, 3).matmul(attn.swap_dims(2, 3)).reshape([bw, c, n]).swap_dims(1, 2);
         linear_rows(&self.proj, merged)
@@ -443,7 +443,7 @@ pub struct SwinBlock<B: Backend> {
     attn_mask: Vec<f32>,
 }
 
-impl<B: Backend> SwinBlock<B> {
+impl<B: Kernels> SwinBlock<B> {
     /// `[b, g², C] → [b, g², C]`; drop path (training only) draws its two masks from `seeds`.
     pub fn forward(&self, x: Tensor<B, 3>, seeds: [u64; 2]) -> Tensor<B, 3> {
         let [b, l, c] = x.dims();
@@ -488,7 +488,7 @@ pub struct PatchMerging<B: Backend> {
     grid: usize,
 }
 
-impl<B: Backend> PatchMerging<B> {
+impl<B: Kernels> PatchMerging<B> {
     /// `[b, g², C] → [b, (g/2)², 2C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, _, c] = x.dims();
@@ -527,7 +527,7 @@ pub struct Swin<B: Backend> {
     noise: NoiseSeed,
 }
 
-impl<B: Backend> Swin<B> {
+impl<B: Kernels> Swin<B> {
     /// The architecture.
     pub fn config(&self) -> &SwinConfig {
         &self.config
@@ -545,7 +545,7 @@ impl<B: Backend> Swin<B> {
     }
 }
 
-impl<B: Backend> Anchor<B> for Swin<B> {
+impl<B: Kernels> Anchor<B> for Swin<B> {
     fn layout(&self) -> &AnchorLayout {
         &self.layout
     }

@@ -1,6 +1,5 @@
 //! Vision Transformer (ViT/DeiT) with timm's structure and parameter names.
 
-use crate::kernels::{cpu, gelu, softmax_scaled};
 use burn::{
     module::{Module, Param},
     nn::{conv::Conv2d, conv::Conv2dConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig},
@@ -8,9 +7,7 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
-    drop_path,
-    ops::{self, linear_rows, patch_tokens},
-    Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, NoiseSeed, PartCost, StageLayout,
+    drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed, PartCost, StageLayout,
 };
 
 use crate::error::Result;
@@ -249,7 +246,7 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     /// `[b, n, c] → [b, n, c]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         linear_rows(&self.proj, self.core(linear_rows(&self.qkv, x)))
@@ -257,27 +254,7 @@ impl<B: Backend> Attention<B> {
 
     /// The attention proper, from the qkv projection `[b, n, 3c]` to the merged heads `[b, n, c]`.
     pub fn core(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
-        if let Some(merged) = ops::attention(&qkv, self.num_heads) {
-            return merged;
-        }
-        let [b, n, c3] = qkv.dims();
-        let c = c3 / 3;
-        let (h, d) = (self.num_heads, c / self.num_heads);
-        // timm: qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4). Here q, k, v `[b, h, n, d]` stay
-        // strided views of the projection (row stride 3c), which the matmuls take as they are.
-        let heads = qkv.reshape([b, n, 3 * h, d]).swap_dims(1, 2);
-        let q = heads.clone().narrow(1, 0, h);
-        let k = heads.clone().narrow(1, h, h);
-        let v = heads.narrow(1, 2 * h, h);
-        let attn = softmax_scaled(q.matmul(k.swap_dims(2, 3)), (d as f64).powf(-0.5));
-        // timm: (attn @ v).transpose(1, 2).reshape(b, n, c). Computing the transpose (attn v)ᵀ = vᵀ attnᵀ
-        // instead gives `[b, h, d, n]`, which is `[b, c, n]` as it lies in memory, so the merged heads
-        // are its transpose.
-        let merged_t = v.swap_dims(2, 3).matmul(attn.swap_dims(2, 3)).reshape([b, c, n]);
-        // On burn-flex, one blocked transpose: burn-flex would copy the transposed view element by
-        // element when the projection flattens its rows.
-        cpu::map_into(merged_t, [b, n, c], |data| cpu::transpose_last_two(data, [b, c, n]))
-            .unwrap_or_else(|merged_t| merged_t.swap_dims(1, 2))
+        B::self_attention(qkv, self.num_heads)
     }
 }
 
@@ -290,10 +267,10 @@ pub struct Mlp<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     /// `fc2(gelu(fc1(x)))`, with timm's exact (erf) GELU.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x)))
+        linear_rows(&self.fc2, B::exact_gelu(linear_rows(&self.fc1, x)))
     }
 }
 
@@ -312,7 +289,7 @@ pub struct Block<B: Backend> {
     pub drop_path: f64,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))` (in training, drop path with fixed seeds:
     /// use [`forward_seeded`](Self::forward_seeded) for fresh masks).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -351,7 +328,7 @@ pub struct Vit<B: Backend> {
     noise: NoiseSeed,
 }
 
-impl<B: Backend> Vit<B> {
+impl<B: Kernels> Vit<B> {
     /// The architecture.
     pub fn config(&self) -> &VitConfig {
         &self.config
@@ -368,23 +345,9 @@ impl<B: Backend> Vit<B> {
         self.config = config;
         Ok(())
     }
-
-    /// The embedding's tokens from the patch maps `[b, c, gh, gw]` on burn-flex: one pass
-    /// ([`cpu::maps_to_tokens`]) instead of a strided transpose, a concatenation and an add.
-    /// Gives the maps back on every other backend. (`embed` tries [`patch_tokens`] first; this
-    /// serves when that declines: snnet-core built without its `flex` feature, or strided images.)
-    fn tokens_on_cpu(maps: Tensor<B, 4>, cls: &Tensor<B, 3>, pos: &Tensor<B, 3>) -> core::result::Result<Tensor<B, 3>, Tensor<B, 4>> {
-        if !cpu::runs_in_place(&maps) {
-            return Err(maps);
-        }
-        let [b, c, gh, gw] = maps.dims();
-        let (cls, pos) = (cls.to_data(), pos.to_data());
-        let (Ok(cls), Ok(pos)) = (cls.as_slice::<f32>(), pos.as_slice::<f32>()) else { return Err(maps) };
-        cpu::map_into(maps, [b, gh * gw + 1, c], |maps| cpu::maps_to_tokens(maps, [b, c, gh * gw], cls, pos))
-    }
 }
 
-impl<B: Backend> Anchor<B> for Vit<B> {
+impl<B: Kernels> Anchor<B> for Vit<B> {
     fn layout(&self) -> &AnchorLayout {
         &self.layout
     }
@@ -394,18 +357,7 @@ impl<B: Backend> Anchor<B> for Vit<B> {
     }
 
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
-        let (cls, pos) = (self.cls_token.val(), self.pos_embed.val());
-        if let Some(tokens) = patch_tokens(&self.patch_embed.proj, &images, &cls, &pos, self.config.patch_size) {
-            return Features::Tokens(tokens);
-        }
-        let x = self.patch_embed.proj.forward(images);
-        let [b, c, gh, gw] = x.dims();
-        let x = match Self::tokens_on_cpu(x, &cls, &pos) {
-            Ok(tokens) => return Features::Tokens(tokens),
-            Err(x) => x,
-        };
-        let x = x.reshape([b, c, gh * gw]).swap_dims(1, 2);
-        Features::Tokens(Tensor::cat(vec![cls.expand([b as i64, 1, c as i64]), x], 1) + pos)
+        Features::Tokens(B::patch_tokens(images, &self.patch_embed.proj, self.cls_token.val(), self.pos_embed.val()))
     }
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {

@@ -1,9 +1,10 @@
 //! The commands, each a small function over the library.
 
+use snnet::Kernels;
 use std::{collections::HashMap, path::Path};
 
 use burn::tensor::Distribution;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use snnet::{
     backend::{run_on_with, BackendTask, Precision},
     latency::{prewarm, time_route, TimingOptions},
@@ -273,12 +274,12 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
 type Net<B> = snnet::StitchedNet<B, snnet::AnyAnchor<B>>;
 
 /// Builds the network on `device`, from `--weights` or seeded random weights.
-fn build_net<B: Backend>(desc: &Description, args: &NetworkArgs, device: &B::Device) -> Result<Net<B>, BoxError> {
+fn build_net<B: Kernels>(desc: &Description, args: &NetworkArgs, device: &B::Device) -> Result<Net<B>, BoxError> {
     Ok(build_net_with_metadata(desc, args, device)?.0)
 }
 
 /// [`build_net`], also returning the weight file's metadata (empty without `--weights`).
-pub(crate) fn build_net_with_metadata<B: Backend>(
+pub(crate) fn build_net_with_metadata<B: Kernels>(
     desc: &Description,
     args: &NetworkArgs,
     device: &B::Device,
@@ -305,7 +306,7 @@ struct Bench<'a> {
 impl BackendTask for Bench<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output {
         let net = build_net::<B>(&self.desc, self.net, &device)?;
         let routes = match &self.routes {
             Some(r) => {
@@ -424,7 +425,7 @@ fn import_summary(path: &Path, loaded: &snnet::weights::LoadedWeights, used: usi
 impl BackendTask for Import<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let mut net = build_net::<B>(&self.desc, self.net, &device)?;
         let anchors = self.desc.anchors.len();
         let pb = progress_bar(self.from.len(), "import");
@@ -493,7 +494,7 @@ struct Logits<'a> {
 impl BackendTask for Logits<'_> {
     type Output = Result<Vec<Vec<f32>>, BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let mut net = build_net::<B>(&self.desc, self.net, &device)?;
         if let Some(w) = &self.weights {
             net = net.load(w)?.0;
@@ -597,7 +598,7 @@ fn read_input(paths: &[std::path::PathBuf], [c, h, w]: [usize; 3]) -> Result<Nam
 impl BackendTask for Infer<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let (net, metadata) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let uninitialised = metadata.get(STITCHING_KEY).is_some_and(|s| s == "uninitialised");
         let routes: Vec<usize> = if self.route == "all" {

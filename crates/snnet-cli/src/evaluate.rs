@@ -1,9 +1,10 @@
 //! `snnet init` and `snnet eval`: least-squares initialisation from a dataset's images and the
 //! evaluation of every route, over Fashion-MNIST folders or ImageFolder trees.
 
+use snnet::Kernels;
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use snnet::{
     workflow::{evaluate_into, open_dataset, progress_bar, route_table, write_accuracy_plots},
     Description,
@@ -37,7 +38,7 @@ pub struct Init<'a> {
 impl snnet::backend::BackendTask for Init<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         let (mut net, mut meta) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let input = net.layouts()[0].input;
         let dataset = open_dataset(&self.data.data, Split::Train, &net.layouts()[0])?;
@@ -124,7 +125,7 @@ impl Dataset for Prefix<'_> {
 impl snnet::backend::BackendTask for Eval<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output {
         let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let workers = self.workers.unwrap_or_else(|| snnet::backend::default_workers(name));

@@ -1,14 +1,7 @@
 //! `snnet train`: joint training of every route (or the listed ones) on a dataset folder, with
 //! checkpoints and exact resume.
 
-use burn::{
-    backend::Autodiff,
-    module::AutodiffModule,
-    tensor::{
-        backend::{AutodiffBackend, Backend},
-        Tensor,
-    },
-};
+use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use snnet::{
     train::{
         data::Split, AdamWConfig, Augment, Distillation, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping, Teacher, TrainConfig,
@@ -17,6 +10,7 @@ use snnet::{
     workflow::{median_after, open_dataset, train_with_progress},
     Description,
 };
+use snnet::{AutodiffKernels, Kernels};
 
 use crate::{
     args::{NetworkArgs, TrainArgs},
@@ -65,7 +59,7 @@ impl Train<'_> {
         }
     }
 
-    fn train<B: AutodiffBackend>(self, device: B::Device) -> Result<(), BoxError> {
+    fn train<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         let (mut net, mut meta) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         if let Some(rate) = self.args.drop_path {
             for anchor in &mut net.anchors {
@@ -133,7 +127,7 @@ impl Train<'_> {
 impl snnet::backend::BackendTask for Train<'_> {
     type Output = Result<(), BoxError>;
 
-    fn run<B: Backend>(self, device: B::Device, _name: &'static str) -> Self::Output {
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
         self.train::<Autodiff<B>>(device)
     }
 }

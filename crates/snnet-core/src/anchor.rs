@@ -4,13 +4,14 @@ use std::ops::Range;
 
 use burn::{
     module::{Module, ModuleDisplay},
-    tensor::{backend::Backend, Tensor},
+    tensor::Tensor,
 };
 
 use crate::{
     features::Features,
     layout::{AnchorCosts, AnchorLayout},
     weights::TensorMap,
+    Kernels,
 };
 
 /// A pretrained network that can be cut between blocks.
@@ -19,7 +20,7 @@ use crate::{
 /// across stages ([`block`](Anchor::block)), the transitions between stages (patch merging,
 /// subsampling; [`transition`](Anchor::transition)) and the [`head`](Anchor::head). Nothing here
 /// knows about stitching; the engine composes these parts.
-pub trait Anchor<B: Backend>: Module<B> + ModuleDisplay {
+pub trait Anchor<B: Kernels>: Module<B> + ModuleDisplay {
     /// The static layout (stages, widths, grids).
     fn layout(&self) -> &AnchorLayout;
 

@@ -14,7 +14,6 @@ pub mod anchor;
 pub mod cost;
 pub mod error;
 pub mod features;
-pub mod kernels;
 pub mod layout;
 pub mod limits;
 pub mod lstsq;
@@ -37,6 +36,8 @@ pub use select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Bud
 /// Reads a whole file, refusing named pipes, devices and directories instead of blocking on them
 /// (from `snnet-io`, which every file snnet reads goes through).
 pub use snnet_io::read_regular_file;
+/// The seam between layers and backends: what anchors and stitching layers run, per backend.
+pub use snnet_kernels::{self as kernels, AutodiffKernels, Kernels};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
 pub use stitching_layer::StitchingLayer;
 pub use stochastic::{drop_path, NoiseSeed};

@@ -19,6 +19,7 @@ use crate::{
     space::{Route, SpaceSettings, StitchSpace},
     stitching_layer::StitchingLayer,
     weights::{export_tensors, first_difference, import_tensors_where, read_weights, write_safetensors, LoadedWeights, TensorMap},
+    Kernels,
 };
 
 /// Version of snnet's weight-file metadata.
@@ -110,7 +111,7 @@ pub struct StitchedNet<B: Backend, A> {
     selected: usize,
 }
 
-impl<B: Backend, A: Anchor<B>> StitchedNet<B, A> {
+impl<B: Kernels, A: Anchor<B>> StitchedNet<B, A> {
     /// Stitches `anchors` with fresh stitching layers (PyTorch's default Linear init).
     pub fn new(anchors: Vec<A>, settings: &SpaceSettings, behaviour: Behaviour, device: &B::Device) -> Result<Self> {
         let layouts: Vec<AnchorLayout> = anchors.iter().map(|a| a.layout().clone()).collect();

@@ -6,7 +6,7 @@ use burn::{
     tensor::{backend::Backend, Tensor, TensorData},
 };
 
-use crate::{features::Features, layout::FeatureKind, ops::linear_rows};
+use crate::{features::Features, layout::FeatureKind, ops::linear_rows, Kernels};
 
 /// `y = W x + b` over channels: a Linear on tokens, a 1×1 convolution on maps (applied channels-last),
 /// with the map→tokens reshape of the official CNN→ViT stitch when the end anchor takes tokens.
@@ -21,7 +21,7 @@ pub struct StitchingLayer<B: Backend> {
     pub out_kind: FeatureKind,
 }
 
-impl<B: Backend> StitchingLayer<B> {
+impl<B: Kernels> StitchingLayer<B> {
     /// A randomly initialised layer (PyTorch `nn.Linear`'s default init).
     pub fn new(in_channels: usize, out_channels: usize, out_kind: FeatureKind, device: &B::Device) -> Self {
         Self { transform: LinearConfig::new(in_channels, out_channels).init(device), out_kind }

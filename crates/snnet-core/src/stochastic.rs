@@ -54,17 +54,17 @@ pub fn drop_path<B: Backend, const D: usize>(x: Tensor<B, D>, rate: f64, seed: u
 
 #[cfg(test)]
 mod tests {
-    use burn::backend::{Autodiff, Flex};
+    use burn::backend::{Autodiff, NdArray};
 
     use super::*;
 
     #[test]
     fn drop_path_is_identity_at_inference_and_seeded_in_training() {
         let device = Default::default();
-        let x = Tensor::<Flex, 3>::ones([64, 2, 3], &device);
+        let x = Tensor::<NdArray, 3>::ones([64, 2, 3], &device);
         assert_eq!(drop_path(x.clone(), 0.5, 7).into_data(), x.into_data());
 
-        let x = Tensor::<Autodiff<Flex>, 3>::ones([64, 2, 3], &device);
+        let x = Tensor::<Autodiff<NdArray>, 3>::ones([64, 2, 3], &device);
         let a = drop_path(x.clone(), 0.25, 7).into_data().to_vec::<f32>().unwrap();
         let b = drop_path(x.clone(), 0.25, 7).into_data().to_vec::<f32>().unwrap();
         let c = drop_path(x, 0.25, 8).into_data().to_vec::<f32>().unwrap();

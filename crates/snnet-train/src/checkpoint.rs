@@ -9,12 +9,13 @@
 //! (written aside, renamed), then older generations are removed: a crash leaves either the old or
 //! the new checkpoint whole.
 
+use snnet_core::AutodiffKernels;
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
-use burn::{module::Module, tensor::backend::AutodiffBackend};
+use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use snnet_core::{
     weights::{read_tensors, write_safetensors, NamedTensor},
@@ -66,7 +67,7 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Writes a checkpoint of `net` and `optimizer` at `position` into `dir` (created if missing).
-pub fn save_checkpoint<B: AutodiffBackend, A: Anchor<B>>(
+pub fn save_checkpoint<B: AutodiffKernels, A: Anchor<B>>(
     dir: &Path,
     net: &StitchedNet<B, A>,
     optimizer: &AdamW<B>,
@@ -132,7 +133,7 @@ pub fn read_index(dir: &Path) -> TrainResult<Option<CheckpointIndex>> {
 }
 
 /// Loads the network and optimiser state of the checkpoint `index` in `dir`.
-pub fn load_checkpoint<B: AutodiffBackend, A: Anchor<B>>(
+pub fn load_checkpoint<B: AutodiffKernels, A: Anchor<B>>(
     dir: &Path,
     index: &CheckpointIndex,
     net: StitchedNet<B, A>,

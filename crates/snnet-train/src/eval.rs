@@ -3,11 +3,12 @@
 //! `latency_ms`. Resumable as the official evaluator: routes already in the results file are
 //! skipped, new ones appended one line each.
 
+use snnet_core::Kernels;
 use std::{collections::BTreeSet, io::Write, path::Path};
 
 use burn::{
     module::Module,
-    tensor::{backend::Backend, Tensor, TensorData},
+    tensor::{Tensor, TensorData},
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{Anchor, Error, Result, StitchedNet};
@@ -57,7 +58,7 @@ pub fn append_result(path: &Path, result: &RouteResult) -> Result<()> {
 }
 
 /// Top-1 and top-k correct counts of `logits` `[batch, classes]` against `labels`.
-fn correct<B: Backend>(logits: Tensor<B, 2>, labels: &[usize], k: usize) -> (usize, usize) {
+fn correct<B: Kernels>(logits: Tensor<B, 2>, labels: &[usize], k: usize) -> (usize, usize) {
     let [batch, classes] = logits.dims();
     let values = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
     let (mut top1, mut topk) = (0, 0);
@@ -74,7 +75,7 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, labels: &[usize], k: usize) -> (usi
 
 /// Evaluates `routes` on every sample of `dataset`, batch by batch (each batch is read once and
 /// run through every route). `progress(images_done)` is called after each batch.
-pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
+pub fn evaluate_routes<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     dataset: &dyn Dataset,
     routes: &[usize],
@@ -87,7 +88,7 @@ pub fn evaluate_routes<B: Backend, A: Anchor<B>>(
 /// [`evaluate_routes`] with the routes shared among `workers` threads (each batch is read once;
 /// routes are dealt out by FLOPs, largest first, to the least loaded thread). Worth it on the CPU
 /// backend, whose small-tensor work runs mostly on one core; results are identical to one worker's.
-pub fn evaluate_routes_parallel<B: Backend, A: Anchor<B>>(
+pub fn evaluate_routes_parallel<B: Kernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     dataset: &dyn Dataset,
     routes: &[usize],
@@ -172,7 +173,7 @@ pub fn evaluate_routes_parallel<B: Backend, A: Anchor<B>>(
 
 /// Route slots (indices into `routes`) per worker, balanced by FLOPs: largest first, each to the
 /// least loaded worker.
-fn deal_by_flops<B: Backend, A: Anchor<B>>(net: &StitchedNet<B, A>, routes: &[usize], workers: usize) -> Vec<Vec<usize>> {
+fn deal_by_flops<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, routes: &[usize], workers: usize) -> Vec<Vec<usize>> {
     let mut slots: Vec<usize> = (0..routes.len()).collect();
     slots.sort_by_key(|&s| std::cmp::Reverse(net.costs()[routes[s]].flops));
     let mut shares = vec![(0u64, Vec::new()); workers];

@@ -3,8 +3,9 @@
 
 use burn::{
     module::{Module, ModuleMapper, Param},
-    tensor::{activation::log_softmax, backend::AutodiffBackend, ElementConversion, Int, Tensor},
+    tensor::{activation::log_softmax, ElementConversion, Int, Tensor},
 };
+use snnet_core::AutodiffKernels;
 use snnet_core::{Anchor, Result, StitchedNet};
 
 use crate::optim::{timm_decays, AdamW, Grads, ParamRule, StepReport};
@@ -91,7 +92,7 @@ pub fn distillation_loss<B: burn::tensor::backend::Backend>(
 
 /// What one worker trains in a step: its part of the batch, the route, the teacher's logits for
 /// it, its share of the whole batch, and the seed of its drop-path masks.
-pub struct WorkerBatch<B: AutodiffBackend> {
+pub struct WorkerBatch<B: AutodiffKernels> {
     /// Images `[batch, C, H, W]`.
     pub images: Tensor<B, 4>,
     /// Class labels `[batch]`.
@@ -109,7 +110,7 @@ pub struct WorkerBatch<B: AutodiffBackend> {
 /// One training step of route `route` on `images` with `labels`: returns the updated network.
 /// With `teacher_logits` the loss is `(1 − α)·classification + α·distillation`.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step<B: AutodiffBackend, A: Anchor<B>>(
+pub fn train_step<B: AutodiffKernels, A: Anchor<B>>(
     net: StitchedNet<B, A>,
     optimizer: &mut AdamW<B>,
     images: Tensor<B, 4>,
@@ -127,7 +128,7 @@ pub fn train_step<B: AutodiffBackend, A: Anchor<B>>(
 /// the calling thread), the gradients are summed with the parts' weights — for parts of one batch
 /// on one route, the gradient of the whole batch's mean loss — and one AdamW step updates every
 /// parameter that received a gradient. The loss reported is the weighted sum too.
-pub fn train_step_workers<B: AutodiffBackend, A: Anchor<B>>(
+pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>>(
     net: StitchedNet<B, A>,
     optimizer: &mut AdamW<B>,
     batches: Vec<WorkerBatch<B>>,
@@ -167,7 +168,7 @@ pub fn train_step_workers<B: AutodiffBackend, A: Anchor<B>>(
 }
 
 /// Forward, loss and backward of one worker's batch; the loss and the gradients.
-fn route_gradients<B: AutodiffBackend, A: Anchor<B>>(
+fn route_gradients<B: AutodiffKernels, A: Anchor<B>>(
     net: &StitchedNet<B, A>,
     batch: WorkerBatch<B>,
     config: &StepConfig,
@@ -194,9 +195,9 @@ fn route_gradients<B: AutodiffBackend, A: Anchor<B>>(
 /// A copy of `net` for another worker thread: the same parameter values (shared, not copied) as
 /// fresh autodiff leaves, so its graph is its own, and anchors whose stochastic layers take their
 /// own seed.
-pub fn replica<B: AutodiffBackend, A: Anchor<B>>(net: &StitchedNet<B, A>) -> StitchedNet<B, A> {
+pub fn replica<B: AutodiffKernels, A: Anchor<B>>(net: &StitchedNet<B, A>) -> StitchedNet<B, A> {
     struct FreshLeaves;
-    impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    impl<B: AutodiffKernels> ModuleMapper<B> for FreshLeaves {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let (id, tensor, mapper) = param.consume();
             let tracked = tensor.is_require_grad();

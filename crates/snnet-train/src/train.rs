@@ -3,11 +3,12 @@
 //! distillation, seeded data order, augmentation and drop path, and checkpoints from which a
 //! killed run resumes exactly.
 
+use snnet_core::AutodiffKernels;
 use std::{path::PathBuf, time::Instant};
 
 use burn::{
     module::Module,
-    tensor::{backend::AutodiffBackend, Int, Tensor, TensorData},
+    tensor::{Int, Tensor, TensorData},
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{rng::SplitMix64, Anchor, StitchedNet};
@@ -152,7 +153,7 @@ impl TrainConfig {
 }
 
 /// Distillation from a teacher: its logits for a batch, and the loss that uses them.
-pub struct Teacher<'a, B: AutodiffBackend> {
+pub struct Teacher<'a, B: AutodiffKernels> {
     /// Logits `[batch, classes]` of the teacher for the images (no gradient is taken).
     pub logits: &'a dyn Fn(Tensor<B::InnerBackend, 4>) -> snnet_core::Result<Tensor<B::InnerBackend, 2>>,
     /// Hard or soft distillation, and its weight.
@@ -231,7 +232,7 @@ fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
 /// Trains `net` jointly on `dataset`: each step draws a route from `sampler` and trains it on the
 /// next batch. With a checkpoint folder, writes a checkpoint after every epoch (and every
 /// `checkpoint_every` steps) and, with `resume`, continues exactly where the last one left off.
-pub fn train<B: AutodiffBackend, A: Anchor<B>>(
+pub fn train<B: AutodiffKernels, A: Anchor<B>>(
     net: StitchedNet<B, A>,
     dataset: &dyn Dataset,
     sampler: &mut dyn RouteSampler,

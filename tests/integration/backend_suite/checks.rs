@@ -1,11 +1,9 @@
 //! The checks, generic over the device backend `D`; the CPU backend (`Flex`) is the reference.
 
+use snnet::Kernels;
 use std::sync::{RwLock, RwLockReadGuard};
 
-use burn::{
-    backend::{Autodiff, Flex},
-    tensor::backend::Backend,
-};
+use burn::backend::{Autodiff, Flex};
 use snnet::{
     train::{train_step, AdamW, AdamWConfig, StepConfig},
     AnyAnchor, StitchedNet,
@@ -25,7 +23,7 @@ fn shared_device() -> RwLockReadGuard<'static, ()> {
 }
 
 /// Every route's logits on `D` against the CPU's, for every family.
-pub fn every_route_gives_the_cpus_logits<D: Backend>(device: &D::Device, tolerance: f32) {
+pub fn every_route_gives_the_cpus_logits<D: Kernels>(device: &D::Device, tolerance: f32) {
     let _device = shared_device();
     for family in families() {
         let (cpu, file) = family.on_cpu(0.0);
@@ -37,7 +35,7 @@ pub fn every_route_gives_the_cpus_logits<D: Backend>(device: &D::Device, toleran
 }
 
 /// The largest relative error over every route; panics past `tolerance`.
-fn compare_routes<D: Backend>(
+fn compare_routes<D: Kernels>(
     family: &Family,
     cpu: &StitchedNet<Flex, AnyAnchor<Flex>>,
     net: &StitchedNet<D, AnyAnchor<D>>,
@@ -57,14 +55,14 @@ fn compare_routes<D: Backend>(
     worst
 }
 
-fn net_device<B: Backend>(net: &StitchedNet<B, AnyAnchor<B>>) -> B::Device {
+fn net_device<B: Kernels>(net: &StitchedNet<B, AnyAnchor<B>>) -> B::Device {
     use burn::module::Module;
     net.devices().into_iter().next().expect("the network has parameters")
 }
 
 /// Least squares on `D` gives the CPU's stitching layers; the device's weight file, loaded on the
 /// CPU, holds exactly the device's values and gives its logits.
-pub fn least_squares_gives_the_cpus_layers<D: Backend>(device: &D::Device, tolerance: Tolerance) {
+pub fn least_squares_gives_the_cpus_layers<D: Kernels>(device: &D::Device, tolerance: Tolerance) {
     let _device = shared_device();
     for family in families() {
         let (mut cpu, file) = family.on_cpu(0.0);
@@ -95,7 +93,7 @@ pub fn least_squares_gives_the_cpus_layers<D: Backend>(device: &D::Device, toler
 
 /// One AdamW step on a stitched route (drop path on; clipping off, then on at a norm it cuts) moves
 /// every weight on `D` as on the CPU; the loss and the gradient norm agree too.
-pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Backend>(device: &D::Device, tolerance: f32) {
+pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance: f32) {
     let _device = shared_device();
     let mut over = Vec::new();
     for family in families() {
@@ -140,7 +138,7 @@ struct Stepped {
 type Named = Vec<(String, snnet::weights::NamedTensor)>;
 
 /// One training step of the family's middle route on backend `B` with autodiff.
-fn step_once<B: Backend>(family: &Family, device: &B::Device, file: &WeightFile, clip: Option<f64>) -> (Stepped, Named) {
+fn step_once<B: Kernels>(family: &Family, device: &B::Device, file: &WeightFile, clip: Option<f64>) -> (Stepped, Named) {
     let net = family.load::<Autodiff<B>>(device, 0.1, file);
     let before = net.named_tensors();
     let images = HostImages::new(4, family.input(), 17);
@@ -200,7 +198,7 @@ pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device, uncou
 /// After every route has run once, switching among them and running again takes no new device
 /// memory: `reserved` is the device's reserved bytes (cubecl's memory pools).
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-pub fn switching_routes_allocates_nothing<D: Backend>(device: &D::Device, reserved: impl Fn(&D::Device) -> u64) {
+pub fn switching_routes_allocates_nothing<D: Kernels>(device: &D::Device, reserved: impl Fn(&D::Device) -> u64) {
     let _alone = DEVICE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     for family in families() {
         let (_, file) = family.on_cpu(0.0);

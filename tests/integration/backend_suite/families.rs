@@ -1,11 +1,12 @@
 //! The families the suite runs, each with its official weights written once as an snnet file that
 //! every backend loads.
 
+use snnet::Kernels;
 use std::path::{Path, PathBuf};
 
 use burn::{
     backend::Flex,
-    tensor::{backend::Backend, Int, Tensor, TensorData},
+    tensor::{Int, Tensor, TensorData},
 };
 use snnet::{AnyAnchor, Description, StitchedNet};
 
@@ -97,13 +98,13 @@ impl Family {
     }
 
     /// The network on backend `B`, seeded (its stitching layers' initial values), without weights.
-    pub fn build<B: Backend>(&self, device: &B::Device, drop_path: f64) -> StitchedNet<B, AnyAnchor<B>> {
+    pub fn build<B: Kernels>(&self, device: &B::Device, drop_path: f64) -> StitchedNet<B, AnyAnchor<B>> {
         B::seed(device, 7);
         self.description(drop_path).build::<B>(device).unwrap()
     }
 
     /// The network on backend `B` with the weights of `file`.
-    pub fn load<B: Backend>(&self, device: &B::Device, drop_path: f64, file: &WeightFile) -> StitchedNet<B, AnyAnchor<B>> {
+    pub fn load<B: Kernels>(&self, device: &B::Device, drop_path: f64, file: &WeightFile) -> StitchedNet<B, AnyAnchor<B>> {
         self.build::<B>(device, drop_path).load(file.path()).unwrap_or_else(|e| panic!("{}: {e}", self.name)).0
     }
 
@@ -155,19 +156,19 @@ impl HostImages {
     }
 
     /// The images on `device`.
-    pub fn on<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
+    pub fn on<B: Kernels>(&self, device: &B::Device) -> Tensor<B, 4> {
         Tensor::from_data(TensorData::new(self.values.clone(), self.shape), device)
     }
 
     /// One label per image, from 10 classes.
-    pub fn labels<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+    pub fn labels<B: Kernels>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
         let labels: Vec<i64> = (0..self.shape[0] as i64).map(|i| (i * 7 + 3) % 10).collect();
         Tensor::from_data(TensorData::new(labels, [self.shape[0]]), device)
     }
 }
 
 /// A tensor's values on the host, as f32.
-pub fn host<B: Backend, const N: usize>(t: Tensor<B, N>) -> Vec<f32> {
+pub fn host<B: Kernels, const N: usize>(t: Tensor<B, N>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 

@@ -1,77 +1,21 @@
-//! Elementwise kernels used on the CPU backend (burn-flex) in place of burn-flex's scalar ones.
+//! Elementwise kernels for the CPU backend (burn-flex), in place of burn-flex's scalar ones.
 //!
 //! Both work on whole rows of a contiguous f32 buffer, vectorise (AVX-512 / AVX2+FMA chosen at run
-//! time, plain Rust elsewhere) and split large buffers across threads (as many as burn-flex's rayon
-//! pool: `RAYON_NUM_THREADS`, else the available parallelism). The approximations are our own fits
+//! time, plain Rust elsewhere) and split large buffers across threads ([`crate::cpu_threads`], as
+//! many as burn-flex's rayon pool). The approximations are our own fits
 //! (rational for erf, polynomial for exp); their errors are below f32 rounding of the results that
 //! matter (see the tests).
 
 use std::sync::OnceLock;
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-
-/// Applies `f` to the buffer of `x` in place when `x` is an f32 tensor of burn-flex (whose
-/// `into_data`/`from_data` move the buffer without copying when the tensor is not shared);
-/// returns `x` untouched otherwise.
-pub fn map_in_place<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(&mut [f32])) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !runs_in_place(&x) {
-        return Err(x);
-    }
-    let device = x.device();
-    let mut data = x.into_data();
-    match data.as_mut_slice::<f32>() {
-        Ok(values) => f(values),
-        Err(_) => unreachable!("an f32 tensor gives f32 data"),
-    }
-    Ok(Tensor::from_data(data, (&device, DType::F32)))
-}
-
-/// Like [`map_in_place`], for kernels that write a new buffer: `f` reads the buffer of `x` and
-/// returns the elements of a tensor of `shape` on the same device. Returns `x` untouched when it
-/// is not an f32 tensor of burn-flex.
-pub fn map_into<B: Backend, const D: usize, const E: usize>(
-    x: Tensor<B, D>,
-    shape: [usize; E],
-    f: impl FnOnce(&[f32]) -> Vec<f32>,
-) -> Result<Tensor<B, E>, Tensor<B, D>> {
-    if !runs_in_place(&x) {
-        return Err(x);
-    }
-    let device = x.device();
-    let data = x.into_data();
-    let values = match data.as_slice::<f32>() {
-        Ok(values) => f(values),
-        Err(_) => unreachable!("an f32 tensor gives f32 data"),
-    };
-    Ok(Tensor::from_data(TensorData::new(values, shape), (&device, DType::F32)))
-}
-
-/// Whether [`map_in_place`] and [`map_into`] run on `x`: an f32 tensor of burn-flex (not under autodiff).
-pub fn runs_in_place<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
-    x.dtype() == DType::F32 && B::name(&x.device()) == "flex"
-}
-
-/// Threads for large buffers: `RAYON_NUM_THREADS` (what burn-flex's pool uses), else the
-/// available parallelism.
-pub fn threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&t| t > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-    })
-}
-
 /// Below this many elements per thread a buffer is processed on the calling thread
 /// (a spawn costs about as much as this many elements of work).
 const MIN_PER_THREAD: usize = 1 << 18;
 
-/// Runs `f` over `data` split into chunks of whole rows, on up to [`threads`] threads.
+/// Runs `f` over `data` split into chunks of whole rows, on up to [`crate::cpu_threads`] threads.
 fn for_row_chunks(data: &mut [f32], row: usize, f: impl Fn(&mut [f32]) + Sync) {
     let rows = data.len() / row.max(1);
-    let t = threads().min(data.len() / MIN_PER_THREAD).min(rows).max(1);
+    let t = crate::cpu_threads().min(data.len() / MIN_PER_THREAD).min(rows).max(1);
     if t == 1 {
         return f(data);
     }
@@ -85,16 +29,6 @@ fn for_row_chunks(data: &mut [f32], row: usize, f: impl Fn(&mut [f32]) + Sync) {
         }
         if let Some(chunk) = first {
             f(chunk);
-        }
-    });
-}
-
-/// Adds `row` to every row of `data` (rows of `row.len()` elements), in place.
-pub fn add_to_rows(data: &mut [f32], row: &[f32]) {
-    assert!(!row.is_empty() && data.len() % row.len() == 0, "add_to_rows: {} elements are not rows of {}", data.len(), row.len());
-    for_row_chunks(data, row.len(), |rows| {
-        for r in rows.chunks_exact_mut(row.len()) {
-            r.iter_mut().zip(row).for_each(|(x, b)| *x += b);
         }
     });
 }
@@ -113,19 +47,7 @@ fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
-/// `data` `[b, rows, cols]` with its last two dimensions swapped: `[b, cols, rows]`, contiguous.
-pub fn transpose_last_two(data: &[f32], [b, rows, cols]: [usize; 3]) -> Vec<f32> {
-    assert_eq!(data.len(), b * rows * cols, "transpose_last_two: data are not [{b}, {rows}, {cols}]");
-    let mut out = vec![0.0; data.len()];
-    if rows * cols > 0 {
-        for (src, dst) in data.chunks_exact(rows * cols).zip(out.chunks_exact_mut(rows * cols)) {
-            transpose_into(src, rows, cols, dst);
-        }
-    }
-    out
-}
-
-/// The ViT's token sequence from its patch-embedding maps: `maps` `[b, c, n]` (channels first)
+/// A vision transformer's token sequence from its patch-embedding maps: `maps` `[b, c, n]` (channels first)
 /// becomes `[b, 1 + n, c]` with the class token `cls` `[c]` in front and the position embedding
 /// `pos` `[1 + n, c]` added — timm's `cat(cls, flatten(maps).T) + pos` in one pass.
 pub fn maps_to_tokens(maps: &[f32], [b, c, n]: [usize; 3], cls: &[f32], pos: &[f32]) -> Vec<f32> {
