@@ -28,13 +28,13 @@ pub mod workflow;
 
 pub use snnet_anchors as anchors;
 pub use snnet_anchors::{
-    family_defaults, AnchorSpec, AnyAnchor, Architecture, BlockKind, Description, Levit, LevitConfig, ResNet, ResNetConfig, Swin,
+    family_defaults, AnchorSpec, AnyAnchor, Architecture, BlockKind, Description, Family, Levit, LevitConfig, ResNet, ResNetConfig, Swin,
     SwinConfig, Vit, VitConfig,
 };
 pub use snnet_core as core;
 pub use snnet_core::{
     cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Error, FeatureKind,
-    Features, Goal, Kernels, LayerSlot, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost, RouteMetrics, SpaceSettings,
-    StageLayout, StatePart, StitchSpace, StitchedNet, StitchingLayer,
+    Features, Goal, IdentityStitch, Kernels, LayerSlot, LeastSquaresFit, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost,
+    RouteMetrics, SpaceSettings, StageLayout, StatePart, Stitch, StitchSpace, StitchedNet, StitchingLayer,
 };
 pub use snnet_train as train;

@@ -1,7 +1,7 @@
 //! Route costs against the official figures (spec vectors) and fvcore counts (tools/make_cost_fixtures.py).
 
 use serde_json::Value;
-use snnet::{AnchorSpec, Description, SpaceSettings};
+use snnet::{AnchorSpec, Description, PairedVariant, SpaceSettings};
 
 use super::common::load_json;
 
@@ -38,7 +38,7 @@ fn deit_costs_equal_the_official_results_for_all_71_routes() {
 fn swin_costs_equal_the_official_results_for_all_41_routes() {
     let v = load_json("vectors/stitch_configs_swin.json");
     let desc = Description::from_names(&["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]);
-    assert_eq!(desc.space, SpaceSettings::swin(), "Swin presets take the official Swin space");
+    assert_eq!(desc.space, SpaceSettings::stage_wise(vec![0, 1, 2], PairedVariant::Forward), "Swin presets take the official Swin space");
     assert!(desc.behaviour.final_norm_on_stitched, "the official Swin stitched path keeps the final norm");
     let (space, costs) = desc.space_with_costs().unwrap();
     let configs = v["configs"].as_array().unwrap();
@@ -68,7 +68,7 @@ fn cnn_family_costs_equal_the_official_results() {
     ] {
         let v = load_json(&format!("vectors/{file}"));
         let desc = Description::from_names(&names);
-        assert_eq!(desc.space, SpaceSettings::resnet(), "{file}");
+        assert_eq!(desc.space, SpaceSettings::stage_wise(vec![1, 2], PairedVariant::ForwardNoEntry), "{file}");
         let (space, costs) = desc.space_with_costs().unwrap();
         let configs = v["configs"].as_array().unwrap();
         assert_eq!(space.num_routes(), configs.len(), "{file}");
@@ -87,7 +87,7 @@ fn cnn_family_costs_equal_the_official_results() {
 fn levit_costs_equal_the_official_results_for_all_8_routes() {
     let v = load_json("vectors/stitch_configs_levit.json");
     let desc = Description::from_names(&["levit_192", "levit_256"]);
-    assert_eq!(desc.space, SpaceSettings::levit());
+    assert_eq!(desc.space, SpaceSettings::stage_wise(vec![0, 1], PairedVariant::Forward));
     let (space, costs) = desc.space_with_costs().unwrap();
     let configs = v["configs"].as_array().unwrap();
     assert_eq!(space.num_routes(), configs.len());

@@ -101,7 +101,7 @@ fn deit() -> Vec<AnchorLayout> {
 
 #[test]
 fn deit_71_routes() {
-    let space = check_routes("stitch_configs_deit.json", &deit(), &SpaceSettings::deit());
+    let space = check_routes("stitch_configs_deit.json", &deit(), &SpaceSettings::default());
     assert_eq!(space.layers.len(), 22);
     assert_eq!(stitch_params(&space), 4_067_712);
     assert_eq!(space.layers[11].key(), "stitch_layers.1.0");
@@ -109,7 +109,7 @@ fn deit_71_routes() {
 
 #[test]
 fn deit_without_nearest_732_routes() {
-    let settings = SpaceSettings { nearest_stitching: false, ..SpaceSettings::deit() };
+    let settings = SpaceSettings { nearest_stitching: false, ..SpaceSettings::default() };
     let space = check_routes("stitch_configs_deit_no_nearest.json", &deit(), &settings);
     let count = |comb: &[usize]| space.routes.iter().filter(|r| r.comb_id == comb).count();
     assert_eq!((count(&[0, 1]), count(&[0, 2]), count(&[1, 2]), count(&[0, 1, 2])), (34, 34, 34, 627));
@@ -118,7 +118,7 @@ fn deit_without_nearest_732_routes() {
 #[test]
 fn swin_41_routes() {
     let anchors = [swin("swin_tiny", [2, 2, 6, 2], 96), swin("swin_small", [2, 2, 18, 2], 96), swin("swin_base", [2, 2, 18, 2], 128)];
-    let space = check_routes("stitch_configs_swin.json", &anchors, &SpaceSettings::swin());
+    let space = check_routes("stitch_configs_swin.json", &anchors, &SpaceSettings::stage_wise(vec![0, 1, 2], PairedVariant::Forward));
     assert_eq!(stitch_params(&space), 4_346_272);
     assert_eq!(space.layers.last().unwrap().key(), "stitch_layers.2.1.16");
 }
@@ -126,7 +126,11 @@ fn swin_41_routes() {
 #[test]
 fn resnet18_resnet50_10_routes() {
     let anchors = [resnet("resnet18", [2, 2, 2, 2], [64, 128, 256, 512]), resnet("resnet50", [3, 4, 6, 3], [256, 512, 1024, 2048])];
-    let space = check_routes("stitch_configs_resnet18_resnet50.json", &anchors, &SpaceSettings::resnet());
+    let space = check_routes(
+        "stitch_configs_resnet18_resnet50.json",
+        &anchors,
+        &SpaceSettings::stage_wise(vec![1, 2], PairedVariant::ForwardNoEntry),
+    );
     assert_eq!(stitch_params(&space), 658_432);
     assert_eq!(space.layers[0].key(), "stitch_layers.0.0.0", "stage 1 is the first stitched stage");
 }
@@ -134,7 +138,11 @@ fn resnet18_resnet50_10_routes() {
 #[test]
 fn resnet18_swin_tiny_8_routes() {
     let anchors = [resnet("resnet18", [2, 2, 2, 2], [64, 128, 256, 512]), swin("swin_tiny", [2, 2, 6, 2], 96)];
-    let space = check_routes("stitch_configs_resnet18_swin_ti.json", &anchors, &SpaceSettings::resnet());
+    let space = check_routes(
+        "stitch_configs_resnet18_swin_ti.json",
+        &anchors,
+        &SpaceSettings::stage_wise(vec![1, 2], PairedVariant::ForwardNoEntry),
+    );
     assert_eq!(stitch_params(&space), 222_144);
     assert!(space.layers.iter().all(|l| l.in_kind == Map && l.out_kind == Tokens));
 }
@@ -142,26 +150,26 @@ fn resnet18_swin_tiny_8_routes() {
 #[test]
 fn levit_8_routes() {
     let anchors = [levit("levit_192", [192, 288, 384]), levit("levit_256", [256, 384, 512])];
-    let space = check_routes("stitch_configs_levit.json", &anchors, &SpaceSettings::levit());
+    let space = check_routes("stitch_configs_levit.json", &anchors, &SpaceSettings::stage_wise(vec![0, 1], PairedVariant::Forward));
     assert_eq!(stitch_params(&space), 481_152);
 }
 
 #[test]
 fn bad_settings_name_the_culprit() {
     let err = |s: SpaceSettings, a: &[AnchorLayout]| StitchSpace::build(a, &s).unwrap_err().to_string();
-    assert!(err(SpaceSettings { kernel_size: 0, ..SpaceSettings::deit() }, &deit()).contains("kernel_size"));
-    assert!(err(SpaceSettings { stride: 0, ..SpaceSettings::deit() }, &deit()).contains("stride"));
+    assert!(err(SpaceSettings { kernel_size: 0, ..SpaceSettings::default() }, &deit()).contains("kernel_size"));
+    assert!(err(SpaceSettings { stride: 0, ..SpaceSettings::default() }, &deit()).contains("stride"));
     let uneven = [vit("a", 192), layout("b", &[(10, 384, 197, Tokens)])];
-    assert!(err(SpaceSettings::deit(), &uneven).contains("equal depth"));
-    let s = SpaceSettings { stitched_stages: Some(vec![7]), paired_variant: PairedVariant::Forward, ..SpaceSettings::deit() };
+    assert!(err(SpaceSettings::default(), &uneven).contains("equal depth"));
+    let s = SpaceSettings { stitched_stages: Some(vec![7]), paired_variant: PairedVariant::Forward, ..SpaceSettings::default() };
     assert!(err(s, &deit()).contains("stage 7"));
     let decreasing = [swin("s", [2, 2, 18, 2], 96), swin("t", [2, 2, 6, 2], 96)];
-    assert!(err(SpaceSettings::swin(), &decreasing).contains("non-decreasing"));
-    assert!(StitchSpace::build(&[], &SpaceSettings::deit()).is_err());
+    assert!(err(SpaceSettings::stage_wise(vec![0, 1, 2], PairedVariant::Forward), &decreasing).contains("non-decreasing"));
+    assert!(StitchSpace::build(&[], &SpaceSettings::default()).is_err());
 }
 
 #[test]
 fn two_anchors_with_nearest_give_one_pair() {
-    let space = StitchSpace::build(&deit()[..2], &SpaceSettings::deit()).unwrap();
+    let space = StitchSpace::build(&deit()[..2], &SpaceSettings::default()).unwrap();
     assert_eq!(space.num_routes(), 2 + 34);
 }

@@ -1,7 +1,7 @@
 //! Least squares: the official pseudo-inverse (NumPy f64 reference with torch's cutoff), and the
 //! initialisation of a whole network.
 
-use snnet::{lstsq::fit_affine, weights::read_tensors, Anchor, Error};
+use snnet::{lstsq::fit_affine, weights::read_tensors, Anchor, Error, Stitch};
 
 use super::common::{fixture, mini_family, to_vec, uniform_images, B};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use snnet::{
     weights::{read_tensors, TensorMap},
-    AnyAnchor, Description, SpaceSettings, StitchedNet,
+    AnyAnchor, Description, PairedVariant, SpaceSettings, StitchedNet,
 };
 
 use super::common::{rel_err, tensor4, to_vec, B};
@@ -28,7 +28,7 @@ fn reference() -> TensorMap {
 #[test]
 fn the_mini_family_takes_the_official_levit_space() {
     let desc = Description::from_file(&levit_fixture("mini_levit.json")).unwrap();
-    assert_eq!(desc.space, SpaceSettings::levit());
+    assert_eq!(desc.space, SpaceSettings::stage_wise(vec![0, 1], PairedVariant::Forward));
     let (space, _) = desc.space_with_costs().unwrap();
     assert_eq!(space.num_routes(), 8);
     assert_eq!(

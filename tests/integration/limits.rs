@@ -110,12 +110,12 @@ fn index_tables_count_against_the_parameter_budget() {
 
 #[test]
 fn real_presets_are_within_every_limit() {
-    for name in snnet::anchors::PRESETS {
+    for name in snnet::anchors::preset_names() {
         let d = Description::from_names(&[name]);
         d.space_with_costs().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let deit = Description::from_names(&["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]);
-    let all = Description { space: SpaceSettings { nearest_stitching: false, ..SpaceSettings::deit() }, ..deit };
+    let all = Description { space: SpaceSettings { nearest_stitching: false, ..SpaceSettings::default() }, ..deit };
     assert_eq!(all.space_with_costs().unwrap().0.num_routes(), 732);
 }
 
@@ -124,7 +124,7 @@ fn routes_are_counted_before_they_are_enumerated() {
     // Twelve identical small anchors, every pair and chain: killed for memory after 33 s before.
     let anchor = layout("a", &[(12, 192, 197, snnet::FeatureKind::Tokens)]);
     let anchors = vec![anchor; 12];
-    let every = SpaceSettings { nearest_stitching: false, ..SpaceSettings::deit() };
+    let every = SpaceSettings { nearest_stitching: false, ..SpaceSettings::default() };
     let started = Instant::now();
     let count = count_routes(&anchors, &every).unwrap();
     let msg = StitchSpace::build(&anchors, &every).unwrap_err().to_string();
@@ -145,10 +145,10 @@ fn routes_are_counted_before_they_are_enumerated() {
     assert_eq!(space.num_routes() as u64, count_routes(three, &every).unwrap());
     assert!(StitchSpace::build_with_limit(three, &every, 731).is_err());
     // The window's kernel is bounded too (kernel_size² pairs at every position).
-    let wide = SpaceSettings { kernel_size: usize::MAX, stride: usize::MAX, ..SpaceSettings::deit() };
+    let wide = SpaceSettings { kernel_size: usize::MAX, stride: usize::MAX, ..SpaceSettings::default() };
     let msg = StitchSpace::build(three, &wide).unwrap_err().to_string();
     assert!(msg.contains("kernel_size") && msg.contains("limit of 64"), "{msg}");
-    let strided = SpaceSettings { stride: usize::MAX, ..SpaceSettings::deit() };
+    let strided = SpaceSettings { stride: usize::MAX, ..SpaceSettings::default() };
     assert_eq!(StitchSpace::build(three, &strided).unwrap().num_routes(), 3 + 2 * 4);
 }
 

@@ -12,5 +12,6 @@ mod least_squares;
 mod levit;
 mod limits;
 mod resnet;
+mod stitch_seam;
 mod swin;
 mod weights;

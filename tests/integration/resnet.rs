@@ -13,7 +13,7 @@ use burn::{
 };
 use snnet::{
     weights::{read_tensors, TensorMap},
-    AnyAnchor, Description, SpaceSettings, StitchedNet,
+    AnyAnchor, Description, PairedVariant, SpaceSettings, StitchedNet,
 };
 
 use super::common::{rel_err, tensor4, to_vec, B};
@@ -39,7 +39,7 @@ fn reference() -> TensorMap {
 fn the_cnn_families_take_the_official_resnet_space() {
     for (file, routes) in [("r18_r50.json", 10), ("r18_swin.json", 8)] {
         let desc = Description::from_file(&cnn_fixture(file)).unwrap();
-        assert_eq!(desc.space, SpaceSettings::resnet(), "{file}");
+        assert_eq!(desc.space, SpaceSettings::stage_wise(vec![1, 2], PairedVariant::ForwardNoEntry), "{file}");
         let (space, _) = desc.space_with_costs().unwrap();
         assert_eq!(space.num_routes(), routes, "{file}");
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use snnet::{
     weights::{read_tensors, TensorMap},
-    AnyAnchor, Description, SpaceSettings, StitchedNet,
+    AnyAnchor, Description, PairedVariant, SpaceSettings, StitchedNet,
 };
 
 use super::common::{load_json, rel_err, tensor4, to_vec, B};
@@ -30,7 +30,11 @@ fn reference() -> TensorMap {
 #[test]
 fn the_mini_family_enumerates_the_official_stage_wise_routes() {
     let desc = Description::from_file(&swin_fixture("mini_swin.json")).unwrap();
-    assert_eq!(desc.space, SpaceSettings::swin(), "a Swin family takes the official Swin space by default");
+    assert_eq!(
+        desc.space,
+        SpaceSettings::stage_wise(vec![0, 1, 2], PairedVariant::Forward),
+        "a Swin family takes the official Swin space by default"
+    );
     assert!(desc.behaviour.final_norm_on_stitched);
     let (space, _) = desc.space_with_costs().unwrap();
     let want = load_json("swin/routes.json");

@@ -18,142 +18,8 @@ use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, Kernels
 
 use crate::{
     error::{Error, Result},
-    family::AnyAnchor,
-    levit::LevitConfig,
-    resnet::ResNetConfig,
-    swin::SwinConfig,
-    vit::VitConfig,
+    family::{family_defaults, preset_names, AnyAnchor, Architecture, ARCHITECTURES},
 };
-
-/// Preset names (timm's model names).
-pub const PRESETS: [&str; 10] = [
-    "deit_tiny_patch16_224",
-    "deit_small_patch16_224",
-    "deit_base_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "swin_small_patch4_window7_224",
-    "swin_base_patch4_window7_224",
-    "resnet18",
-    "resnet50",
-    "levit_192",
-    "levit_256",
-];
-
-/// An explicit architecture, tagged by `arch`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", rename_all = "lowercase")]
-pub enum Architecture {
-    /// A ViT (timm `VisionTransformer` arguments).
-    Vit(VitConfig),
-    /// A Swin Transformer (timm `SwinTransformer` arguments).
-    Swin(SwinConfig),
-    /// A ResNet (timm `ResNet` arguments).
-    ResNet(ResNetConfig),
-    /// A LeViT (the original `LeViT` arguments).
-    Levit(LevitConfig),
-}
-
-impl Architecture {
-    /// The architecture of a preset name.
-    pub fn preset(name: &str) -> Result<Self> {
-        Ok(match name {
-            "deit_tiny_patch16_224" => Architecture::Vit(VitConfig::deit_tiny_patch16_224()),
-            "deit_small_patch16_224" => Architecture::Vit(VitConfig::deit_small_patch16_224()),
-            "deit_base_patch16_224" => Architecture::Vit(VitConfig::deit_base_patch16_224()),
-            "swin_tiny_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_tiny_patch4_window7_224()),
-            "swin_small_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_small_patch4_window7_224()),
-            "swin_base_patch4_window7_224" => Architecture::Swin(SwinConfig::swin_base_patch4_window7_224()),
-            "resnet18" => Architecture::ResNet(ResNetConfig::resnet18()),
-            "resnet50" => Architecture::ResNet(ResNetConfig::resnet50()),
-            "levit_192" => Architecture::Levit(LevitConfig::levit_192()),
-            "levit_256" => Architecture::Levit(LevitConfig::levit_256()),
-            _ => return Err(Error::UnknownPreset { name: name.to_string(), known: PRESETS.join(", ") }),
-        })
-    }
-
-    /// A short name for tables and layouts.
-    pub fn short_name(&self) -> String {
-        match self {
-            Architecture::Vit(c) => {
-                format!("vit(dim={}, depth={}, heads={}, img={}, patch={})", c.embed_dim, c.depth, c.num_heads, c.img_size, c.patch_size)
-            }
-            Architecture::Swin(c) => {
-                format!(
-                    "swin(dim={}, depths={:?}, window={}, img={}, patch={})",
-                    c.embed_dim, c.depths, c.window_size, c.img_size, c.patch_size
-                )
-            }
-            Architecture::ResNet(c) => {
-                format!("resnet({:?}, layers={:?}, channels={:?}, img={})", c.block, c.layers, c.channels, c.img_size)
-            }
-            Architecture::Levit(c) => {
-                format!("levit(dims={:?}, depth={:?}, heads={:?}, img={})", c.embed_dim, c.depth, c.num_heads, c.img_size)
-            }
-        }
-    }
-
-    /// Checks the architecture's fields.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            Architecture::Vit(c) => c.validate(),
-            Architecture::Swin(c) => c.validate(),
-            Architecture::ResNet(c) => c.validate(),
-            Architecture::Levit(c) => c.validate(),
-        }
-    }
-
-    /// The layout, named `name`.
-    pub fn layout(&self, name: &str) -> AnchorLayout {
-        match self {
-            Architecture::Vit(c) => c.layout(name),
-            Architecture::Swin(c) => c.layout(name),
-            Architecture::ResNet(c) => c.layout(name),
-            Architecture::Levit(c) => c.layout(name),
-        }
-    }
-
-    /// Per-part costs at the native resolution.
-    pub fn costs(&self) -> AnchorCosts {
-        match self {
-            Architecture::Vit(c) => c.costs(),
-            Architecture::Swin(c) => c.costs(),
-            Architecture::ResNet(c) => c.costs(),
-            Architecture::Levit(c) => c.costs(),
-        }
-    }
-
-    /// Builds the anchor with random weights.
-    pub fn init<B: Backend>(&self, name: &str, device: &B::Device) -> Result<AnyAnchor<B>> {
-        Ok(match self {
-            Architecture::Vit(c) => AnyAnchor::Vit(c.init(name, device)?),
-            Architecture::Swin(c) => AnyAnchor::Swin(c.init(name, device)?),
-            Architecture::ResNet(c) => AnyAnchor::ResNet(c.init(name, device)?),
-            Architecture::Levit(c) => AnyAnchor::Levit(c.init(name, device)?),
-        })
-    }
-}
-
-/// The official space settings and behaviour for a family: DeiT's for ViTs; for Swin anchors,
-/// stage-wise stitching of every stage but the last (spec §3.2); for a ResNet front anchor (ResNet-18/50,
-/// ResNet-18 → Swin-T), stages 1 and 2 (spec §4.2); for LeViT every stage but the last (spec §5.2). Wherever a Swin ends a route the end anchor's
-/// final norm runs, as the official Swin `forward_from` applies it.
-pub fn family_defaults(architectures: &[Architecture]) -> (SpaceSettings, Behaviour) {
-    let swin_stages = architectures.iter().filter_map(|a| if let Architecture::Swin(c) = a { Some(c.num_stages()) } else { None }).min();
-    let behaviour = Behaviour { final_norm_on_stitched: swin_stages.is_some() };
-    match (architectures.first(), swin_stages) {
-        (Some(Architecture::ResNet(_)), _) => (SpaceSettings::resnet(), behaviour),
-        (Some(Architecture::Levit(c)), _) => {
-            (SpaceSettings { stitched_stages: Some((0..c.num_stages().saturating_sub(1)).collect()), ..SpaceSettings::levit() }, behaviour)
-        }
-        (_, Some(stages)) => {
-            (SpaceSettings { stitched_stages: Some((0..stages.saturating_sub(1)).collect()), ..SpaceSettings::swin() }, behaviour)
-        }
-        _ => (SpaceSettings::deit(), behaviour),
-    }
-}
-
-/// The values of an explicit anchor's `arch` field.
-pub const ARCHITECTURES: [&str; 4] = ["vit", "swin", "resnet", "levit"];
 
 /// One anchor: a preset name or an explicit architecture.
 ///
@@ -175,11 +41,6 @@ impl<'de> Deserialize<'de> for AnchorSpec {
     }
 }
 
-/// `T` from a JSON object; the error starts with the path of the field at fault (`depth: …`).
-fn fields_of<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> std::result::Result<T, String> {
-    serde_path_to_error::deserialize(fields).map_err(|e| e.to_string())
-}
-
 impl AnchorSpec {
     /// One anchor of a description from its JSON value: a string is a preset name (checked when
     /// resolved), an object an explicit architecture (`arch`, one of [`ARCHITECTURES`], and that
@@ -192,7 +53,7 @@ impl AnchorSpec {
             other => {
                 return Err(format!(
                     "expected a preset name (a string such as \"{}\") or an object with `arch` ({}) and that family's fields, got {}",
-                    PRESETS[0],
+                    preset_names()[0],
                     ARCHITECTURES.join(", "),
                     json_kind(&other)
                 ))
@@ -205,17 +66,13 @@ impl AnchorSpec {
                 return Err(format!(
                     "an explicit anchor needs `arch` (one of {}) beside its fields; or give a preset name: {}",
                     ARCHITECTURES.join(", "),
-                    PRESETS.join(", ")
+                    preset_names().join(", ")
                 ))
             }
         };
         let fields = Value::Object(fields);
-        let architecture = match arch.as_str() {
-            "vit" => fields_of(fields).map(Architecture::Vit),
-            "swin" => fields_of(fields).map(Architecture::Swin),
-            "resnet" => fields_of(fields).map(Architecture::ResNet),
-            "levit" => fields_of(fields).map(Architecture::Levit),
-            other => return Err(format!("arch: unknown architecture `{other}`, expected one of {}", ARCHITECTURES.join(", "))),
+        let Some(architecture) = Architecture::from_fields(&arch, fields) else {
+            return Err(format!("arch: unknown architecture `{arch}`, expected one of {}", ARCHITECTURES.join(", ")));
         };
         architecture.map(AnchorSpec::Explicit).map_err(|e| format!("{arch} anchor: {e}"))
     }

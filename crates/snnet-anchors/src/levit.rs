@@ -76,6 +76,22 @@ const DOWN_ATTN_RATIO: usize = 4;
 const DOWN_MLP_RATIO: usize = 2;
 const BN_EPS: f64 = 1e-5;
 
+/// A LeViT leading the network stitches every stage but the last (spec §5.2).
+impl crate::family::Family for LevitConfig {
+    const ARCH: &'static str = "levit";
+    const PRESETS: &'static [(&'static str, fn() -> Self)] = &[("levit_192", Self::levit_192), ("levit_256", Self::levit_256)];
+
+    fn short_name(&self) -> String {
+        let c = self;
+        format!("levit(dims={:?}, depth={:?}, heads={:?}, img={})", c.embed_dim, c.depth, c.num_heads, c.img_size)
+    }
+
+    fn leading_space(&self) -> Option<snnet_core::SpaceSettings> {
+        let stages = (0..self.num_stages().saturating_sub(1)).collect();
+        Some(snnet_core::SpaceSettings::stage_wise(stages, snnet_core::PairedVariant::Forward))
+    }
+}
+
 impl LevitConfig {
     /// A LeViT at 224×224 (key width 32, ratios 2).
     pub fn new(embed_dim: Vec<usize>, num_heads: Vec<usize>, depth: Vec<usize>) -> Self {

@@ -16,12 +16,12 @@ pub mod resnet;
 pub mod swin;
 pub mod vit;
 
-/// The CPU kernels the anchors use (they live in the engine crate, shared with its stitching layers).
+/// The seam between the anchors' layers and the backends (re-exported from the engine crate).
 pub use snnet_core::kernels;
 
-pub use description::{family_defaults, AnchorSpec, Architecture, Description, PRESETS};
+pub use description::{AnchorSpec, Description};
 pub use error::{Error, Result};
-pub use family::AnyAnchor;
+pub use family::{family_defaults, preset_names, presets, AnyAnchor, Architecture, Family, ARCHITECTURES};
 pub use levit::{Levit, LevitConfig};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use swin::{Swin, SwinConfig};

@@ -77,6 +77,22 @@ fn default_stem_width() -> usize {
 /// BatchNorm epsilon (PyTorch's default).
 const BN_EPS: f64 = 1e-5;
 
+/// A ResNet leading the network (ResNet-18/50, ResNet-18 → Swin-T) stitches stages 1 and 2, without
+/// the stage entries (spec §4.2).
+impl crate::family::Family for ResNetConfig {
+    const ARCH: &'static str = "resnet";
+    const PRESETS: &'static [(&'static str, fn() -> Self)] = &[("resnet18", Self::resnet18), ("resnet50", Self::resnet50)];
+
+    fn short_name(&self) -> String {
+        let c = self;
+        format!("resnet({:?}, layers={:?}, channels={:?}, img={})", c.block, c.layers, c.channels, c.img_size)
+    }
+
+    fn leading_space(&self) -> Option<snnet_core::SpaceSettings> {
+        Some(snnet_core::SpaceSettings::stage_wise(vec![1, 2], snnet_core::PairedVariant::ForwardNoEntry))
+    }
+}
+
 impl ResNetConfig {
     /// timm `resnet18`.
     pub fn resnet18() -> Self {

@@ -70,6 +70,31 @@ fn default_eps() -> f64 {
     1e-5
 }
 
+/// Wherever a Swin is, the official space stitches every stage but the last (spec §3.2), and a
+/// stitched route ending in a Swin runs its final norm, as the official Swin `forward_from` does.
+impl crate::family::Family for SwinConfig {
+    const ARCH: &'static str = "swin";
+    const PRESETS: &'static [(&'static str, fn() -> Self)] = &[
+        ("swin_tiny_patch4_window7_224", Self::swin_tiny_patch4_window7_224),
+        ("swin_small_patch4_window7_224", Self::swin_small_patch4_window7_224),
+        ("swin_base_patch4_window7_224", Self::swin_base_patch4_window7_224),
+    ];
+
+    fn short_name(&self) -> String {
+        let c = self;
+        format!("swin(dim={}, depths={:?}, window={}, img={}, patch={})", c.embed_dim, c.depths, c.window_size, c.img_size, c.patch_size)
+    }
+
+    fn space_anywhere(&self) -> Option<snnet_core::SpaceSettings> {
+        let stages = (0..self.num_stages().saturating_sub(1)).collect();
+        Some(snnet_core::SpaceSettings::stage_wise(stages, snnet_core::PairedVariant::Forward))
+    }
+
+    fn final_norm_on_stitched(&self) -> bool {
+        true
+    }
+}
+
 impl SwinConfig {
     /// A Swin at 224×224, patch 4, window 7, MLP ratio 4, 1000 classes.
     pub fn new(embed_dim: usize, depths: Vec<usize>, num_heads: Vec<usize>) -> Self {

@@ -56,6 +56,21 @@ fn default_eps() -> f64 {
     1e-6
 }
 
+/// ViTs stitch across all blocks (the default space).
+impl crate::family::Family for VitConfig {
+    const ARCH: &'static str = "vit";
+    const PRESETS: &'static [(&'static str, fn() -> Self)] = &[
+        ("deit_tiny_patch16_224", Self::deit_tiny_patch16_224),
+        ("deit_small_patch16_224", Self::deit_small_patch16_224),
+        ("deit_base_patch16_224", Self::deit_base_patch16_224),
+    ];
+
+    fn short_name(&self) -> String {
+        let c = self;
+        format!("vit(dim={}, depth={}, heads={}, img={}, patch={})", c.embed_dim, c.depth, c.num_heads, c.img_size, c.patch_size)
+    }
+}
+
 impl VitConfig {
     /// A ViT at 224×224, patch 16, MLP ratio 4, 1000 classes (the DeiT recipe).
     pub fn new(embed_dim: usize, depth: usize, num_heads: usize) -> Self {

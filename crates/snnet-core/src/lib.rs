@@ -22,7 +22,7 @@ pub mod ops;
 pub mod rng;
 pub mod select;
 pub mod space;
-pub mod stitching_layer;
+pub mod stitch;
 pub mod stochastic;
 pub mod weights;
 
@@ -39,5 +39,5 @@ pub use snnet_io::read_regular_file;
 /// The seam between layers and backends: what anchors and stitching layers run, per backend.
 pub use snnet_kernels::{self as kernels, AutodiffKernels, Kernels};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceSettings, StitchSpace};
-pub use stitching_layer::StitchingLayer;
+pub use stitch::{IdentityStitch, LeastSquaresFit, Stitch, StitchingLayer};
 pub use stochastic::{drop_path, NoiseSeed};

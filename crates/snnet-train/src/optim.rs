@@ -175,7 +175,7 @@ impl<B: AutodiffBackend> AdamW<B> {
         grads: &Grads<B>,
         lr: f64,
         key_of: &dyn Fn(&str) -> String,
-        rule: &dyn Fn(&str, usize) -> ParamRule,
+        rule: &dyn Fn(ParamId, &str, usize) -> ParamRule,
     ) -> (M, StepReport) {
         let mut norm = GradNorm::<B> { grads, sum_sq: 0.0 };
         module.visit(&mut norm);
@@ -211,7 +211,7 @@ struct Update<'a, B: AutodiffBackend> {
     lr: f64,
     clip: f64,
     key_of: &'a dyn Fn(&str) -> String,
-    rule: &'a dyn Fn(&str, usize) -> ParamRule,
+    rule: &'a dyn Fn(ParamId, &str, usize) -> ParamRule,
     path: KeyPath,
     updated: usize,
 }
@@ -228,7 +228,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (module_key, _) = self.path.torch_key();
         let key = (self.key_of)(&module_key);
-        let rule = (self.rule)(&key, D);
+        let rule = (self.rule)(param.id, &key, D);
         let Some(grad) = self.grads.get(&param.id) else { return param };
         if rule.lr_scale == 0.0 {
             return param;

@@ -1,12 +1,14 @@
 //! One joint-training step of a stitched network: forward the sampled route, classification loss
 //! (label smoothing, optional distillation from a teacher's logits), backward, AdamW.
 
+use std::collections::HashSet;
+
 use burn::{
-    module::{Module, ModuleMapper, Param},
+    module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
     tensor::{activation::log_softmax, ElementConversion, Int, Tensor},
 };
 use snnet_core::AutodiffKernels;
-use snnet_core::{Anchor, Result, StitchedNet};
+use snnet_core::{Anchor, Result, Stitch, StitchedNet};
 
 use crate::optim::{timm_decays, AdamW, Grads, ParamRule, StepReport};
 
@@ -110,8 +112,8 @@ pub struct WorkerBatch<B: AutodiffKernels> {
 /// One training step of route `route` on `images` with `labels`: returns the updated network.
 /// With `teacher_logits` the loss is `(1 − α)·classification + α·distillation`.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step<B: AutodiffKernels, A: Anchor<B>>(
-    net: StitchedNet<B, A>,
+pub fn train_step<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
+    net: StitchedNet<B, A, L>,
     optimizer: &mut AdamW<B>,
     images: Tensor<B, 4>,
     labels: Tensor<B, 1, Int>,
@@ -119,7 +121,7 @@ pub fn train_step<B: AutodiffKernels, A: Anchor<B>>(
     route: usize,
     lr: f64,
     config: &StepConfig,
-) -> Result<(StitchedNet<B, A>, StepOutcome)> {
+) -> Result<(StitchedNet<B, A, L>, StepOutcome)> {
     let batch = WorkerBatch { images, labels, teacher_logits, route, weight: 1.0, noise_seed: None };
     train_step_workers(net, optimizer, vec![batch], lr, config)
 }
@@ -128,13 +130,13 @@ pub fn train_step<B: AutodiffKernels, A: Anchor<B>>(
 /// the calling thread), the gradients are summed with the parts' weights — for parts of one batch
 /// on one route, the gradient of the whole batch's mean loss — and one AdamW step updates every
 /// parameter that received a gradient. The loss reported is the weighted sum too.
-pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>>(
-    net: StitchedNet<B, A>,
+pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
+    net: StitchedNet<B, A, L>,
     optimizer: &mut AdamW<B>,
     batches: Vec<WorkerBatch<B>>,
     lr: f64,
     config: &StepConfig,
-) -> Result<(StitchedNet<B, A>, StepOutcome)> {
+) -> Result<(StitchedNet<B, A, L>, StepOutcome)> {
     let workers = batches.len();
     let weights: Vec<f64> = batches.iter().map(|b| b.weight).collect();
     let mut batches = batches.into_iter();
@@ -158,8 +160,9 @@ pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>>(
         parts.push((grads, weight));
     }
     let grads = Grads::weighted_sum(parts);
-    let rule = |key: &str, rank: usize| ParamRule {
-        lr_scale: if key.starts_with("stitch_layers.") { config.stitch_lr_scale } else { config.anchor_lr_scale },
+    let stitching = parameter_ids(&net.stitch_layers);
+    let rule = |id: ParamId, key: &str, rank: usize| ParamRule {
+        lr_scale: if stitching.contains(&id) { config.stitch_lr_scale } else { config.anchor_lr_scale },
         decay: timm_decays(key, rank),
     };
     let names = net.clone();
@@ -167,9 +170,23 @@ pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>>(
     Ok((net, StepOutcome { loss, optimizer: report }))
 }
 
+/// The ids of every parameter of `module`: for the stitching layers, how the step tells their
+/// parameters from the anchors' through the module structure, whatever the layer type.
+fn parameter_ids<B: AutodiffKernels, M: Module<B>>(module: &M) -> HashSet<ParamId> {
+    struct Ids(HashSet<ParamId>);
+    impl<B: AutodiffKernels> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.insert(param.id);
+        }
+    }
+    let mut ids = Ids(HashSet::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
 /// Forward, loss and backward of one worker's batch; the loss and the gradients.
-fn route_gradients<B: AutodiffKernels, A: Anchor<B>>(
-    net: &StitchedNet<B, A>,
+fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
+    net: &StitchedNet<B, A, L>,
     batch: WorkerBatch<B>,
     config: &StepConfig,
 ) -> Result<(f64, Grads<B>)> {
@@ -195,7 +212,7 @@ fn route_gradients<B: AutodiffKernels, A: Anchor<B>>(
 /// A copy of `net` for another worker thread: the same parameter values (shared, not copied) as
 /// fresh autodiff leaves, so its graph is its own, and anchors whose stochastic layers take their
 /// own seed.
-pub fn replica<B: AutodiffKernels, A: Anchor<B>>(net: &StitchedNet<B, A>) -> StitchedNet<B, A> {
+pub fn replica<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet<B, A, L>) -> StitchedNet<B, A, L> {
     struct FreshLeaves;
     impl<B: AutodiffKernels> ModuleMapper<B> for FreshLeaves {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {

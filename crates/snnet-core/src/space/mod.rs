@@ -36,30 +36,18 @@ pub struct SpaceSettings {
 }
 
 impl Default for SpaceSettings {
+    /// Stitching across all blocks (the official DeiT settings): kernel 2, stride 1, nearest
+    /// stitching, every paired position.
     fn default() -> Self {
-        Self::deit()
+        Self { kernel_size: 2, stride: 1, nearest_stitching: true, stitched_stages: None, paired_variant: PairedVariant::All }
     }
 }
 
 impl SpaceSettings {
-    /// Official DeiT settings: kernel 2, stride 1, nearest stitching, all blocks.
-    pub fn deit() -> Self {
-        Self { kernel_size: 2, stride: 1, nearest_stitching: true, stitched_stages: None, paired_variant: PairedVariant::All }
-    }
-
-    /// Official Swin settings: stages 0–2, forward pairs.
-    pub fn swin() -> Self {
-        Self { stitched_stages: Some(vec![0, 1, 2]), paired_variant: PairedVariant::Forward, ..Self::deit() }
-    }
-
-    /// Official ResNet-family settings (ResNet-18/50, ResNet-18 → Swin-T): stages 1–2.
-    pub fn resnet() -> Self {
-        Self { stitched_stages: Some(vec![1, 2]), paired_variant: PairedVariant::ForwardNoEntry, ..Self::deit() }
-    }
-
-    /// Official LeViT settings: stages 0–1, forward pairs.
-    pub fn levit() -> Self {
-        Self { stitched_stages: Some(vec![0, 1]), paired_variant: PairedVariant::Forward, ..Self::deit() }
+    /// Stage-wise stitching of `stages`, keeping the paired positions of `paired_variant`
+    /// (kernel 2, stride 1, nearest stitching, as every official space).
+    pub fn stage_wise(stages: Vec<usize>, paired_variant: PairedVariant) -> Self {
+        Self { stitched_stages: Some(stages), paired_variant, ..Self::default() }
     }
 
     fn validate(&self) -> Result<()> {
@@ -374,7 +362,7 @@ fn equal_depth(anchors: &[AnchorLayout]) -> Result<usize> {
     match anchors.iter().enumerate().find(|(_, l)| l.num_blocks() != depth) {
         None => Ok(depth),
         Some((i, l)) => Err(Error::IncompatibleAnchors(format!(
-            "global (DeiT-style) stitching needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
+            "stitching across all blocks needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
             anchors[0].name,
             l.name,
             l.num_blocks()
