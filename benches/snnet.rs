@@ -299,6 +299,7 @@ fn main() {
         Ok(s) => s.parse().unwrap_or_else(|e| panic!("SNNET_BENCH_DTYPE: {e}")),
         Err(_) => Precision::F32,
     };
+    snnet::backend::program_settings(&device);
     let groups: Vec<String> = match std::env::var("SNNET_BENCH_GROUPS") {
         Ok(s) => s.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
         Err(_) => GROUPS.iter().map(|g| g.to_string()).collect(),

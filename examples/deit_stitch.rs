@@ -121,5 +121,6 @@ fn main() {
             }
         }
     }
+    snnet::backend::program_settings(&device);
     run_or_exit(&device, opts);
 }

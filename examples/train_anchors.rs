@@ -110,5 +110,6 @@ impl BackendTask for Options {
 fn main() {
     let opts = Options::parse();
     let device = opts.device.clone();
+    snnet::backend::program_settings(&device);
     run_or_exit(&device, opts);
 }

@@ -4,6 +4,12 @@
 //! Each backend exists only when its cargo feature is enabled; asking for one that was not compiled
 //! in, for a precision it cannot run, or for a GPU backend on a machine without a usable adapter is
 //! an error that says which.
+//!
+//! Nothing here changes process-wide state on its own. Two settings are the program's to opt into,
+//! once at start ([`program_settings`] makes both; the `snnet` binary, the examples and the benches
+//! call it): [`keep_freed_memory`] (or [`keep_freed_memory_for`] the chosen backend), glibc's
+//! allocator tuning that the CPU backend runs faster with, and [`quiet_probe_panics`], a panic hook
+//! that keeps the adapter probe's panic off stderr (the error returned names it anyway).
 
 use snnet_core::Kernels;
 use std::{fmt, str::FromStr};
@@ -129,10 +135,7 @@ pub fn run_on_with<T: BackendTask>(name: &str, precision: Precision, task: T) ->
         "flex" | "cpu" => {
             #[cfg(feature = "flex")]
             return match precision {
-                Precision::F32 => {
-                    keep_freed_memory();
-                    launch::<burn::backend::Flex, T>("flex", task)
-                }
+                Precision::F32 => launch::<burn::backend::Flex, T>("flex", task),
                 p => Err(BackendError::UnsupportedPrecision { device: "flex", precision: p, supported: "f32" }),
             };
             #[cfg(not(feature = "flex"))]
@@ -183,18 +186,39 @@ pub fn default_workers(name: &str) -> usize {
 
 /// Makes the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back
 /// to the operating system; returns whether the setting took effect (Linux with glibc; elsewhere it
-/// does nothing and returns `false`). Called once per process, by [`run_on_with`] for `flex`.
+/// does nothing and returns `false`). A process-wide setting, so the library never makes it: a
+/// program opts in, once, at start — the `snnet` binary and the examples do, through
+/// [`keep_freed_memory_for`] when the backend is `flex`. Later calls change nothing.
 ///
 /// burn-flex allocates a fresh buffer for every operation's output. glibc serves large blocks
 /// from `mmap` and returns them on free, so each op's output faults in its 4 KiB pages again —
-/// expensive in virtual machines (a `[1576, 384] × [384, 1536]` matmul, DeiT-S fc1 at batch 8:
-/// 1,416 faults per call with glibc's defaults, 472 with this; the integration test measures it,
-/// docs/benchmarks.md has the forward timings). Programs that build
-/// [`burn::backend::Flex`] networks themselves should call this first. The cost: the process keeps
-/// its peak heap resident instead of trimming it.
+/// expensive in virtual machines. Measured here (docs/benchmarks.md, "CPU forward against
+/// PyTorch", second run of 2026-12-01): a `[1576, 384] × [384, 1536]` matmul (DeiT-S fc1 at batch
+/// 8) took 29 ms with 4,699 faults per call under glibc's defaults, 18 ms with 469 with this;
+/// `snnet bench` of DeiT-Ti and DeiT-S at batch 8 went from 567 / 1,456 ms to 340 / 1,049 ms
+/// (≈1.4–1.7×); batch 1 and training did not change measurably. The integration test
+/// `op_outputs_reuse_freed_memory_instead_of_faulting_in_new_pages` checks the fault counts (1,416
+/// per matmul with the defaults, 472 with this, when written) and that [`run_on`] alone leaves the
+/// allocator as it was. The cost: the process keeps its peak heap resident instead of trimming it,
+/// and threads share one arena.
 pub fn keep_freed_memory() -> bool {
     static APPLIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *APPLIED.get_or_init(glibc_malloc::keep_freed_blocks)
+}
+
+/// [`keep_freed_memory`] if the backend called `name` is the CPU backend (`flex`, `cpu`), whose
+/// per-op buffers it serves; nothing for the GPU backends. For programs, at start, with the
+/// backend the user chose; returns whether the setting took effect.
+pub fn keep_freed_memory_for(name: &str) -> bool {
+    matches!(name, "flex" | "cpu") && keep_freed_memory()
+}
+
+/// For programs, once at start, before other threads: the two process-wide settings the `snnet`
+/// binary, the examples and the benches opt into — [`keep_freed_memory_for`] the backend called
+/// `name` and [`quiet_probe_panics`]. The library itself makes neither.
+pub fn program_settings(name: &str) {
+    keep_freed_memory_for(name);
+    quiet_probe_panics();
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -254,23 +278,97 @@ fn launch<B: Kernels, T: BackendTask>(name: &'static str, task: T) -> Result<T::
 }
 
 fn probe<B: Kernels>(name: &'static str, device: &B::Device) -> Result<(), BackendError> {
-    let message = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let previous = std::panic::take_hook();
-    let sink = message.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut m) = sink.lock() {
-            *m = info.to_string();
-        }
-    }));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let one = Tensor::<B, 1>::ones([1], device).sum().into_scalar();
-        (B::sync(device), one)
-    }));
-    std::panic::set_hook(previous);
-    let reason = |m: &std::sync::Mutex<String>| m.lock().map(|s| s.clone()).unwrap_or_default();
+    first_operation(name, || {
+        let _one = Tensor::<B, 1>::ones([1], device).sum().into_scalar();
+        B::sync(device).map_err(|e| format!("{e:?}"))
+    })
+}
+
+/// Runs a backend's first operation, turning an error or a panic into [`BackendError::NoAdapter`].
+/// The panic is caught where it happens, on this thread; the panic hook is left as the program set
+/// it — swapping it here would silence, or capture, panics of the program's other threads too. The
+/// hook of [`quiet_probe_panics`], where the program installed it, hands this thread's panic
+/// message (with its location) to the error instead of printing it.
+fn first_operation(name: &'static str, op: impl FnOnce() -> Result<(), String>) -> Result<(), BackendError> {
+    PROBE_PANIC.with(|p| *p.borrow_mut() = Some(None));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(op));
+    let recorded = PROBE_PANIC.with(|p| p.borrow_mut().take()).flatten();
     match outcome {
-        Ok((Ok(()), _)) => Ok(()),
-        Ok((Err(e), _)) => Err(BackendError::NoAdapter { device: name, reason: format!("{e:?}") }),
-        Err(_) => Err(BackendError::NoAdapter { device: name, reason: reason(&message) }),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(BackendError::NoAdapter { device: name, reason }),
+        Err(payload) => {
+            let reason = recorded.unwrap_or_else(|| {
+                let message = payload.downcast_ref::<&str>().map(|s| s.to_string());
+                message.or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into())
+            });
+            Err(BackendError::NoAdapter { device: name, reason })
+        }
+    }
+}
+
+thread_local! {
+    /// `Some` while this thread runs a backend's first operation: where [`quiet_probe_panics`]'s
+    /// hook leaves the message of a panic instead of printing it.
+    static PROBE_PANIC: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs, once, a panic hook that keeps the panic of a GPU backend's failed first operation
+/// (no driver, no adapter) off stderr — [`run_on`] returns [`BackendError::NoAdapter`] with the
+/// message — and passes every other panic, of any thread, to the hook that was installed before.
+/// A process-wide setting, so the library never makes it: a program opts in at start, before it
+/// starts threads (the `snnet` binary and the examples do). Without it, a failed probe prints the
+/// usual `panicked at` lines to stderr and returns the same error.
+pub fn quiet_probe_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let kept = PROBE_PANIC
+                .try_with(|p| match p.try_borrow_mut() {
+                    Ok(mut slot) if slot.is_some() => {
+                        *slot = Some(Some(info.to_string()));
+                        true
+                    }
+                    _ => false,
+                })
+                .unwrap_or(false);
+            if !kept {
+                previous(info);
+            }
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one test of this binary that touches the panic hook (it is process-wide).
+    #[test]
+    fn a_failed_first_operation_is_an_error_and_the_panic_hook_stays_the_programs() {
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = seen.clone();
+        std::panic::set_hook(Box::new(move |info| sink.lock().unwrap().push(info.to_string())));
+        let saw = |text: &str| seen.lock().unwrap().iter().any(|m| m.contains(text));
+
+        assert!(first_operation("fake", || Ok(())).is_ok());
+        let err = first_operation("fake", || Err("no queue".into())).unwrap_err();
+        assert!(matches!(&err, BackendError::NoAdapter { device: "fake", reason } if reason == "no queue"), "{err}");
+        // Without the quiet hook the program's own hook sees the panic; the error names it.
+        let err = first_operation("fake", || panic!("no adapter found")).unwrap_err();
+        assert!(err.to_string().contains("no adapter found"), "{err}");
+        assert!(saw("no adapter found"), "the program's hook was left in place");
+
+        quiet_probe_panics();
+        quiet_probe_panics();
+        let err = first_operation("fake", || panic!("no driver loaded")).unwrap_err();
+        assert!(err.to_string().contains("no driver loaded") && err.to_string().contains("src/backend.rs"), "{err}");
+        assert!(!saw("no driver loaded"), "the quiet hook kept the probe's panic");
+        // Every other panic still reaches the program's hook.
+        let _ = std::panic::catch_unwind(|| panic!("the program's own panic"));
+        assert!(saw("the program's own panic"));
+        let _ = std::thread::spawn(|| panic!("another thread's panic")).join();
+        assert!(saw("another thread's panic"));
     }
 }

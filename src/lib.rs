@@ -9,7 +9,7 @@
 //! use snnet::{Description, StitchedNet};
 //! use burn::backend::Flex;
 //!
-//! snnet::backend::keep_freed_memory(); // on the CPU: reuse freed op buffers (see its docs)
+//! snnet::backend::keep_freed_memory(); // opt-in, process-wide: glibc reuses freed op buffers (see its docs)
 //! let device = Default::default();
 //! let desc = Description::from_names(&["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]);
 //! let net = desc.build::<Flex>(&device).unwrap();
@@ -18,12 +18,28 @@
 //! let logits = net.forward(images, 24).unwrap(); // DeiT-Ti → DeiT-S, stitched after block 7
 //! ```
 
+//!
+//! ## Features
+//!
+//! - `flex` (default), `cuda`, `wgpu`, `vulkan`, `metal`: the backends [`backend`] can run on.
+//! - `app` (default): the application around the library, for the `snnet` binary and the examples —
+//!   `workflow` (progress bars: indicatif), `plot` (plotters), `demo` (the Fashion-MNIST assets) and
+//!   snnet-train's dataset readers (`data`: gzip, image decoding). With `default-features = false`
+//!   and one backend feature, snnet is the library alone: the engine crates, burn, serde, thiserror,
+//!   safetensors.
+//!
+//! No call changes process-wide state: the allocator tuning and the quiet panic hook are opt-in
+//! calls for programs ([`backend::program_settings`]).
+
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "app")]
 pub mod demo;
 pub mod latency;
+#[cfg(feature = "app")]
 pub mod plot;
+#[cfg(feature = "app")]
 pub mod workflow;
 
 pub use snnet_anchors as anchors;

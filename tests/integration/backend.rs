@@ -13,7 +13,8 @@ fn minor_faults() -> u64 {
 
 /// Run alone in a child process by the test below: prints the page faults per matmul of DeiT-S
 /// fc1 at batch 8 (burn-flex allocates its 9.7 MB output afresh on every call), with
-/// [`keep_freed_memory`] applied unless `SNNET_TEST_GLIBC_DEFAULTS` is set.
+/// [`keep_freed_memory`] applied unless `SNNET_TEST_GLIBC_DEFAULTS` is set; with
+/// `SNNET_TEST_RUN_ON` too, after a task has run through [`run_on_with`] on `flex`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 #[ignore = "run in a child process by op_outputs_reuse_freed_memory_instead_of_faulting_in_new_pages"]
@@ -25,6 +26,8 @@ fn page_faults_per_matmul_probe() {
     if std::env::var_os("SNNET_TEST_GLIBC_DEFAULTS").is_none() {
         assert!(keep_freed_memory(), "glibc accepts the settings");
         assert!(keep_freed_memory(), "a second call is harmless");
+    } else if std::env::var_os("SNNET_TEST_RUN_ON").is_some() {
+        assert_eq!(run_on_with("flex", Precision::F32, DeviceName).unwrap(), "flex");
     }
     // In a thread started after the settings, as the training workers are.
     let per_matmul = std::thread::spawn(|| {
@@ -44,11 +47,14 @@ fn page_faults_per_matmul_probe() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn op_outputs_reuse_freed_memory_instead_of_faulting_in_new_pages() {
-    let probe = |glibc_defaults: bool| -> u64 {
+    let probe = |glibc_defaults: bool, run_on: bool| -> u64 {
         let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"));
         child.args(["--ignored", "--exact", "--nocapture", "--test-threads", "1", "integration::backend::page_faults_per_matmul_probe"]);
         if glibc_defaults {
             child.env("SNNET_TEST_GLIBC_DEFAULTS", "1");
+        }
+        if run_on {
+            child.env("SNNET_TEST_RUN_ON", "1");
         }
         let out = child.output().expect("the test binary runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -56,10 +62,13 @@ fn op_outputs_reuse_freed_memory_instead_of_faulting_in_new_pages() {
         let count = stdout.split("page faults per matmul: ").nth(1).expect("probe output");
         count.split_whitespace().next().and_then(|c| c.parse().ok()).expect("a count")
     };
-    let (defaults, kept) = (probe(true), probe(false));
+    let (defaults, kept) = (probe(true, false), probe(false, false));
     // Measured here: 1,416 with glibc's defaults (the output has 2,364 pages, and burn-flex copies
     // each new buffer once more to align it), 472 with freed memory kept.
     assert!(kept * 2 < defaults, "{kept} faults per matmul with freed memory kept, {defaults} without");
+    // The setting is the program's to make: running on the CPU backend leaves the allocator alone.
+    let through_run_on = probe(true, true);
+    assert!(kept * 2 < through_run_on, "{through_run_on} faults per matmul after run_on without the setting, {kept} with it");
 }
 
 struct DeviceName;

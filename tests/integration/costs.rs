@@ -135,6 +135,7 @@ fn correcting_the_final_norm_quirk_adds_its_cost() {
     assert_eq!(corrected[1], official[1], "anchors are unaffected");
 }
 
+#[cfg(feature = "app")]
 #[test]
 fn frontier_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
     use snnet::plot::{write_frontier_plot, FrontierPlot, PlotError, PlotRoute};

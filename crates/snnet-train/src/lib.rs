@@ -3,7 +3,8 @@
 //! - [`data`]: datasets that yield preprocessed images and labels — Fashion-MNIST from its IDX files
 //!   (gzipped or not) and ImageFolder trees (class sub-folders of JPEG/PNG files, as ImageNet is laid
 //!   out) — with timm's evaluation preprocessing and light training augmentation. Unreadable samples
-//!   are reported and skipped, never fatal.
+//!   are reported and skipped, never fatal. The readers need the `data` feature (on by default:
+//!   gzip and image decoding); the [`Dataset`] trait and batching do not.
 //! - [`sampler`]: which route each step trains (uniform by default, seeded, resumable).
 //! - [`schedule`]: the official cosine learning-rate schedule with warmup and its stepping rules.
 //! - [`rng`]: the seeded generator behind sampling, data order and drop path (from snnet-core).
@@ -30,7 +31,9 @@ pub mod step;
 pub mod train;
 
 pub use augment::Augment;
-pub use data::{DataError, Dataset, FashionMnist, ImageFolder, Preprocess, Sample, Split};
+pub use data::{DataError, Dataset, Sample};
+#[cfg(feature = "data")]
+pub use data::{FashionMnist, ImageFolder, Preprocess, Split};
 pub use error::{TrainError, TrainResult};
 pub use eval::{append_result, done_routes, evaluate_routes, evaluate_routes_parallel, RouteResult};
 pub use optim::{AdamW, AdamWConfig};

@@ -1,16 +1,26 @@
 //! Datasets that yield preprocessed images (`[channels, height, width]`, f32) and class labels.
 //!
+//! The [`Dataset`] trait and batching are always here; the readers of files (Fashion-MNIST's IDX,
+//! gzipped or not; ImageFolder trees of JPEG/PNG; timm's preprocessing) come with the `data`
+//! feature (on by default), which brings `flate2` and `image`.
+//!
 //! A sample that cannot be read is an error for that sample only: [`load_batch`] reports it and
 //! goes on with the others, so one corrupt JPEG never stops an epoch.
 
 mod error;
+#[cfg(feature = "data")]
 mod fashion_mnist;
+#[cfg(feature = "data")]
 mod image_folder;
+#[cfg(feature = "data")]
 mod preprocess;
 
 pub use error::DataError;
+#[cfg(feature = "data")]
 pub use fashion_mnist::{FashionMnist, Split, FASHION_MNIST_CLASSES};
+#[cfg(feature = "data")]
 pub use image_folder::{load_image_file, ImageFolder};
+#[cfg(feature = "data")]
 pub use preprocess::{Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 /// One preprocessed image and its class.
