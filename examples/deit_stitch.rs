@@ -14,11 +14,7 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use snnet::{
-    backend::{run_or_exit, BackendTask},
-    latency::route_latency_ms,
-    Description,
-};
+use snnet::{backend::BackendTask, latency::route_latency_ms, Description};
 
 struct Options {
     images: usize,
@@ -121,6 +117,5 @@ fn main() {
             }
         }
     }
-    snnet::backend::program_settings(&device);
-    run_or_exit(&device, opts);
+    snnet::backend::main_on(&device, opts);
 }

@@ -10,17 +10,16 @@
 //! cargo run --release --example fashion_mnist -- [--epochs 4] [--workers 2] [--output target/fashion-mnist] [--resume] [--data DIR]
 //! ```
 
-use snnet::{AutodiffKernels, Kernels};
+use snnet::AutodiffKernels;
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use burn::{
-    backend::Autodiff,
     module::AutodiffModule,
     tensor::{Tensor, TensorData},
 };
 use clap::Parser;
 use snnet::{
-    backend::{run_or_exit, BackendTask},
+    backend::TrainingTask,
     demo,
     train::{
         data::{load_batch, Dataset, FashionMnist, Split},
@@ -81,8 +80,10 @@ struct Options {
     eval_ls: bool,
 }
 
-impl Options {
-    fn run_all<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
+impl TrainingTask for Options {
+    type Output = Result<(), BoxError>;
+
+    fn train<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         let t0 = Instant::now();
         std::fs::create_dir_all(&self.output)?;
         let desc = demo::description()?;
@@ -201,17 +202,7 @@ impl Options {
     }
 }
 
-impl BackendTask for Options {
-    type Output = Result<(), BoxError>;
-
-    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
-        self.run_all::<Autodiff<B>>(device)
-    }
-}
-
 fn main() {
     let opts = Options::parse();
-    let device = opts.device.clone();
-    snnet::backend::program_settings(&device);
-    run_or_exit(&device, opts);
+    snnet::backend::main_on(&opts.device.clone(), opts);
 }

@@ -6,13 +6,13 @@
 //! cargo run --release --example train_anchors -- [--epochs 10] [--batch 128] [--lr 1e-3] [--data DIR] [--output DIR] [--only 2]
 //! ```
 
-use snnet::{AutodiffKernels, Kernels};
+use snnet::AutodiffKernels;
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::AutodiffModule};
+use burn::module::AutodiffModule;
 use clap::Parser;
 use snnet::{
-    backend::{run_or_exit, BackendTask},
+    backend::TrainingTask,
     demo,
     train::{
         data::{Dataset, FashionMnist, Split},
@@ -47,7 +47,9 @@ struct Options {
     only: Option<usize>,
 }
 
-impl Options {
+impl TrainingTask for Options {
+    type Output = Result<(), BoxError>;
+
     fn train<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         B::seed(&device, 0);
         let desc = demo::description()?;
@@ -99,17 +101,7 @@ impl Options {
     }
 }
 
-impl BackendTask for Options {
-    type Output = Result<(), BoxError>;
-
-    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
-        self.train::<Autodiff<B>>(device)
-    }
-}
-
 fn main() {
     let opts = Options::parse();
-    let device = opts.device.clone();
-    snnet::backend::program_settings(&device);
-    run_or_exit(&device, opts);
+    snnet::backend::main_on(&opts.device.clone(), opts);
 }

@@ -11,7 +11,7 @@
 //! allocator tuning that the CPU backend runs faster with, and [`quiet_probe_panics`], a panic hook
 //! that keeps the adapter probe's panic off stderr (the error returned names it anyway).
 
-use snnet_core::Kernels;
+use snnet_core::{AutodiffKernels, Kernels};
 use std::{fmt, str::FromStr};
 
 use burn::tensor::Tensor;
@@ -121,6 +121,34 @@ where
             eprintln!("error: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+/// For a program's `main`: its process settings ([`program_settings`]) for the backend called
+/// `name`, then `task` on that backend, exiting as [`run_or_exit`] does. The examples' whole `main`.
+pub fn main_on<T, E>(name: &str, task: T)
+where
+    T: BackendTask<Output = Result<(), E>>,
+    E: fmt::Display,
+{
+    program_settings(name);
+    run_or_exit(name, task);
+}
+
+/// Work that trains, to run on the autodiff backend over whichever backend is chosen at run time:
+/// every `TrainingTask` is a [`BackendTask`] that runs [`TrainingTask::train`] on `Autodiff<B>`.
+pub trait TrainingTask {
+    /// What the task returns.
+    type Output;
+    /// Runs on the autodiff backend `B`, on `device`.
+    fn train<B: AutodiffKernels>(self, device: B::Device) -> Self::Output;
+}
+
+impl<T: TrainingTask> BackendTask for T {
+    type Output = T::Output;
+
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        self.train::<burn::backend::Autodiff<B>>(device)
     }
 }
 

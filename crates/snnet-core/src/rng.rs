@@ -8,6 +8,13 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// The generator of stream `index` of `seed`: `seed ^ index·salt`, where `salt` (a fixed odd
+    /// constant per use: anchors, drop-path branches, epochs, steps) keeps the streams of one seed
+    /// apart between uses.
+    pub fn stream(seed: u64, index: u64, salt: u64) -> Self {
+        Self::new(seed ^ index.wrapping_mul(salt))
+    }
+
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
         Self { state: seed }

@@ -28,7 +28,7 @@ impl NoiseSeed {
 
     /// The seed of the branch numbered `branch` (e.g. `2·block + 0` for attention, `+ 1` for the MLP).
     pub fn for_branch(&self, branch: usize) -> u64 {
-        let mut rng = SplitMix64::new(self.0.load(Ordering::Relaxed) ^ (branch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = SplitMix64::stream(self.0.load(Ordering::Relaxed), branch as u64 + 1, 0xD1B5_4A32_D192_ED03);
         rng.next_u64()
     }
 }

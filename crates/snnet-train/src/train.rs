@@ -219,14 +219,15 @@ pub struct TrainReport {
 /// Order of the training samples in `epoch`: a permutation drawn from the run's seed.
 pub fn epoch_order(seed: u64, epoch: usize, samples: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..samples).collect();
-    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)).shuffle(&mut order);
+    SplitMix64::stream(seed, epoch as u64 + 1, 0xA24B_AED4_963E_E407).shuffle(&mut order);
     order
 }
 
 /// A seed for `step` in stream `stream` (augmentation, drop path; `+ 0x100·w` for worker `w`'s
 /// drop path), independent of how the run got there.
 fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
-    SplitMix64::new(seed ^ (step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25) ^ stream.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)).next_u64()
+    // `seed ^ step·a ^ stream·b`: the step's stream of the (stream-salted) seed.
+    SplitMix64::stream(seed ^ stream.wrapping_mul(0xC2B2_AE3D_27D4_EB4F), step as u64, 0x9FB2_1C65_1E98_DF25).next_u64()
 }
 
 /// Trains `net` jointly on `dataset`: each step draws a route from `sampler` and trains it on the

@@ -92,7 +92,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     /// training loop calls it once per step with a seed derived from the step.
     pub fn reseed(&self, seed: u64) {
         for (i, anchor) in self.anchors.iter().enumerate() {
-            anchor.reseed(crate::rng::SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
+            anchor.reseed(crate::rng::SplitMix64::stream(seed, i as u64, 0x9E37_79B9_7F4A_7C15).next_u64());
         }
     }
 
