@@ -141,13 +141,16 @@ pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     );
     // Without a terminal (logs, CI) the bar is hidden: print a line every 5 % of the run instead.
     let every = (total / 20).max(1);
+    // The losses as last read (the loop reads them every `options.log_every` steps).
+    let (mut loss, mut epoch_loss) = (f64::NAN, f64::NAN);
     let result = snnet_train::train(net, dataset, sampler, config, teacher, options, |p| {
+        if let (Some(l), Some(mean)) = (p.loss, p.epoch_loss) {
+            (loss, epoch_loss) = (l, mean);
+        }
         let message = format!(
-            "epoch {}/{} loss {:.4} (epoch mean {:.4}) lr {:.2e} {:.0} img/s",
+            "epoch {}/{} loss {loss:.4} (epoch mean {epoch_loss:.4}) lr {:.2e} {:.0} img/s",
             p.epoch + 1,
             p.epochs,
-            p.loss,
-            p.epoch_loss,
             p.lr,
             p.images_per_s
         );

@@ -78,7 +78,7 @@ fn a_toy_stitching_layer_joins_through_the_seam_alone_and_trains() {
         let (next, outcome) = train_step(net, &mut optimizer, images.clone(), labels.clone(), None, id, 0.01, &config).unwrap();
         net = next;
         assert_eq!(outcome.optimizer.updated, 1, "the route's one scale, nothing else");
-        losses.push(outcome.loss);
+        losses.push(outcome.loss.value());
     }
     assert_ne!(scale_of(&net, slot), 1.0, "the scale trained");
     assert_eq!(anchor_weight(&net), frozen, "the anchors stayed frozen");

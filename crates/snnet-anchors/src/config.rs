@@ -26,6 +26,16 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+/// An index table built once on `device` and kept by the module as a constant (not a parameter:
+/// burn's `Module` for a plain tensor field neither trains nor saves it), so forwards upload nothing.
+pub(crate) fn constant_index<B: burn::tensor::backend::Backend>(
+    index: Vec<i64>,
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, 1, burn::tensor::Int> {
+    let n = index.len();
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(index, [n]), device)
+}
+
 /// An [`Error::InvalidConfig`] for `field`.
 pub(crate) fn invalid<T>(field: &str, reason: String) -> Result<T> {
     Err(Error::InvalidConfig { field: field.into(), reason })

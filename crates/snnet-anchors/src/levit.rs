@@ -16,7 +16,7 @@ use burn::{
         conv::{Conv2d, Conv2dConfig},
         BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d,
     },
-    tensor::{activation::hard_swish, backend::Backend, Int, Tensor, TensorData},
+    tensor::{activation::hard_swish, backend::Backend, Int, Tensor},
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
@@ -299,7 +299,7 @@ impl LevitConfig {
                         attention_biases: biases(h, r * r),
                         num_heads: h,
                         key_dim: d,
-                        bias_index: bias_index(r, 1),
+                        bias_index: crate::config::constant_index(bias_index(r, 1), device),
                     },
                 }));
                 blocks.push(mlp(c, self.mlp_ratio));
@@ -315,7 +315,7 @@ impl LevitConfig {
                     num_heads: hd,
                     key_dim: d,
                     resolution: r,
-                    bias_index: bias_index(r, 2),
+                    bias_index: crate::config::constant_index(bias_index(r, 2), device),
                 }));
                 blocks.push(mlp(next, DOWN_MLP_RATIO));
             }
@@ -415,15 +415,14 @@ pub struct LevitAttention<B: Backend> {
     pub num_heads: usize,
     /// Query/key width per head.
     pub key_dim: usize,
-    #[module(skip)]
-    bias_index: Vec<i64>,
+    /// Index of each (query, key) pair's offset into `attention_biases`: a constant built once per device.
+    bias_index: Tensor<B, 1, Int>,
 }
 
 /// The bias `[heads, queries, keys]` gathered from `table` `[heads, r²]`.
-fn gathered_bias<B: Backend>(table: Tensor<B, 2>, index: &[i64], queries: usize, keys: usize) -> Tensor<B, 3> {
+fn gathered_bias<B: Backend>(table: Tensor<B, 2>, index: Tensor<B, 1, Int>, queries: usize, keys: usize) -> Tensor<B, 3> {
     let heads = table.dims()[0];
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(index.to_vec(), [index.len()]), &table.device());
-    table.select(1, idx).reshape([heads, queries, keys])
+    table.select(1, index).reshape([heads, queries, keys])
 }
 
 impl<B: Kernels> LevitAttention<B> {
@@ -438,7 +437,7 @@ impl<B: Kernels> LevitAttention<B> {
         let q = qkv.clone().narrow(3, 0, d);
         let k = qkv.clone().narrow(3, d, d);
         let v = qkv.narrow(3, 2 * d, v_dim);
-        let bias = gathered_bias(self.attention_biases.val(), &self.bias_index, n, n).unsqueeze_dim::<4>(0);
+        let bias = gathered_bias(self.attention_biases.val(), self.bias_index.clone(), n, n).unsqueeze_dim::<4>(0);
         let attn = B::softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, h * v_dim]);
         only_layer(&self.proj).forward(hard_swish(out))
@@ -462,8 +461,8 @@ pub struct AttentionSubsample<B: Backend> {
     pub key_dim: usize,
     /// Side of the input grid.
     pub resolution: usize,
-    #[module(skip)]
-    bias_index: Vec<i64>,
+    /// Index of each (query, key) pair's offset into `attention_biases`: a constant built once per device.
+    bias_index: Tensor<B, 1, Int>,
 }
 
 impl<B: Kernels> AttentionSubsample<B> {
@@ -484,7 +483,7 @@ impl<B: Kernels> AttentionSubsample<B> {
         let cols: Vec<_> = (0..r2).map(|j| sub.clone().narrow(2, 2 * j, 1)).collect();
         let sub = Tensor::cat(cols, 2).reshape([b, r2 * r2, c]);
         let q = only_layer(&self.q).forward(sub).reshape([b, r2 * r2, h, d]).swap_dims(1, 2);
-        let bias = gathered_bias(self.attention_biases.val(), &self.bias_index, r2 * r2, n).unsqueeze_dim::<4>(0);
+        let bias = gathered_bias(self.attention_biases.val(), self.bias_index.clone(), r2 * r2, n).unsqueeze_dim::<4>(0);
         let attn = B::softmax_scaled(q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5) + bias, 1.0);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, r2 * r2, h * v_dim]);
         only_layer(&self.proj).forward(hard_swish(out))

@@ -316,7 +316,7 @@ impl SwinConfig {
                         proj: linear(c, c, true),
                         relative_position_bias_table: std.init([(2 * w - 1) * (2 * w - 1), self.num_heads[s]], device),
                         num_heads: self.num_heads[s],
-                        relative_position_index: relative_position_index(w),
+                        relative_position_index: crate::config::constant_index(relative_position_index(w), device),
                     },
                     norm2: norm(c),
                     mlp: Mlp { fc1: linear(c, self.hidden(s), true), fc2: linear(self.hidden(s), c, true) },
@@ -324,7 +324,11 @@ impl SwinConfig {
                     grid: self.grid(s),
                     window: w,
                     shift,
-                    attn_mask: if shift > 0 { shifted_window_mask(self.grid(s), w, shift) } else { Vec::new() },
+                    attn_mask: (shift > 0).then(|| {
+                        let windows = (self.grid(s) / w).pow(2);
+                        let mask = TensorData::new(shifted_window_mask(self.grid(s), w, shift), [windows, w * w, w * w]);
+                        Tensor::from_data(mask, device)
+                    }),
                 });
                 global += 1;
             }
@@ -408,17 +412,15 @@ pub struct WindowAttention<B: Backend> {
     pub relative_position_bias_table: Param<Tensor<B, 2>>,
     /// Number of heads.
     pub num_heads: usize,
-    #[module(skip)]
-    relative_position_index: Vec<i64>,
+    /// timm's `relative_position_index`, flattened `[w⁴]`: a constant built once per device.
+    relative_position_index: Tensor<B, 1, Int>,
 }
 
 impl<B: Kernels> WindowAttention<B> {
     /// The bias added to every window's attention logits, `[heads, w², w²]`.
     fn relative_bias(&self, tokens: usize) -> Tensor<B, 3> {
         let table = self.relative_position_bias_table.val();
-        let device = table.device();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(self.relative_position_index.clone(), [tokens * tokens]), &device);
-        table.select(0, index).reshape([tokens, tokens, self.num_heads]).permute([2, 0, 1])
+        table.select(0, self.relative_position_index.clone()).reshape([tokens, tokens, self.num_heads]).permute([2, 0, 1])
     }
 
     /// Attention inside each window: `windows` is `[batch·nW, w², C]`; `mask` (shifted windows)
@@ -464,8 +466,8 @@ pub struct SwinBlock<B: Backend> {
     window: usize,
     #[module(skip)]
     shift: usize,
-    #[module(skip)]
-    attn_mask: Vec<f32>,
+    /// The shifted-window mask `[nW, w², w²]` (shifted blocks only): a constant built once per device.
+    attn_mask: Option<Tensor<B, 3>>,
 }
 
 impl<B: Kernels> SwinBlock<B> {
@@ -478,9 +480,7 @@ impl<B: Kernels> SwinBlock<B> {
         // Partition into windows: [b, g/w, w, g/w, w, C] → [b·nW, w², C].
         let p = g / w;
         let windows = y.reshape([b, p, w, p, w, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b * p * p, w * w, c]);
-        let mask = (shift > 0)
-            .then(|| Tensor::<B, 3>::from_data(TensorData::new(self.attn_mask.clone(), [p * p, w * w, w * w]), &windows.device()));
-        let out = self.attn.forward(windows, mask);
+        let out = self.attn.forward(windows, self.attn_mask.clone());
         let y = out.reshape([b, p, p, w, w, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, g, g, c]);
         let y = torch_roll(y, shift as isize);
         let x = x + drop_path(y.reshape([b, l, c]), self.drop_path, seeds[0]);

@@ -354,6 +354,10 @@ pub struct TrainArgs {
     /// Stop after this many steps (e.g. to measure throughput); the weight file is still written.
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
+    /// Read the losses back from the device every N steps (all at once; also at checkpoints and
+    /// epoch ends): between reads a step waits on nothing.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_every: u64,
     /// The weight file to write at the end.
     #[arg(long)]
     pub output: PathBuf,

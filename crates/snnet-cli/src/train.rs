@@ -88,6 +88,7 @@ impl Train<'_> {
             checkpoint_every: self.args.checkpoint_every,
             resume: self.args.resume,
             stop_after_steps: self.args.max_steps,
+            log_every: self.args.log_every as usize,
         };
         eprintln!(
             "training {} routes on {} images: {} epoch(s) of {} steps, batch {} × {} worker(s)",

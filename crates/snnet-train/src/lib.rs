@@ -10,6 +10,8 @@
 //! - [`rng`]: the seeded generator behind sampling, data order and drop path (from snnet-core).
 //! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
 //!   parameters, gradient clipping), touching only parameters that received gradients.
+//! - [`scalar`]: losses and gradient norms kept on the device until the loop reads them, many
+//!   at once.
 //! - [`step`]: one joint-training step of a route (label smoothing, distillation).
 //! - [`train`](mod@train): the joint-training loop (a sampled route per step, schedule, augmentation, drop
 //!   path) with [`checkpoint`]s that a killed run resumes from exactly.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod eval;
 pub mod optim;
 pub mod sampler;
+pub mod scalar;
 pub mod schedule;
 pub mod step;
 pub mod train;
@@ -38,7 +41,8 @@ pub use error::{TrainError, TrainResult};
 pub use eval::{append_result, done_routes, evaluate_routes, evaluate_routes_parallel, RouteResult};
 pub use optim::{AdamW, AdamWConfig};
 pub use sampler::{ListSampler, RouteSampler, UniformSampler};
+pub use scalar::DeviceScalar;
 pub use schedule::CosineSchedule;
 pub use snnet_core::rng::{self, SplitMix64};
-pub use step::{replica, train_step, train_step_workers, Distillation, StepConfig, WorkerBatch};
+pub use step::{replica, train_step, train_step_workers, Distillation, StepConfig, StepOutcome, WorkerBatch};
 pub use train::{train, RunOptions, Stepping, Teacher, TrainConfig, TrainProgress, TrainReport};

@@ -15,10 +15,12 @@ use burn::{
     module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
     tensor::{
         backend::{AutodiffBackend, Backend},
-        ElementConversion, Tensor, TensorData,
+        Tensor, TensorData,
     },
 };
 use snnet_core::weights::KeyPath;
+
+use crate::scalar::DeviceScalar;
 
 /// Hyper-parameters of [`AdamW`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -117,13 +119,13 @@ pub struct AdamW<B: AutodiffBackend> {
     state: HashMap<String, Moments<B::InnerBackend>>,
 }
 
-/// What one optimiser step did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepReport {
+/// What one optimiser step did; `B` is the inner (non-autodiff) backend.
+#[derive(Clone, Debug)]
+pub struct StepReport<B: Backend> {
     /// Parameters updated (those with a gradient and a non-zero learning-rate scale).
     pub updated: usize,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Global gradient norm before clipping, left on the device until read.
+    pub grad_norm: DeviceScalar<B>,
 }
 
 impl<B: AutodiffBackend> AdamW<B> {
@@ -176,31 +178,33 @@ impl<B: AutodiffBackend> AdamW<B> {
         lr: f64,
         key_of: &dyn Fn(&str) -> String,
         rule: &dyn Fn(ParamId, &str, usize) -> ParamRule,
-    ) -> (M, StepReport) {
-        let mut norm = GradNorm::<B> { grads, sum_sq: 0.0 };
-        module.visit(&mut norm);
-        let grad_norm = norm.sum_sq.sqrt();
-        let clip = match self.config.clip_grad_norm {
-            Some(max) if grad_norm > max => max / (grad_norm + 1e-6),
-            _ => 1.0,
+    ) -> (M, StepReport<B::InnerBackend>) {
+        // The global norm and the clipping factor stay on the device: the step reads nothing back.
+        let mut squares = SquaredNorms::<B> { grads, sums: Vec::new() };
+        module.visit(&mut squares);
+        let grad_norm = match squares.sums.is_empty() {
+            true => Tensor::zeros([1], &module.devices().into_iter().next().unwrap_or_default()),
+            false => Tensor::cat(squares.sums, 0).sum().sqrt(),
         };
+        // torch.nn.utils.clip_grad_norm_: gradients times min(1, max / (norm + 1e-6)).
+        let clip = self.config.clip_grad_norm.map(|max| grad_norm.clone().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0));
         let mut mapper = Update { optimizer: self, grads, lr, clip, key_of, rule, path: KeyPath::default(), updated: 0 };
         let module = module.map(&mut mapper);
         let updated = mapper.updated;
-        (module, StepReport { updated, grad_norm })
+        (module, StepReport { updated, grad_norm: DeviceScalar::new(grad_norm) })
     }
 }
 
-struct GradNorm<'a, B: AutodiffBackend> {
+/// The squared norm of every parameter's gradient, as one-element device tensors.
+struct SquaredNorms<'a, B: AutodiffBackend> {
     grads: &'a Grads<B>,
-    sum_sq: f64,
+    sums: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get(&param.id) {
-            let s: f64 = g.clone().powi_scalar(2).sum().into_scalar().elem();
-            self.sum_sq += s;
+            self.sums.push(g.clone().powi_scalar(2).sum());
         }
     }
 }
@@ -209,7 +213,8 @@ struct Update<'a, B: AutodiffBackend> {
     optimizer: &'a mut AdamW<B>,
     grads: &'a Grads<B>,
     lr: f64,
-    clip: f64,
+    /// The clipping factor `[1]`, on the device (`None`: no clipping).
+    clip: Option<Tensor<B::InnerBackend, 1>>,
     key_of: &'a dyn Fn(&str) -> String,
     rule: &'a dyn Fn(ParamId, &str, usize) -> ParamRule,
     path: KeyPath,
@@ -240,7 +245,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let requires_grad = tensor.is_require_grad();
         let numel: usize = dims.iter().product();
         let mut p = tensor.inner();
-        let g: Tensor<B::InnerBackend, 1> = grad.clone().mul_scalar(self.clip);
+        let g: Tensor<B::InnerBackend, 1> = match &self.clip {
+            Some(clip) => grad.clone().mul(clip.clone().expand([numel])),
+            None => grad.clone(),
+        };
         let device = p.device();
         let state = self.optimizer.state.entry(key).or_insert_with(|| Moments {
             step: 0,

@@ -5,12 +5,13 @@ use std::collections::HashSet;
 
 use burn::{
     module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
-    tensor::{activation::log_softmax, ElementConversion, Int, Tensor},
+    tensor::{activation::log_softmax, backend::Backend, Int, Tensor},
 };
 use snnet_core::AutodiffKernels;
 use snnet_core::{Anchor, Result, Stitch, StitchedNet};
 
 use crate::optim::{timm_decays, AdamW, Grads, ParamRule, StepReport};
+use crate::scalar::DeviceScalar;
 
 /// Distillation from a teacher's logits (DeiT's `DistillationLoss`).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -46,22 +47,19 @@ impl Default for StepConfig {
     }
 }
 
-/// The loss and what the optimiser did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepOutcome {
-    /// Mean loss over the batch.
-    pub loss: f64,
+/// The loss and what the optimiser did, left on the device (`B`: the inner backend) until read:
+/// a step waits for nothing.
+#[derive(Clone, Debug)]
+pub struct StepOutcome<B: Backend> {
+    /// Mean loss over the batch (the workers' losses weighted by their shares).
+    pub loss: DeviceScalar<B>,
     /// Optimiser report (parameters updated, gradient norm).
-    pub optimizer: StepReport,
+    pub optimizer: StepReport<B>,
 }
 
 /// Mean cross-entropy of `logits` `[batch, classes]` against `labels` with label smoothing `eps`:
 /// `(1 − ε)·(−log p_y) + ε·mean_c(−log p_c)`.
-pub fn smoothed_cross_entropy<B: burn::tensor::backend::Backend>(
-    logits: Tensor<B, 2>,
-    labels: Tensor<B, 1, Int>,
-    eps: f64,
-) -> Tensor<B, 1> {
+pub fn smoothed_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>, eps: f64) -> Tensor<B, 1> {
     let logp = log_softmax(logits, 1);
     let nll = logp.clone().gather(1, labels.unsqueeze_dim(1)).neg().mean();
     if eps == 0.0 {
@@ -72,11 +70,7 @@ pub fn smoothed_cross_entropy<B: burn::tensor::backend::Backend>(
 }
 
 /// The distillation term for `logits` given the teacher's logits.
-pub fn distillation_loss<B: burn::tensor::backend::Backend>(
-    logits: Tensor<B, 2>,
-    teacher: Tensor<B, 2>,
-    kind: Distillation,
-) -> Tensor<B, 1> {
+pub fn distillation_loss<B: Backend>(logits: Tensor<B, 2>, teacher: Tensor<B, 2>, kind: Distillation) -> Tensor<B, 1> {
     match kind {
         Distillation::Hard { .. } => {
             let target = teacher.argmax(1).squeeze_dim::<1>(1);
@@ -121,7 +115,7 @@ pub fn train_step<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     route: usize,
     lr: f64,
     config: &StepConfig,
-) -> Result<(StitchedNet<B, A, L>, StepOutcome)> {
+) -> Result<(StitchedNet<B, A, L>, StepOutcome<B::InnerBackend>)> {
     let batch = WorkerBatch { images, labels, teacher_logits, route, weight: 1.0, noise_seed: None };
     train_step_workers(net, optimizer, vec![batch], lr, config)
 }
@@ -136,12 +130,12 @@ pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     batches: Vec<WorkerBatch<B>>,
     lr: f64,
     config: &StepConfig,
-) -> Result<(StitchedNet<B, A, L>, StepOutcome)> {
+) -> Result<(StitchedNet<B, A, L>, StepOutcome<B::InnerBackend>)> {
     let workers = batches.len();
     let weights: Vec<f64> = batches.iter().map(|b| b.weight).collect();
     let mut batches = batches.into_iter();
     let first = batches.next().expect("a step has at least one worker");
-    let outcomes: Vec<Result<(f64, Grads<B>)>> = std::thread::scope(|scope| {
+    let outcomes: Vec<Result<(DeviceScalar<B::InnerBackend>, Grads<B>)>> = std::thread::scope(|scope| {
         let others: Vec<_> = batches
             .map(|batch| {
                 let replica = replica(&net);
@@ -152,13 +146,14 @@ pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
         outcomes.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
         outcomes
     });
-    let mut loss = 0.0;
+    let mut losses = Vec::with_capacity(workers);
     let mut parts = Vec::with_capacity(workers);
     for (outcome, weight) in outcomes.into_iter().zip(weights) {
         let (part_loss, grads) = outcome?;
-        loss += weight * part_loss;
+        losses.push((part_loss, weight));
         parts.push((grads, weight));
     }
+    let loss = DeviceScalar::weighted_sum(losses).expect("a step has at least one worker");
     let grads = Grads::weighted_sum(parts);
     let stitching = parameter_ids(&net.stitch_layers);
     let rule = |id: ParamId, key: &str, rank: usize| ParamRule {
@@ -189,7 +184,7 @@ fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     net: &StitchedNet<B, A, L>,
     batch: WorkerBatch<B>,
     config: &StepConfig,
-) -> Result<(f64, Grads<B>)> {
+) -> Result<(DeviceScalar<B::InnerBackend>, Grads<B>)> {
     if let Some(seed) = batch.noise_seed {
         net.reseed(seed);
     }
@@ -204,7 +199,7 @@ fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
             base.mul_scalar(1.0 - alpha).add(distillation_loss(logits, teacher.detach(), kind).mul_scalar(alpha))
         }
     };
-    let loss_value: f64 = loss.clone().into_scalar().elem();
+    let loss_value = DeviceScalar::new(loss.clone().inner());
     let grads = loss.backward();
     Ok((loss_value, Grads::from_backward(&grads, net)))
 }

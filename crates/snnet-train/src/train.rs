@@ -20,6 +20,7 @@ use crate::{
     error::{TrainError, TrainResult},
     optim::{AdamW, AdamWConfig},
     sampler::RouteSampler,
+    scalar::DeviceScalar,
     schedule::CosineSchedule,
     step::{train_step_workers, Distillation, StepConfig, WorkerBatch},
 };
@@ -160,8 +161,8 @@ pub struct Teacher<'a, B: AutodiffKernels> {
     pub kind: Distillation,
 }
 
-/// Where and how a run is saved and stopped.
-#[derive(Clone, Debug, Default)]
+/// Where and how a run is saved, logged and stopped.
+#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Folder of the checkpoints (`None`: no checkpoints).
     pub checkpoint_dir: Option<PathBuf>,
@@ -172,6 +173,16 @@ pub struct RunOptions {
     /// Stop after this global step without writing anything, as a killed run would (for tests and
     /// for budgeted runs).
     pub stop_after_steps: Option<usize>,
+    /// Read the steps' losses back from the device every this many steps (all of them in one
+    /// transfer), and at every checkpoint and epoch end; 1 reads after every step. Between reads
+    /// a step waits on nothing, and a loss that is not finite stops the run at the next read.
+    pub log_every: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { checkpoint_dir: None, checkpoint_every: None, resume: false, stop_after_steps: None, log_every: 10 }
+    }
 }
 
 /// What the loop reports after every step.
@@ -187,15 +198,17 @@ pub struct TrainProgress {
     pub total_steps: usize,
     /// Route trained at this step.
     pub route: usize,
-    /// Loss of this step.
-    pub loss: f64,
-    /// Mean loss over the epoch so far.
-    pub epoch_loss: f64,
+    /// Loss of this step, when the losses were read at this step (every
+    /// [`RunOptions::log_every`] steps, and at checkpoints and epoch ends).
+    pub loss: Option<f64>,
+    /// Mean loss over the epoch up to the last read, when read at this step.
+    pub epoch_loss: Option<f64>,
     /// Learning rate of this step.
     pub lr: f64,
     /// Training images per second since the run (or the resumed part) started.
     pub images_per_s: f64,
-    /// Seconds of this step's forward, backward and optimiser update (data loading excluded).
+    /// Seconds of this step's forward, backward and optimiser update (data loading excluded): on a
+    /// device that queues its work, the time to queue it, plus the read at a logging step.
     pub step_seconds: f64,
 }
 
@@ -286,9 +299,10 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
 
     while position.epoch < config.epochs {
         let order = epoch_order(config.seed, position.epoch, samples);
-        let (mut loss_sum, mut loss_count) = (0.0, 0usize);
+        let mut losses = UnreadLosses::default();
         while position.batch_in_epoch < steps_per_epoch {
             if options.stop_after_steps.is_some_and(|s| position.global_step >= s) {
+                losses.read()?;
                 return Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)));
             }
             let step = position.global_step;
@@ -335,12 +349,14 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
                 let step_started = Instant::now();
                 let (trained, outcome) = train_step_workers(net, &mut optimizer, workers, lr, &config.step)?;
                 net = trained;
+                losses.push(step, route, outcome.loss);
+                let will_checkpoint = position.batch_in_epoch + 1 == steps_per_epoch
+                    || options.checkpoint_every.is_some_and(|n| n > 0 && (position.global_step + 1) % n == 0);
+                let loss = match losses.len() >= options.log_every.max(1) || will_checkpoint {
+                    true => losses.read()?,
+                    false => None,
+                };
                 let step_seconds = step_started.elapsed().as_secs_f64();
-                if !outcome.loss.is_finite() {
-                    return Err(TrainError::Diverged { step, route, loss: outcome.loss });
-                }
-                loss_sum += outcome.loss;
-                loss_count += 1;
                 images_done += step_images;
                 let elapsed = started.elapsed().as_secs_f64();
                 progress(&TrainProgress {
@@ -349,8 +365,8 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
                     step: step + 1,
                     total_steps,
                     route,
-                    loss: outcome.loss,
-                    epoch_loss: loss_sum / loss_count as f64,
+                    loss,
+                    epoch_loss: loss.and(losses.epoch_mean()),
                     lr,
                     images_per_s: images_done as f64 / elapsed.max(1e-9),
                     step_seconds,
@@ -361,15 +377,66 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
             position.sampler_state = sampler.state();
             let end_of_epoch = position.batch_in_epoch == steps_per_epoch;
             if !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && position.global_step % n == 0) {
+                losses.read()?; // no checkpoint of a run that diverged
                 checkpoint(&net, &optimizer, &position)?;
             }
         }
-        epoch_losses.push(if loss_count > 0 { loss_sum / loss_count as f64 } else { f64::NAN });
+        losses.read()?;
+        epoch_losses.push(losses.epoch_mean().unwrap_or(f64::NAN));
         position.epoch += 1;
         position.batch_in_epoch = 0;
         checkpoint(&net, &optimizer, &position)?;
     }
     Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)))
+}
+
+/// The losses of an epoch's steps: those not read yet stay on the device until [`read`](Self::read)
+/// fetches them all in one transfer.
+struct UnreadLosses<B: burn::tensor::backend::Backend> {
+    /// Global step and route of each unread loss.
+    steps: Vec<(usize, usize)>,
+    unread: Vec<DeviceScalar<B>>,
+    /// Sum and count of the losses read so far this epoch.
+    sum: f64,
+    count: usize,
+}
+
+impl<B: burn::tensor::backend::Backend> Default for UnreadLosses<B> {
+    fn default() -> Self {
+        Self { steps: Vec::new(), unread: Vec::new(), sum: 0.0, count: 0 }
+    }
+}
+
+impl<B: burn::tensor::backend::Backend> UnreadLosses<B> {
+    fn push(&mut self, step: usize, route: usize, loss: DeviceScalar<B>) {
+        self.steps.push((step, route));
+        self.unread.push(loss);
+    }
+
+    fn len(&self) -> usize {
+        self.unread.len()
+    }
+
+    /// Reads the unread losses (one transfer) into the epoch's sum and returns the newest one
+    /// (`None` if there were none); a loss that is not finite is an error naming its step and route.
+    fn read(&mut self) -> TrainResult<Option<f64>> {
+        let values = DeviceScalar::read_all(&self.unread);
+        self.unread.clear();
+        for (&(step, route), &loss) in self.steps.iter().zip(&values) {
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { step, route, loss });
+            }
+            self.sum += loss;
+            self.count += 1;
+        }
+        self.steps.clear();
+        Ok(values.last().copied())
+    }
+
+    /// Mean of the losses read so far this epoch.
+    fn epoch_mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
 }
 
 fn report(steps: usize, resumed_from: usize, epoch_losses: Vec<f64>, images: usize, started: Instant, skipped: usize) -> TrainReport {

@@ -278,7 +278,7 @@ mod training {
         let mut optimizer = AdamW::<B>::new(AdamWConfig { clip_grad_norm: Some(1.0), ..Default::default() });
         let config = StepConfig { anchor_lr_scale, ..Default::default() };
         let (net, outcome) = train_step(net, &mut optimizer, images, labels, teacher, route, 1e-2, &config).unwrap();
-        assert!(outcome.loss.is_finite() && outcome.optimizer.grad_norm > 0.0);
+        assert!(outcome.loss.value().is_finite() && outcome.optimizer.grad_norm.value() > 0.0);
         let after = params(&net);
         let changed = before.keys().filter(|k| before[*k] != after[*k]).cloned().collect();
         (changed, net)
@@ -326,8 +326,10 @@ mod training {
             noise_seed: None,
         };
         let (two, two_outcome) = train_step_workers(start, &mut adamw(), vec![part(0, 3), part(3, 2)], 1e-2, &config).unwrap();
-        assert!((one_outcome.loss - two_outcome.loss).abs() < 1e-5, "{} vs {}", one_outcome.loss, two_outcome.loss);
-        assert!((one_outcome.optimizer.grad_norm - two_outcome.optimizer.grad_norm).abs() < 1e-4 * one_outcome.optimizer.grad_norm);
+        let (one_loss, two_loss) = (one_outcome.loss.value(), two_outcome.loss.value());
+        assert!((one_loss - two_loss).abs() < 1e-5, "{one_loss} vs {two_loss}");
+        let (one_norm, two_norm) = (one_outcome.optimizer.grad_norm.value(), two_outcome.optimizer.grad_norm.value());
+        assert!((one_norm - two_norm).abs() < 1e-4 * one_norm);
         assert_eq!(one_outcome.optimizer.updated, two_outcome.optimizer.updated);
         let (a, b) = (params(&one), params(&two));
         for (key, va) in &a {
@@ -466,6 +468,45 @@ mod joint_training {
         assert_eq!(params(&resumed), params(&whole));
         let err = run(start, &RunOptions::default(), &TrainConfig { workers: 5, ..config }, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn losses_are_read_once_per_logging_interval_with_the_values_of_a_read_per_step() {
+        // 26 images at batch 4: 6 steps an epoch; read every 4 steps and at each epoch's end.
+        let start = net();
+        let reads = |log_every: usize| {
+            let options = RunOptions { log_every, ..Default::default() };
+            let mut read_at = Vec::new();
+            let mut sampler = UniformSampler::new(start.num_routes(), 11);
+            let (_, report) = train(start.clone(), &SYNTHETIC, &mut sampler as &mut dyn RouteSampler, &config(), None, &options, |p| {
+                assert_eq!(p.loss.is_some(), p.epoch_loss.is_some());
+                if p.loss.is_some() {
+                    read_at.push(p.step);
+                }
+            })
+            .unwrap();
+            (read_at, report.epoch_losses)
+        };
+        let (every_step, per_step_losses) = reads(1);
+        assert_eq!(every_step, (1..=12).collect::<Vec<_>>());
+        let (read_at, losses) = reads(4);
+        assert_eq!(read_at, [4, 6, 10, 12]);
+        assert_eq!(losses, per_step_losses, "the epoch losses do not depend on when they are read");
+    }
+
+    #[test]
+    fn a_diverging_run_stops_at_the_next_read_naming_the_step_and_checkpoints_nothing_after_it() {
+        let d = dir("diverged");
+        // A learning rate no network survives: after the first update the attention logits overflow.
+        let config = TrainConfig { lr: 1e30, warmup_epochs: 0.0, augment: None, ..config() };
+        let options = RunOptions { checkpoint_dir: Some(d.clone()), checkpoint_every: Some(3), log_every: 5, ..Default::default() };
+        match run(net(), &options, &config, &mut Vec::new()) {
+            Err(TrainError::Diverged { step, loss, .. }) => {
+                assert!((1..3).contains(&step) && !loss.is_finite(), "step {step}, loss {loss}");
+            }
+            other => panic!("expected a divergence error, got {:?}", other.map(|(_, report)| report)),
+        }
+        assert!(!d.join("checkpoint.json").exists(), "a checkpoint of the diverged run was written");
     }
 
     #[test]

@@ -152,46 +152,52 @@ fn step_once<B: Kernels>(family: &Family, device: &B::Device, file: &WeightFile,
     net.reseed(23);
     let (net, outcome) =
         train_step(net, &mut optimizer, images.on(device), images.labels(device), None, route, 0.1, &StepConfig::default()).unwrap();
-    (Stepped { loss: outcome.loss, grad_norm: outcome.optimizer.grad_norm, weights: net.named_tensors() }, before)
+    (Stepped { loss: outcome.loss.value(), grad_norm: outcome.optimizer.grad_norm.value(), weights: net.named_tensors() }, before)
 }
 
-/// Host reads and uploads of an inference forward and a training step, counted on `D` through
-/// [`Counted`]. A forward reads nothing back until its logits are asked for; the training step's
-/// counts are printed (docs/benchmarks.md records them).
+/// Host reads and uploads of an inference forward and of training steps, counted on `D` through
+/// [`Counted`]. After a warm-up forward, a forward uploads nothing (the families' index tables and
+/// masks are kept on the device) and reads nothing back until its logits are asked for; a
+/// training step, with clipping off and with clipping on (the global norm stays on the device),
+/// reads and uploads nothing until its loss or gradient norm is read, one read each.
 /// Families named in `uncounted` are left out (with the reason at the call).
 pub fn host_transfers<D: burn::backend::ir::BackendIr>(device: &D::Device, uncounted: &[&str]) {
     let _device = shared_device();
     for family in families().into_iter().filter(|f| !uncounted.contains(&f.name)) {
+        let name = family.name;
         let (_, file) = family.on_cpu(0.0);
         let net = family.load::<Counted<D>>(device, 0.0, &file);
         let images = HostImages::new(2, family.input(), 11);
         let route = net.num_routes() / 2;
         let on_device = images.on::<Counted<D>>(device);
-        // Warm-up: lazily built constants may upload once.
         let _ = host(net.forward(on_device.clone(), route).unwrap());
         let start = Transfers::now();
         let logits = net.forward(on_device.clone(), route).unwrap();
         let forward = Transfers::since(start);
-        assert_eq!(forward.reads, 0, "{}: the forward read {} tensors back", family.name, forward.reads);
+        assert_eq!((forward.reads, forward.uploads), (0, 0), "{name}: the forward's (reads, uploads)");
         let start = Transfers::now();
         let _ = host(logits);
-        assert_eq!(Transfers::since(start).reads, 1, "{}: reading the logits", family.name);
+        assert_eq!(Transfers::since(start).reads, 1, "{name}: reading the logits");
 
-        let trained = family.load::<Autodiff<Counted<D>>>(device, 0.0, &file);
-        let mut optimizer = AdamW::new(AdamWConfig::default());
+        let mut trained = family.load::<Autodiff<Counted<D>>>(device, 0.0, &file);
         let (images, labels) = (images.on(device), images.labels(device));
-        let start = Transfers::now();
-        let (trained, _) = train_step(trained, &mut optimizer, images, labels, None, route, 1e-3, &StepConfig::default()).unwrap();
-        let step = Transfers::since(start);
-        eprintln!(
-            "host transfers, {}: forward {} reads, {} uploads; training step {} reads, {} uploads ({} parameter tensors)",
-            family.name,
-            forward.reads,
-            forward.uploads,
-            step.reads,
-            step.uploads,
-            trained.named_tensors().len()
-        );
+        let parameters = trained.named_tensors().len();
+        for clip in [None, Some(1e-3)] {
+            let mut optimizer = AdamW::new(AdamWConfig { clip_grad_norm: clip, ..Default::default() });
+            let start = Transfers::now();
+            let (next, outcome) =
+                train_step(trained, &mut optimizer, images.clone(), labels.clone(), None, route, 1e-3, &StepConfig::default()).unwrap();
+            trained = next;
+            let step = Transfers::since(start);
+            eprintln!(
+                "host transfers, {name}: forward {} reads, {} uploads; training step (clipping {clip:?}) {} reads, {} uploads ({parameters} parameter tensors)",
+                forward.reads, forward.uploads, step.reads, step.uploads
+            );
+            assert_eq!((step.reads, step.uploads), (0, 0), "{name}: the training step's (reads, uploads), clipping {clip:?}");
+            let start = Transfers::now();
+            assert!(outcome.loss.value().is_finite() && outcome.optimizer.grad_norm.value() > 0.0, "{name}: loss and norm");
+            assert_eq!(Transfers::since(start).reads, 2, "{name}: reading the loss and the gradient norm");
+        }
     }
 }
 

@@ -63,7 +63,7 @@ macro_rules! backend_suite {
             }
 
             #[test]
-            fn a_forward_reads_back_only_the_logits_asked_for() {
+            fn a_forward_and_a_training_step_read_back_only_what_is_asked_for() {
                 checks::host_transfers::<$counted>(&Default::default(), $uncounted);
             }
         }
