@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use snnet::train::FlopsGap;
 
 /// Most images per forward that `bench` and `parity` accept: 4,096 (the probe batch is allocated
 /// up front, and the activations grow with it).
@@ -336,9 +337,24 @@ pub struct TrainArgs {
     /// No flips or shifts of training images.
     #[arg(long)]
     pub no_augment: bool,
-    /// Train only these routes, comma separated (default: every route, uniformly).
+    /// Train only these routes, comma separated (default: every route).
     #[arg(long, value_delimiter = ',')]
     pub routes: Option<Vec<usize>>,
+    /// How each step's route is drawn from the trained routes: `uniform` (SN-Net) or
+    /// `flops-grouped` (SN-Netv2: routes sorted by FLOPs are cut into groups at `--flops-gap`; a
+    /// group is drawn, then a route in it).
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "flops-grouped"])]
+    pub sampler: String,
+    /// FLOPs-grouped sampling: the gap that starts a new group, in GFLOPs (official: 1.0), or with
+    /// `%` as a share of the largest route's FLOPs (e.g. `5%`, for small networks whose routes all
+    /// lie within one GFLOP).
+    #[arg(long, default_value = "1.0", value_parser = parse_flops_gap)]
+    pub flops_gap: FlopsGap,
+    /// FLOPs-grouped sampling: favour the costlier groups along a linear ramp (group `g` of `G`,
+    /// 0-based by FLOPs, weighs `g/k + 1/G`; SN-Netv2's `--flops_sampling_k`). Default: groups
+    /// drawn uniformly.
+    #[arg(long, value_name = "K")]
+    pub flops_sampling_k: Option<f64>,
     /// Seed of the route sampler, data order, augmentation and drop path.
     #[arg(long, default_value_t = 0)]
     pub train_seed: u64,
@@ -361,4 +377,14 @@ pub struct TrainArgs {
     /// The weight file to write at the end.
     #[arg(long)]
     pub output: PathBuf,
+}
+
+/// `--flops-gap`: GFLOPs (`1.0`) or a share of the largest route (`5%`).
+fn parse_flops_gap(text: &str) -> Result<FlopsGap, String> {
+    let number = |t: &str| t.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    match text.trim().strip_suffix('%') {
+        Some(share) => number(share).map(|p| FlopsGap::Relative(p / 100.0)),
+        None => number(text).map(FlopsGap::Giga),
+    }
+    .ok_or_else(|| format!("`{text}` is neither GFLOPs (e.g. 1.0) nor a share of the largest route (e.g. 5%)"))
 }

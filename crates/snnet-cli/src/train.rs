@@ -4,8 +4,8 @@
 use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use snnet::{
     train::{
-        data::Split, AdamWConfig, Augment, Distillation, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping, Teacher, TrainConfig,
-        UniformSampler,
+        data::Split, AdamWConfig, Augment, Distillation, FlopsGroupedSampler, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping,
+        Teacher, TrainConfig, UniformSampler,
     },
     workflow::{median_after, open_dataset, train_with_progress},
     Description,
@@ -67,14 +67,26 @@ impl Train<'_> {
             }
         }
         let dataset = open_dataset(&self.args.data.data, Split::Train, &net.layouts()[0])?;
-        let mut sampler: Box<dyn RouteSampler> = match &self.args.routes {
-            Some(routes) => {
-                for &id in routes {
-                    net.route(id)?;
-                }
-                Box::new(ListSampler::new(routes.clone(), self.args.train_seed))
+        if let Some(routes) = &self.args.routes {
+            for &id in routes {
+                net.route(id)?;
             }
-            None => Box::new(UniformSampler::new(net.num_routes(), self.args.train_seed)),
+        }
+        let seed = self.args.train_seed;
+        let mut sampler: Box<dyn RouteSampler> = match (self.args.sampler.as_str(), &self.args.routes) {
+            ("flops-grouped", routes) => {
+                let trained: Vec<usize> = routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
+                let flops: Vec<(usize, f64)> = trained.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
+                let sampler = FlopsGroupedSampler::new(&flops, self.args.flops_gap, self.args.flops_sampling_k, seed)?;
+                eprintln!(
+                    "FLOPs-grouped sampling: {} groups ({})",
+                    sampler.groups().len(),
+                    sampler.groups().iter().map(|g| g.len().to_string()).collect::<Vec<_>>().join(", ")
+                );
+                Box::new(sampler)
+            }
+            (_, Some(routes)) => Box::new(ListSampler::new(routes.clone(), seed)),
+            (_, None) => Box::new(UniformSampler::new(net.num_routes(), seed)),
         };
         // The teacher is a frozen copy of the starting weights (the same file on resume).
         let teacher_route = self.args.teacher_route.unwrap_or(net.anchors.len().saturating_sub(1));

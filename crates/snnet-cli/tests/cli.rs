@@ -333,6 +333,11 @@ fn init_and_eval_run_on_an_image_folder_and_eval_resumes() {
     let (ok, _, err) = train(&["--distill", "soft", "--distill-tau", "2", "--freeze-anchors", "--routes", "3,4,5"]);
     assert!(ok, "{err}");
     assert!(err.contains("training 3 routes"), "{err}");
+    // SN-Netv2's FLOPs-grouped sampling over the routes; a gap that is not a number is refused.
+    let (ok, _, err) = train(&["--sampler", "flops-grouped", "--flops-gap", "10%", "--flops-sampling-k", "2"]);
+    assert!(ok && err.contains("FLOPs-grouped sampling: "), "{err}");
+    let (ok, _, err) = train(&["--sampler", "flops-grouped", "--flops-gap", "lots"]);
+    assert!(!ok && err.contains("`lots` is neither GFLOPs"), "{err}");
 
     let results = tmp("results.jsonl");
     let _ = std::fs::remove_file(&results);

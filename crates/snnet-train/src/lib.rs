@@ -5,7 +5,8 @@
 //!   out) — with timm's evaluation preprocessing and light training augmentation. Unreadable samples
 //!   are reported and skipped, never fatal. The readers need the `data` feature (on by default:
 //!   gzip and image decoding); the [`Dataset`] trait and batching do not.
-//! - [`sampler`]: which route each step trains (uniform by default, seeded, resumable).
+//! - [`sampler`]: which route each step trains (uniform by default, or SN-Netv2's FLOPs-grouped
+//!   sampling; seeded, resumable).
 //! - [`schedule`]: the official cosine learning-rate schedule with warmup and its stepping rules.
 //! - [`rng`]: the seeded generator behind sampling, data order and drop path (from snnet-core).
 //! - [`optim`]: AdamW as timm builds it (decay rules, per-parameter learning-rate scales, frozen
@@ -40,7 +41,7 @@ pub use data::{FashionMnist, ImageFolder, Preprocess, Split};
 pub use error::{TrainError, TrainResult};
 pub use eval::{append_result, done_routes, evaluate_routes, evaluate_routes_parallel, RouteResult};
 pub use optim::{AdamW, AdamWConfig};
-pub use sampler::{ListSampler, RouteSampler, UniformSampler};
+pub use sampler::{FlopsGap, FlopsGroupedSampler, ListSampler, RouteSampler, UniformSampler};
 pub use scalar::DeviceScalar;
 pub use schedule::CosineSchedule;
 pub use snnet_core::rng::{self, SplitMix64};

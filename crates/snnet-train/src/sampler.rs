@@ -1,6 +1,8 @@
 //! Which route a training step trains. The official recipe draws one route uniformly at random per
-//! step; the trait leaves room for other policies (e.g. FLOPs-grouped sampling as in SN-Netv2).
+//! step ([`UniformSampler`], or [`ListSampler`] over chosen routes); SN-Netv2 draws a FLOPs group
+//! first, then a route in it ([`FlopsGroupedSampler`]).
 
+use crate::error::{TrainError, TrainResult};
 use crate::rng::SplitMix64;
 
 /// Chooses the route of each training step; its state can be saved and restored for `--resume`.
@@ -69,4 +71,134 @@ impl RouteSampler for ListSampler {
     fn restore(&mut self, state: u64) {
         self.rng = SplitMix64::new(state);
     }
+}
+
+/// How far apart in FLOPs routes may lie and still share a group of [`FlopsGroupedSampler`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FlopsGap {
+    /// In GFLOPs (SN-Netv2's `--flops_gap`, 1.0 by default).
+    Giga(f64),
+    /// A fraction of the largest route's FLOPs: for small networks, whose routes may all lie
+    /// within one GFLOP of each other (one group, uniform sampling again).
+    Relative(f64),
+}
+
+/// SN-Netv2's resource-constrained sampling: the routes, sorted by FLOPs, are cut into groups,
+/// and each step draws a group, then a route uniformly inside it — so the many routes of similar
+/// cost (most of a two-way space) do not crowd out the few cheap or expensive ones.
+///
+/// Grouping, as the official `group_subnets_by_flops`: walking the routes by increasing FLOPs
+/// (ties in the order given), with `reference` = the FLOPs of the current group's first route
+/// (0 before the first), a route more than `gap` away from `reference` starts a new group (and
+/// becomes its reference); otherwise it joins the current group. Groups are drawn uniformly, or
+/// with a linear ramp `k`: the `g`-th group (0-based, by FLOPs) with weight `g / k + 1 / G`,
+/// normalised (`--flops_sampling_k`).
+#[derive(Clone, Debug)]
+pub struct FlopsGroupedSampler {
+    groups: Vec<Vec<usize>>,
+    /// Cumulative probabilities of the groups (the last is 1).
+    cumulative: Vec<f64>,
+    rng: SplitMix64,
+}
+
+impl FlopsGroupedSampler {
+    /// Groups `routes` (route id and its FLOPs) by `gap`, groups drawn uniformly or along the
+    /// ramp `ramp_k`; draws are seeded by `seed`. An empty route list, FLOPs or a gap that are
+    /// negative or not finite, or a ramp that is not positive are errors naming the setting.
+    pub fn new(routes: &[(usize, f64)], gap: FlopsGap, ramp_k: Option<f64>, seed: u64) -> TrainResult<Self> {
+        let groups = group_by_flops(routes, gap)?;
+        let weights: Vec<f64> = match ramp_k {
+            None => vec![1.0; groups.len()],
+            Some(k) if k > 0.0 && k.is_finite() => (0..groups.len()).map(|g| g as f64 / k + 1.0 / groups.len() as f64).collect(),
+            Some(k) => return Err(setting("flops_sampling_k", format!("must be a positive number, got {k}"))),
+        };
+        let total: f64 = weights.iter().sum();
+        let mut sum = 0.0;
+        let mut cumulative: Vec<f64> = weights
+            .iter()
+            .map(|w| {
+                sum += w / total;
+                sum
+            })
+            .collect();
+        if let Some(last) = cumulative.last_mut() {
+            *last = 1.0;
+        }
+        Ok(Self { groups, cumulative, rng: SplitMix64::new(seed) })
+    }
+
+    /// The groups, by increasing FLOPs, each sorted by route id.
+    pub fn groups(&self) -> &[Vec<usize>] {
+        &self.groups
+    }
+
+    /// The probability of drawing each group.
+    pub fn group_probabilities(&self) -> Vec<f64> {
+        let mut previous = 0.0;
+        self.cumulative
+            .iter()
+            .map(|&c| {
+                let p = c - previous;
+                previous = c;
+                p
+            })
+            .collect()
+    }
+}
+
+impl RouteSampler for FlopsGroupedSampler {
+    fn next_route(&mut self) -> usize {
+        let u = self.rng.unit();
+        let g = self.cumulative.iter().position(|&c| u < c).unwrap_or(self.groups.len() - 1);
+        let group = &self.groups[g];
+        group[self.rng.below(group.len())]
+    }
+
+    fn state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    fn restore(&mut self, state: u64) {
+        self.rng = SplitMix64::new(state);
+    }
+}
+
+/// The groups of [`FlopsGroupedSampler`]: `routes` (id, FLOPs) cut by `gap`, by increasing FLOPs,
+/// each group sorted by id.
+pub fn group_by_flops(routes: &[(usize, f64)], gap: FlopsGap) -> TrainResult<Vec<Vec<usize>>> {
+    if routes.is_empty() {
+        return Err(setting("routes", "FLOPs-grouped sampling needs at least one route".into()));
+    }
+    if let Some(&(id, flops)) = routes.iter().find(|(_, f)| !(f.is_finite() && *f >= 0.0)) {
+        return Err(setting("routes", format!("route {id} has FLOPs {flops}")));
+    }
+    let largest = routes.iter().map(|&(_, f)| f).fold(0.0, f64::max);
+    let gap_flops = match gap {
+        FlopsGap::Giga(g) if g.is_finite() && g >= 0.0 => g * 1e9,
+        FlopsGap::Relative(r) if r.is_finite() && r >= 0.0 => r * largest,
+        other => return Err(setting("flops_gap", format!("must be a non-negative number, got {other:?}"))),
+    };
+    let mut by_flops = routes.to_vec();
+    by_flops.sort_by(|a, b| a.1.total_cmp(&b.1)); // stable: ties keep the given order
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current = Vec::new();
+    let mut reference = 0.0;
+    for (id, flops) in by_flops {
+        if (flops - reference).abs() > gap_flops {
+            if !current.is_empty() {
+                groups.push(std::mem::take(&mut current));
+            }
+            reference = flops;
+        }
+        current.push(id);
+    }
+    groups.push(current);
+    for group in &mut groups {
+        group.sort_unstable();
+    }
+    Ok(groups)
+}
+
+fn setting(setting: &str, reason: String) -> TrainError {
+    TrainError::Setting { setting: setting.into(), reason }
 }

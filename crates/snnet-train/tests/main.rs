@@ -177,6 +177,75 @@ fn uniform_sampler_is_reproducible_resumable_and_uniform() {
     assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "{counts:?}");
 }
 
+/// The trained configs of the official DeiT3-S/L two-way space with their official FLOPs, in id order.
+fn deit3_s_l_flops() -> Vec<(usize, f64)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vectors/stitch_configs_deit3_s_l_v2.json");
+    let vector: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let configs = vector["configs"].as_array().unwrap();
+    configs
+        .iter()
+        .filter(|c| c.get("reported").is_some())
+        .map(|c| (c["cfg_id"].as_u64().unwrap() as usize, c["reported"]["flops"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn flops_groups_are_the_official_ones_and_sampling_follows_them() {
+    use snnet_train::{sampler::group_by_flops, FlopsGap, FlopsGroupedSampler, RouteSampler};
+    let routes = deit3_s_l_flops();
+    assert_eq!(routes.len(), 134, "config 13 is left out of training, hence of the FLOPs file");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flops_groups_deit3_s_l.json");
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let want: Vec<Vec<usize>> = serde_json::from_value(fixture["groups"].clone()).unwrap();
+    assert_eq!(group_by_flops(&routes, FlopsGap::Giga(1.0)).unwrap(), want);
+    // The same gap as a fraction of the largest route (61.6 GFLOPs) gives the same groups.
+    assert_eq!(group_by_flops(&routes, FlopsGap::Relative(1e9 / 61_604_135_936.0)).unwrap(), want);
+
+    // The ramp k = 3: group probabilities as officially; draws follow them, never config 13.
+    let mut sampler = FlopsGroupedSampler::new(&routes, FlopsGap::Giga(1.0), Some(3.0), 5).unwrap();
+    let want_p: Vec<f64> = serde_json::from_value(fixture["ramp_probabilities"].clone()).unwrap();
+    let p = sampler.group_probabilities();
+    assert!(p.iter().zip(&want_p).all(|(a, b)| (a - b).abs() < 1e-12), "{p:?} vs {want_p:?}");
+    let group_of: std::collections::HashMap<usize, usize> =
+        want.iter().enumerate().flat_map(|(g, ids)| ids.iter().map(move |&id| (id, g))).collect();
+    let draws = 60_000;
+    let mut per_group = vec![0usize; want.len()];
+    let first: Vec<usize> = (0..draws).map(|_| sampler.next_route()).collect();
+    for id in &first {
+        per_group[*group_of.get(id).unwrap_or_else(|| panic!("drew route {id}, not a trained one"))] += 1;
+    }
+    for (g, (&n, &pg)) in per_group.iter().zip(&want_p).enumerate() {
+        let expected = pg * draws as f64;
+        assert!((n as f64 - expected).abs() < 5.0 * expected.sqrt() + 5.0, "group {g}: {n} draws, expected {expected:.0}");
+    }
+    // Reproducible and resumable.
+    let mut again = FlopsGroupedSampler::new(&routes, FlopsGap::Giga(1.0), Some(3.0), 5).unwrap();
+    (0..100).for_each(|_| {
+        again.next_route();
+    });
+    let mut resumed = FlopsGroupedSampler::new(&routes, FlopsGap::Giga(1.0), Some(3.0), 99).unwrap();
+    resumed.restore(again.state());
+    assert_eq!((0..500).map(|_| resumed.next_route()).collect::<Vec<_>>(), first[100..600]);
+
+    // Uniform over groups without a ramp; tiny networks: one group under the official gap.
+    let uniform = FlopsGroupedSampler::new(&routes, FlopsGap::Giga(1.0), None, 0).unwrap();
+    assert!(uniform.group_probabilities().iter().all(|p| (p - 1.0 / 13.0).abs() < 1e-12));
+    let tiny: Vec<(usize, f64)> = (0..10).map(|i| (i, 1e6 * (1 + i) as f64)).collect();
+    assert_eq!(group_by_flops(&tiny, FlopsGap::Giga(1.0)).unwrap().len(), 1);
+    assert_eq!(group_by_flops(&tiny, FlopsGap::Relative(0.25)).unwrap(), [vec![0, 1], vec![2, 3, 4], vec![5, 6, 7], vec![8, 9]]);
+
+    // Bad settings are errors naming them.
+    for (result, setting) in [
+        (FlopsGroupedSampler::new(&[], FlopsGap::Giga(1.0), None, 0), "routes"),
+        (FlopsGroupedSampler::new(&[(0, f64::NAN)], FlopsGap::Giga(1.0), None, 0), "routes"),
+        (FlopsGroupedSampler::new(&routes, FlopsGap::Giga(-1.0), None, 0), "flops_gap"),
+        (FlopsGroupedSampler::new(&routes, FlopsGap::Giga(1.0), Some(0.0), 0), "flops_sampling_k"),
+    ] {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(setting), "{err}");
+    }
+}
+
 #[test]
 fn cosine_schedule_follows_timm_and_the_official_stepping() {
     use snnet_train::CosineSchedule;
