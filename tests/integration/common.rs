@@ -30,6 +30,8 @@ pub fn mini_vit(dim: usize, heads: usize, in_chans: usize) -> VitConfig {
         num_classes: 10,
         layer_norm_eps: 1e-6,
         drop_path_rate: 0.0,
+        init_values: None,
+        no_embed_class: false,
     }
 }
 

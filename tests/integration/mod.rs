@@ -4,6 +4,7 @@ mod backend;
 mod backend_suite;
 mod common;
 mod costs;
+mod deit3;
 #[cfg(feature = "app")]
 mod demo;
 mod enumeration;

@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn every_preset_resolves_and_its_arch_tag_is_the_familys() {
         let names = preset_names();
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 19);
         for (name, architecture) in presets() {
             assert_eq!(Architecture::preset(name).unwrap(), architecture, "{name}");
             architecture.validate().unwrap();

@@ -7,7 +7,8 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 use snnet_core::{
-    drop_path, ops::linear_rows, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed, PartCost, StageLayout,
+    drop_path, ops::linear_rows, weights::TensorMap, Anchor, AnchorCosts, AnchorLayout, FeatureKind, Features, Kernels, NoiseSeed,
+    PartCost, StageLayout,
 };
 
 use crate::error::Result;
@@ -47,6 +48,14 @@ pub struct VitConfig {
     /// during training (timm's linear rule); 0 disables it. Not part of the weights or the layout.
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// LayerScale (DeiT-3, CaiT): each residual branch multiplied by a learned per-channel scale
+    /// (`blocks.{i}.ls1.gamma`, `ls2.gamma`) initialised to this value; absent or null: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_values: Option<f64>,
+    /// The position embedding covers the patches only and is added before the class token is
+    /// prepended (DeiT-3; timm's `no_embed_class`): `pos_embed` is `[1, patches, C]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_embed_class: bool,
 }
 
 fn default_patch_size() -> usize {
@@ -63,6 +72,15 @@ impl crate::family::Family for VitConfig {
         ("deit_tiny_patch16_224", Self::deit_tiny_patch16_224),
         ("deit_small_patch16_224", Self::deit_small_patch16_224),
         ("deit_base_patch16_224", Self::deit_base_patch16_224),
+        ("deit3_small_patch16_224", Self::deit3_small_patch16_224),
+        ("deit3_medium_patch16_224", Self::deit3_medium_patch16_224),
+        ("deit3_base_patch16_224", Self::deit3_base_patch16_224),
+        ("deit3_large_patch16_224", Self::deit3_large_patch16_224),
+        ("deit_tiny_patch16_LS", Self::deit_tiny_patch16_ls),
+        ("deit_small_patch16_LS", Self::deit_small_patch16_ls),
+        ("deit_medium_patch16_LS", Self::deit_medium_patch16_ls),
+        ("deit_base_patch16_LS", Self::deit_base_patch16_ls),
+        ("deit_large_patch16_LS", Self::deit_large_patch16_ls),
     ];
 
     fn short_name(&self) -> String {
@@ -86,7 +104,61 @@ impl VitConfig {
             num_classes: 1000,
             layer_norm_eps: 1e-6,
             drop_path_rate: 0.0,
+            init_values: None,
+            no_embed_class: false,
         }
+    }
+
+    /// A DeiT-3 ViT (timm's `deit3_*`): LayerScale initialised to `init_values`, no class
+    /// position, LayerNorm eps 1e-6.
+    pub fn deit3(embed_dim: usize, depth: usize, num_heads: usize, init_values: f64) -> Self {
+        Self { init_values: Some(init_values), no_embed_class: true, ..Self::new(embed_dim, depth, num_heads) }
+    }
+
+    /// timm `deit3_small_patch16_224`.
+    pub fn deit3_small_patch16_224() -> Self {
+        Self::deit3(384, 12, 6, 1e-6)
+    }
+
+    /// timm `deit3_medium_patch16_224`.
+    pub fn deit3_medium_patch16_224() -> Self {
+        Self::deit3(512, 12, 8, 1e-6)
+    }
+
+    /// timm `deit3_base_patch16_224`.
+    pub fn deit3_base_patch16_224() -> Self {
+        Self::deit3(768, 12, 12, 1e-6)
+    }
+
+    /// timm `deit3_large_patch16_224`.
+    pub fn deit3_large_patch16_224() -> Self {
+        Self::deit3(1024, 24, 16, 1e-6)
+    }
+
+    /// SN-Netv2's `deit_tiny_patch16_LS` (no timm twin; LayerScale initialised to 1e-4, as
+    /// SN-Netv2's `vit_models`, which matters only without a checkpoint).
+    pub fn deit_tiny_patch16_ls() -> Self {
+        Self::deit3(192, 12, 3, 1e-4)
+    }
+
+    /// SN-Netv2's `deit_small_patch16_LS` (timm's `deit3_small_patch16_224`, LayerScale init 1e-4).
+    pub fn deit_small_patch16_ls() -> Self {
+        Self::deit3(384, 12, 6, 1e-4)
+    }
+
+    /// SN-Netv2's `deit_medium_patch16_LS` (timm's `deit3_medium_patch16_224`, LayerScale init 1e-4).
+    pub fn deit_medium_patch16_ls() -> Self {
+        Self::deit3(512, 12, 8, 1e-4)
+    }
+
+    /// SN-Netv2's `deit_base_patch16_LS` (timm's `deit3_base_patch16_224`, LayerScale init 1e-4).
+    pub fn deit_base_patch16_ls() -> Self {
+        Self::deit3(768, 12, 12, 1e-4)
+    }
+
+    /// SN-Netv2's `deit_large_patch16_LS` (timm's `deit3_large_patch16_224`, LayerScale init 1e-4).
+    pub fn deit_large_patch16_ls() -> Self {
+        Self::deit3(1024, 24, 16, 1e-4)
     }
 
     /// timm `deit_tiny_patch16_224`.
@@ -142,6 +214,9 @@ impl VitConfig {
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return bad("layer_norm_eps", format!("{} is not a positive number", self.layer_norm_eps));
         }
+        if let Some(v) = self.init_values.filter(|v| !v.is_finite()) {
+            return bad("init_values", format!("{v} is not a number"));
+        }
         crate::limits::require_budgets(&self.layout(""), self.costs().total(), 0)
     }
 
@@ -186,14 +261,17 @@ impl VitConfig {
         let patch_in = (self.in_chans * self.patch_size * self.patch_size) as u128;
         let patches = n - 1;
         let conv_params = c * patch_in + c;
+        let positions = if self.no_embed_class { patches } else { n };
         let embed = PartCost {
             params_official: PartCost::saturating(0, conv_params).params,
-            ..PartCost::saturating(patches * patch_in * c, conv_params + c + n * c)
+            ..PartCost::saturating(patches * patch_in * c, conv_params + c + positions * c)
         };
         let qkv_bias = if self.qkv_bias { 3 * c } else { 0 };
+        // LayerScale: two `[C]` scales; fvcore counts no elementwise multiply, so no FLOPs.
+        let layer_scale = if self.init_values.is_some() { 2 * c } else { 0 };
         let block = PartCost::saturating(
             10 * n * c + 3 * n * c * c + 2 * n * n * c + n * c * c + 2 * n * c * h,
-            4 * c + 3 * c * c + qkv_bias + c * c + c + 2 * c * h + h + c,
+            4 * c + 3 * c * c + qkv_bias + c * c + c + 2 * c * h + h + c + layer_scale,
         );
         let k = self.num_classes as u128;
         AnchorCosts {
@@ -216,18 +294,22 @@ impl VitConfig {
             |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).with_initializer(std.clone()).init::<B>(device);
         let norm = || LayerNormConfig::new(c).with_epsilon(self.layer_norm_eps).init::<B>(device);
         let rate = |i: usize| self.block_drop_path(i);
+        let layer_scale = || self.init_values.map(|v| LayerScale { gamma: Initializer::Constant { value: v }.init([c], device) });
         let blocks = (0..self.depth)
             .map(|i| Block {
                 norm1: norm(),
                 attn: Attention { qkv: linear(c, 3 * c, self.qkv_bias), proj: linear(c, c, true), num_heads: self.num_heads },
+                ls1: layer_scale(),
                 norm2: norm(),
                 mlp: Mlp { fc1: linear(c, self.hidden(), true), fc2: linear(self.hidden(), c, true) },
+                ls2: layer_scale(),
                 drop_path: rate(i),
             })
             .collect();
+        let positions = if self.no_embed_class { self.tokens() - 1 } else { self.tokens() };
         Ok(Vit {
             cls_token: std.init([1, 1, c], device),
-            pos_embed: std.init([1, self.tokens(), c], device),
+            pos_embed: std.init([1, positions, c], device),
             patch_embed: PatchEmbed {
                 proj: Conv2dConfig::new([self.in_chans, c], [self.patch_size, self.patch_size])
                     .with_stride([self.patch_size, self.patch_size])
@@ -289,17 +371,36 @@ impl<B: Kernels> Mlp<B> {
     }
 }
 
-/// A pre-norm transformer block.
+/// LayerScale: a learned per-channel scale of a residual branch (`ls1.gamma`).
+#[derive(Module, Debug)]
+pub struct LayerScale<B: Backend> {
+    /// Scale per channel `[C]`.
+    pub gamma: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerScale<B> {
+    /// `x · gamma` over the last dimension of `[b, n, C]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let c = x.dims()[2];
+        x * self.gamma.val().reshape([1, 1, c])
+    }
+}
+
+/// A pre-norm transformer block, with LayerScale on both branches when configured (DeiT-3).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// Norm before attention.
     pub norm1: LayerNorm<B>,
     /// Attention.
     pub attn: Attention<B>,
+    /// Scale of the attention branch (DeiT-3).
+    pub ls1: Option<LayerScale<B>>,
     /// Norm before the MLP.
     pub norm2: LayerNorm<B>,
     /// MLP.
     pub mlp: Mlp<B>,
+    /// Scale of the MLP branch (DeiT-3).
+    pub ls2: Option<LayerScale<B>>,
     /// Drop-path probability of both branches in training.
     pub drop_path: f64,
 }
@@ -314,9 +415,14 @@ impl<B: Kernels> Block<B> {
     /// `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`; drop path acts only in
     /// training (an autodiff backend), its two masks drawn from `seeds`.
     pub fn forward_seeded(&self, x: Tensor<B, 3>, seeds: [u64; 2]) -> Tensor<B, 3> {
-        let x = x.clone() + drop_path(self.attn.forward(self.norm1.forward(x)), self.drop_path, seeds[0]);
-        let y = drop_path(self.mlp.forward(self.norm2.forward(x.clone())), self.drop_path, seeds[1]);
-        x + y
+        let scaled = |scale: &Option<LayerScale<B>>, y: Tensor<B, 3>| match scale {
+            Some(scale) => scale.forward(y),
+            None => y,
+        };
+        let y = scaled(&self.ls1, self.attn.forward(self.norm1.forward(x.clone())));
+        let x = x + drop_path(y, self.drop_path, seeds[0]);
+        let y = scaled(&self.ls2, self.mlp.forward(self.norm2.forward(x.clone())));
+        x + drop_path(y, self.drop_path, seeds[1])
     }
 }
 
@@ -325,7 +431,7 @@ impl<B: Kernels> Block<B> {
 pub struct Vit<B: Backend> {
     /// Class token `[1, 1, C]`.
     pub cls_token: Param<Tensor<B, 3>>,
-    /// Position embedding `[1, N, C]`.
+    /// Position embedding `[1, N, C]` (`[1, N − 1, C]`, patches only, with `no_embed_class`).
     pub pos_embed: Param<Tensor<B, 3>>,
     /// Patch embedding.
     pub patch_embed: PatchEmbed<B>,
@@ -372,7 +478,16 @@ impl<B: Kernels> Anchor<B> for Vit<B> {
     }
 
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
-        Features::Tokens(B::patch_tokens(images, &self.patch_embed.proj, self.cls_token.val(), self.pos_embed.val()))
+        let pos = self.pos_embed.val();
+        // Without a class position (DeiT-3), the class token gets a zero position: the same sum.
+        let pos = match self.config.no_embed_class {
+            true => {
+                let c = pos.dims()[2];
+                Tensor::cat(vec![Tensor::zeros([1, 1, c], &pos.device()), pos], 1)
+            }
+            false => pos,
+        };
+        Features::Tokens(B::patch_tokens(images, &self.patch_embed.proj, self.cls_token.val(), pos))
     }
 
     fn block(&self, x: Features<B>, index: usize) -> Features<B> {
@@ -388,6 +503,10 @@ impl<B: Kernels> Anchor<B> for Vit<B> {
         self.noise = NoiseSeed::default();
     }
 
+    fn adapt_checkpoint(&self, tensors: TensorMap) -> TensorMap {
+        remap_layer_scale(tensors)
+    }
+
     fn head(&self, x: Features<B>, final_norm: bool) -> Tensor<B, 2> {
         let x = x.into_tokens();
         let [b, _, c] = x.dims();
@@ -398,6 +517,26 @@ impl<B: Kernels> Anchor<B> for Vit<B> {
     }
 }
 
+/// Maps the LayerScale keys of the DeiT-III releases and SN-Netv2 (`blocks.{i}.gamma_1`,
+/// `gamma_2`) onto timm's (`blocks.{i}.ls1.gamma`, `ls2.gamma`); other keys are unchanged.
+pub fn remap_layer_scale(tensors: TensorMap) -> TensorMap {
+    tensors
+        .into_iter()
+        .map(|(key, t)| {
+            let renamed = key.strip_prefix("blocks.").and_then(|rest| {
+                let (block, name) = rest.split_once('.')?;
+                let branch = match name {
+                    "gamma_1" => "ls1",
+                    "gamma_2" => "ls2",
+                    _ => return None,
+                };
+                Some(format!("blocks.{block}.{branch}.gamma"))
+            });
+            (renamed.unwrap_or(key), t)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use burn::{
@@ -406,6 +545,38 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn deit3_presets_cost_what_sn_netv2_and_timm_count() {
+        // FLOPs: the official SN-Netv2 FLOPs file (DeiT3-S/L anchors, cfg 0 and 1); parameters:
+        // timm 0.6.13's `deit3_*` models (sum of numel).
+        for (config, flops, params) in [
+            (VitConfig::deit3_small_patch16_224(), Some(4_608_338_304), 22_059_496),
+            (VitConfig::deit3_medium_patch16_224(), None, 38_849_512),
+            (VitConfig::deit3_large_patch16_224(), Some(61_604_135_936), 304_374_760),
+        ] {
+            let total = config.costs().total();
+            assert_eq!(total.params, params, "{config:?}");
+            if let Some(flops) = flops {
+                assert_eq!(total.flops, flops, "{config:?}");
+            }
+        }
+        // SN-Netv2's names: the same architectures, LayerScale initialised to 1e-4.
+        let ls = VitConfig::deit_small_patch16_ls();
+        assert_eq!(VitConfig { init_values: Some(1e-6), ..ls.clone() }, VitConfig::deit3_small_patch16_224());
+        assert_eq!(ls.init_values, Some(1e-4));
+    }
+
+    #[test]
+    fn layer_scale_keys_of_the_deit3_releases_map_to_timms() {
+        let t = |v: f32| snnet_core::weights::NamedTensor { shape: vec![1], data: vec![v], stored_as: "F32" };
+        let map: TensorMap = [("blocks.3.gamma_1", 1.0), ("blocks.3.gamma_2", 2.0), ("blocks.3.norm1.weight", 3.0), ("gamma_1", 4.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), t(v)))
+            .collect();
+        let keys: Vec<String> = remap_layer_scale(map).into_keys().collect();
+        assert_eq!(keys, ["blocks.3.ls1.gamma", "blocks.3.ls2.gamma", "blocks.3.norm1.weight", "gamma_1"]);
+    }
 
     #[test]
     fn attention_matches_timm_formulation() {
