@@ -35,11 +35,6 @@ impl<B: Backend> DeviceScalar<B> {
         (!values.is_empty()).then(|| Self { values: Tensor::cat(values, 0), weights })
     }
 
-    /// The tensor of the `xᵢ` (for computing on the device with them).
-    pub fn terms(&self) -> Tensor<B, 1> {
-        self.values.clone()
-    }
-
     /// Reads the value: one transfer from the device.
     pub fn value(&self) -> f64 {
         Self::read_all(std::slice::from_ref(self))[0]

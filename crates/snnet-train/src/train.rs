@@ -306,6 +306,10 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
                 return Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)));
             }
             let step = position.global_step;
+            // Whether this step ends the epoch, or else writes a periodic checkpoint: both read
+            // the losses first (the epoch's mean; no checkpoint of a run that diverged).
+            let end_of_epoch = position.batch_in_epoch + 1 == steps_per_epoch;
+            let periodic_checkpoint = !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && (step + 1) % n == 0);
             let lr = config.lr_at(&schedule, position.epoch, step);
             let start = position.batch_in_epoch * config.batch_size;
             let mut batch = load_batch(dataset, &order[start..start + config.batch_size]);
@@ -350,9 +354,7 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
                 let (trained, outcome) = train_step_workers(net, &mut optimizer, workers, lr, &config.step)?;
                 net = trained;
                 losses.push(step, route, outcome.loss);
-                let will_checkpoint = position.batch_in_epoch + 1 == steps_per_epoch
-                    || options.checkpoint_every.is_some_and(|n| n > 0 && (position.global_step + 1) % n == 0);
-                let loss = match losses.len() >= options.log_every.max(1) || will_checkpoint {
+                let loss = match losses.len() >= options.log_every.max(1) || end_of_epoch || periodic_checkpoint {
                     true => losses.read()?,
                     false => None,
                 };
@@ -375,9 +377,8 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
             position.batch_in_epoch += 1;
             position.global_step += 1;
             position.sampler_state = sampler.state();
-            let end_of_epoch = position.batch_in_epoch == steps_per_epoch;
-            if !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && position.global_step % n == 0) {
-                losses.read()?; // no checkpoint of a run that diverged
+            if periodic_checkpoint {
+                losses.read()?; // what an empty step (every sample unreadable) left unread
                 checkpoint(&net, &optimizer, &position)?;
             }
         }
