@@ -35,6 +35,29 @@ fn deit_costs_equal_the_official_results_for_all_71_routes() {
 }
 
 #[test]
+fn deit3_two_way_flops_equal_sn_netv2s_for_the_134_reported_routes() {
+    let v = load_json("vectors/stitch_configs_deit3_s_l_v2.json");
+    let mut desc = Description::from_names(&["deit3_small_patch16_224", "deit3_large_patch16_224"]);
+    desc.space = SpaceSettings::two_way();
+    assert!(!desc.behaviour.final_norm_on_stitched, "a two-way space needs no behaviour entry for the final norm");
+    let (space, costs) = desc.space_with_costs().unwrap();
+    let mut reported = 0;
+    for (cfg, (route, cost)) in v["configs"].as_array().unwrap().iter().zip(space.routes.iter().zip(&costs)) {
+        if let Some(flops) = cfg.get("reported").map(|r| r["flops"].as_u64().unwrap()) {
+            assert_eq!(cost.flops, flops, "cfg {} flops", route.cfg_id);
+            reported += 1;
+        }
+    }
+    assert_eq!(reported, 134);
+    // Every stitched route runs the end anchor's final norm (fvcore: 5·197·C), as SN-Netv2 does:
+    // the S→L route from the last small block (not reported) costs the small anchor without its
+    // norm and head, stitching layer 11, then the large anchor's norm and head.
+    let (n, small, large, classes) = (197u64, 384u64, 1024u64, 1000u64);
+    let expected = costs[0].flops - 5 * n * small - small * classes + n * small * large + 5 * n * large + large * classes;
+    assert_eq!(costs[13].flops, expected);
+}
+
+#[test]
 fn swin_costs_equal_the_official_results_for_all_41_routes() {
     let v = load_json("vectors/stitch_configs_swin.json");
     let desc = Description::from_names(&["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]);

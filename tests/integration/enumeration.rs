@@ -154,6 +154,82 @@ fn levit_8_routes() {
     assert_eq!(stitch_params(&space), 481_152);
 }
 
+/// A two-way space against an SN-Netv2 vector: ids, anchors, stitches, the official
+/// `stitch_layer_ids` and `route`, the trained routes; returns the space.
+fn check_two_way(file: &str, anchors: &[AnchorLayout]) -> StitchSpace {
+    let v = load_json(&format!("vectors/{file}"));
+    let settings = SpaceSettings::two_way();
+    let space = StitchSpace::build(anchors, &settings).unwrap();
+    assert_eq!(snnet::space::count_routes(anchors, &settings).unwrap(), 135, "{file}: routes counted");
+    let configs = v["configs"].as_array().unwrap();
+    assert_eq!(space.num_routes(), configs.len(), "{file}");
+    for (route, cfg) in space.routes.iter().zip(configs) {
+        let id = cfg["cfg_id"].as_u64().unwrap() as usize;
+        assert_eq!(route.cfg_id, id);
+        assert_eq!(route.comb_id, usizes(&cfg["comb_id"]), "{file} cfg {id} comb");
+        let stitches = cfg.get("stitch_cfgs").map(pairs).unwrap_or_default();
+        assert_eq!(route.stitch_cfgs, stitches, "{file} cfg {id} stitch_cfgs");
+        let layer_ids: Vec<i64> =
+            cfg.get("stitch_layer_ids").map(|l| l.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).unwrap_or_default();
+        assert_eq!(route.official_stitch_layer_ids(), layer_ids, "{file} cfg {id} stitch_layer_ids");
+        let segments: Vec<[usize; 2]> = cfg.get("route").map(|r| pairs(r).into_iter().map(|(a, b)| [a, b]).collect()).unwrap_or_default();
+        assert_eq!(route.official_segments(), segments, "{file} cfg {id} route");
+        // Each stitch's layer is in the list of the anchor it leaves (0: S→L, 1: L→S).
+        for (&slot, &from) in route.slots.iter().zip(&route.comb_id) {
+            assert_eq!(space.layers[slot].pair_key, from, "{file} cfg {id}");
+        }
+    }
+    let trained: Vec<usize> =
+        v["trained_ids"].as_array().map(|t| usizes(&Value::Array(t.clone()))).unwrap_or_else(|| (0..135).filter(|&i| i != 13).collect());
+    assert_eq!(space.trained_routes(), trained, "{file}: trained routes");
+    space
+}
+
+#[test]
+fn deit3_small_large_two_way_135_routes() {
+    let anchors = [vit("deit3_small", 384), layout("deit3_large", &[(24, 1024, 197, Tokens)])];
+    let space = check_two_way("stitch_configs_deit3_s_l_v2.json", &anchors);
+    let keys: Vec<String> = space.layers.iter().map(|l| l.key()).collect();
+    assert_eq!(keys.len(), 12 + 11);
+    assert_eq!(
+        (keys[0].as_str(), keys[11].as_str(), keys[12].as_str(), keys[22].as_str()),
+        ("stitch_layers.0.0", "stitch_layers.0.11", "stitch_layers.1.0", "stitch_layers.1.10")
+    );
+    assert!(space.layers[..12].iter().all(|l| (l.front, l.end, l.in_channels, l.out_channels) == (0, 1, 384, 1024)));
+    assert!(space.layers[12..].iter().all(|l| (l.front, l.end, l.in_channels, l.out_channels) == (1, 0, 1024, 384)));
+    // Least squares fits each layer at its single-stitch position (spec §11.4), the S→L layer 11
+    // from the last small block to the large anchor's end.
+    assert_eq!(space.layers[11].positions, vec![(11, 24)]);
+    assert_eq!(space.layers[12].positions, vec![(1, 1)]);
+    assert_eq!(space.layers[22].positions, vec![(21, 11)]);
+    assert_eq!(space.route(13).unwrap().segments[1].blocks, 24..24, "the S→L route from the last small block runs no large block");
+}
+
+#[test]
+fn deit3_small_base_two_way_135_routes() {
+    let space = check_two_way("stitch_configs_deit3_s_b_v2.json", &[vit("deit3_small", 384), vit("deit3_base", 768)]);
+    assert_eq!(space.layers.len(), 12 + 11);
+    assert_eq!(space.layers[12].positions, vec![(0, 1)], "equal depths: L→S from every large block but the last");
+}
+
+#[test]
+fn bad_two_way_settings_name_the_culprit() {
+    let err = |s: SpaceSettings, a: &[AnchorLayout]| StitchSpace::build(a, &s).unwrap_err().to_string();
+    let (small, large) = (vit("deit3_small", 384), layout("deit3_large", &[(24, 1024, 197, Tokens)]));
+    let two_way = SpaceSettings::two_way;
+    assert!(err(two_way(), &[small.clone(), large.clone(), large.clone()]).contains("exactly two anchors"));
+    assert!(err(two_way(), &[large.clone(), small.clone()]).contains("shallower anchor first"));
+    assert!(err(two_way(), &[small.clone(), layout("deep", &[(18, 1024, 197, Tokens)])]).contains("twice"));
+    assert!(err(two_way(), &[small.clone(), layout("other_grid", &[(24, 1024, 50, Tokens)])]).contains("tokens per image"));
+    assert!(err(SpaceSettings { kernel_size: 3, ..two_way() }, &[small.clone(), large.clone()]).contains("kernel_size"));
+    let staged = SpaceSettings { stitched_stages: Some(vec![0]), ..two_way() };
+    assert!(err(staged, &[small.clone(), large.clone()]).contains("stitched_stages"));
+    let swin_pair = [swin("t", [2, 2, 6, 2], 96), swin("s", [2, 2, 18, 2], 96)];
+    assert!(err(two_way(), &swin_pair).contains("stage"));
+    // The one-way error for unequal depths points to the two-way space.
+    assert!(err(SpaceSettings::default(), &[small, large]).contains("--two-way"));
+}
+
 #[test]
 fn bad_settings_name_the_culprit() {
     let err = |s: SpaceSettings, a: &[AnchorLayout]| StitchSpace::build(a, &s).unwrap_err().to_string();

@@ -16,4 +16,5 @@ mod limits;
 mod resnet;
 mod stitch_seam;
 mod swin;
+mod two_way;
 mod weights;

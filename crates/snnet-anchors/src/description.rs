@@ -9,6 +9,8 @@
 //!   "behaviour": {"final_norm_on_stitched": false}
 //! }
 //! ```
+//!
+//! SN-Netv2's two-way space of two anchors, the shallower first: `"space": {"kind": "two_way"}`.
 
 use std::path::Path;
 
@@ -199,8 +201,11 @@ impl Description {
         let layouts = self.layouts()?;
         let costs = self.anchors.iter().map(AnchorSpec::costs).collect::<Result<Vec<_>>>()?;
         let space = StitchSpace::build(&layouts, &self.space)?;
-        let routes =
-            space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, self.behaviour.final_norm_on_stitched)).collect();
+        let routes = space
+            .routes
+            .iter()
+            .map(|r| route_cost(r, &layouts, &costs, &space.layers, self.behaviour.stitched_final_norm(&self.space)))
+            .collect();
         Ok((space, routes))
     }
 

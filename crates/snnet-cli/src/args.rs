@@ -73,6 +73,10 @@ pub struct NetworkArgs {
     /// Stitch only neighbouring anchors (overrides the file).
     #[arg(long, global = true, value_name = "true|false")]
     pub nearest_stitching: Option<bool>,
+    /// SN-Netv2's two-way space: two anchors, the shallower first, stitched both ways (S→L, L→S,
+    /// L→S→L, S→L→S); sets the file's `"space": {"kind": "two_way"}`.
+    #[arg(long, global = true)]
+    pub two_way: bool,
     /// An snnet weight file (safetensors).
     #[arg(long, global = true, value_name = "FILE")]
     pub weights: Option<PathBuf>,

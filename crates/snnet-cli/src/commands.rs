@@ -12,7 +12,7 @@ use snnet::{
     select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics},
     weights::{read_input_tensors, write_safetensors, NamedTensor},
     workflow::progress_bar,
-    Description, Route, RouteCost,
+    Description, Route, RouteCost, SpaceKind,
 };
 
 use crate::{
@@ -209,10 +209,15 @@ fn description(args: &NetworkArgs) -> Result<Description, BoxError> {
     if let Some(n) = args.nearest_stitching {
         desc.space.nearest_stitching = n;
     }
+    if args.two_way {
+        desc.space.kind = SpaceKind::TwoWay;
+    }
     Ok(desc)
 }
 
-fn route_json(route: &Route, cost: &RouteCost) -> serde_json::Value {
+/// One route as a JSON line: the official fields (SN-Netv2's `stitch_layer_ids` and `route` in a
+/// two-way space), its costs, and `"trained": false` for a route joint training leaves out.
+fn route_json(route: &Route, cost: &RouteCost, kind: SpaceKind) -> serde_json::Value {
     let mut v = serde_json::json!({
         "cfg_id": route.cfg_id,
         "comb_id": route.comb_id,
@@ -225,6 +230,13 @@ fn route_json(route: &Route, cost: &RouteCost) -> serde_json::Value {
     if let Some(stage) = route.stage_id {
         v["stage_id"] = stage.into();
     }
+    if kind == SpaceKind::TwoWay && !route.is_anchor() {
+        v["stitch_layer_ids"] = route.official_stitch_layer_ids().into();
+        v["route"] = serde_json::json!(route.official_segments());
+    }
+    if !route.trained {
+        v["trained"] = false.into();
+    }
     v
 }
 
@@ -232,7 +244,7 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
     let (space, costs) = desc.space_with_costs()?;
     if json {
         for (r, c) in space.routes.iter().zip(&costs) {
-            out!("{}", route_json(r, c));
+            out!("{}", route_json(r, c, space.settings.kind));
         }
         return Ok(());
     }
@@ -267,6 +279,10 @@ fn space(desc: &Description, json: bool) -> Result<(), BoxError> {
             c.params,
             c.params_exact
         );
+    }
+    let untrained: Vec<String> = space.routes.iter().filter(|r| !r.trained).map(|r| r.cfg_id.to_string()).collect();
+    if !untrained.is_empty() {
+        out!("left out of joint training, as officially: route {}", untrained.join(", "));
     }
     Ok(())
 }

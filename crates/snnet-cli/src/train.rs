@@ -75,7 +75,7 @@ impl Train<'_> {
         let seed = self.args.train_seed;
         let mut sampler: Box<dyn RouteSampler> = match (self.args.sampler.as_str(), &self.args.routes) {
             ("flops-grouped", routes) => {
-                let trained: Vec<usize> = routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
+                let trained: Vec<usize> = routes.clone().unwrap_or_else(|| net.space().trained_routes());
                 let flops: Vec<(usize, f64)> = trained.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
                 let sampler = FlopsGroupedSampler::new(&flops, self.args.flops_gap, self.args.flops_sampling_k, seed)?;
                 eprintln!(
@@ -86,7 +86,14 @@ impl Train<'_> {
                 Box::new(sampler)
             }
             (_, Some(routes)) => Box::new(ListSampler::new(routes.clone(), seed)),
-            (_, None) => Box::new(UniformSampler::new(net.num_routes(), seed)),
+            (_, None) => {
+                let trained = net.space().trained_routes();
+                if trained.len() == net.num_routes() {
+                    Box::new(UniformSampler::new(net.num_routes(), seed))
+                } else {
+                    Box::new(ListSampler::new(trained, seed))
+                }
+            }
         };
         // The teacher is a frozen copy of the starting weights (the same file on resume).
         let teacher_route = self.args.teacher_route.unwrap_or(net.anchors.len().saturating_sub(1));

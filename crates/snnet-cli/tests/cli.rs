@@ -444,6 +444,43 @@ fn space_json_gives_every_familys_official_routes_and_costs() {
 }
 
 #[test]
+fn space_json_gives_sn_netv2s_two_way_routes_and_flops() {
+    for (file, anchors) in [
+        ("stitch_configs_deit3_s_l_v2.json", "deit3_small_patch16_224,deit3_large_patch16_224"),
+        ("stitch_configs_deit3_s_b_v2.json", "deit3_small_patch16_224,deit3_base_patch16_224"),
+    ] {
+        let (ok, out, err) = snnet(&["--anchors", anchors, "--two-way", "space", "--json"]);
+        assert!(ok, "{file}: {err}");
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let want = vectors(file);
+        let want = want["configs"].as_array().unwrap();
+        assert_eq!(lines.len(), 135, "{file}");
+        let mut reported = 0;
+        for (line, cfg) in lines.iter().zip(want) {
+            let id = &cfg["cfg_id"];
+            assert_eq!(&line["cfg_id"], id, "{file}");
+            assert_eq!(line["comb_id"], cfg["comb_id"], "{file} cfg {id}");
+            for field in ["stitch_cfgs", "stitch_layer_ids", "route"] {
+                if let Some(v) = cfg.get(field) {
+                    assert_eq!(&line[field], v, "{file} cfg {id} {field}");
+                }
+            }
+            if let Some(flops) = cfg.get("reported").map(|r| &r["flops"]) {
+                assert_eq!(&line["flops"], flops, "{file} cfg {id}");
+                reported += 1;
+            }
+            assert_eq!(line.get("trained").is_some(), id == 13, "{file} cfg {id}: only route 13 is left out of training");
+        }
+        assert_eq!(reported, if file.contains("s_l") { 134 } else { 0 });
+    }
+    // The text table names the route left out of training; bad orders are errors.
+    let (ok, out, _) = snnet(&["--anchors", "deit3_small_patch16_224,deit3_large_patch16_224", "--two-way", "space"]);
+    assert!(ok && out.contains("left out of joint training, as officially: route 13"), "{out}");
+    let (ok, _, err) = snnet(&["--anchors", "deit3_large_patch16_224,deit3_small_patch16_224", "--two-way", "space"]);
+    assert!(!ok && err.contains("shallower anchor first"), "{err}");
+}
+
+#[test]
 fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let data = tmp("family-data");

@@ -187,6 +187,12 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         };
         let mut x = anchor.embed(images);
         for i in 0..=last {
+            if i == layout.num_blocks() {
+                // A stitch entering after the last block (SN-Netv2's S→L route from the last
+                // small block) takes the last block's output.
+                store(Boundary::Input(i), &x)?;
+                break;
+            }
             if i > 0 && layout.stage_of(i) != layout.stage_of(i - 1) {
                 x = anchor.transition(x, layout.stage_of(i));
             }

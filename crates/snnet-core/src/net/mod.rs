@@ -17,7 +17,7 @@ use crate::{
     error::{Error, Result},
     features::Features,
     layout::{AnchorCosts, AnchorLayout},
-    space::{Route, SpaceSettings, StitchSpace},
+    space::{Route, SpaceKind, SpaceSettings, StitchSpace},
     stitch::{Stitch, StitchingLayer},
     Kernels,
 };
@@ -36,6 +36,15 @@ pub struct Behaviour {
     /// Apply the end anchor's final norm on stitched routes. Official DeiT skips it (spec §9 B1):
     /// `false` (default) reproduces that; `true` corrects it (then retrain).
     pub final_norm_on_stitched: bool,
+}
+
+impl Behaviour {
+    /// Whether stitched routes of a space built with `settings` apply the end anchor's final norm:
+    /// as [`final_norm_on_stitched`](Self::final_norm_on_stitched) says, and always in a two-way
+    /// space (SN-Netv2 applies it on every route, spec §11.3).
+    pub fn stitched_final_norm(&self, settings: &SpaceSettings) -> bool {
+        self.final_norm_on_stitched || settings.kind == SpaceKind::TwoWay
+    }
 }
 
 /// The network's identity as stored in weight files: anchor layouts, space settings, behaviour.
@@ -79,8 +88,8 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         let space = StitchSpace::build(&layouts, settings)?;
         let stitch_layers = space.layers.iter().map(|slot| L::for_slot(slot, device)).collect::<Result<Vec<_>>>()?;
         let costs: Vec<AnchorCosts> = anchors.iter().map(|a| a.costs()).collect();
-        let route_costs =
-            space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, behaviour.final_norm_on_stitched)).collect();
+        let final_norm = behaviour.stitched_final_norm(settings);
+        let route_costs = space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, final_norm)).collect();
         let net = Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0, backend: PhantomData };
         // burn initialises parameters lazily, drawing from the backend's RNG on first use; touching
         // them all now, in module order, makes a seeded network independent of which route runs first.
@@ -178,7 +187,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
             x = Some(anchor.blocks(input, seg.blocks.clone()));
         }
         let last = route.segments.last().expect("a route has segments").anchor;
-        self.anchors[last].head(x.expect("a route runs blocks"), self.behaviour.final_norm_on_stitched)
+        self.anchors[last].head(x.expect("a route runs blocks"), self.behaviour.stitched_final_norm(&self.space.settings))
     }
 }
 

@@ -4,22 +4,48 @@
 //! (`cfg_id`) and stitching-layer keys match the official SN-Net implementation exactly.
 
 mod strategies;
+mod two_way;
 
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
 pub use strategies::{combinations, nearest_map, paired_stitching, unpaired_stitching, PairedStitching, PairedVariant, Position};
+pub use two_way::TwoWayStitching;
 
 use crate::{
     error::{Error, Result},
     layout::{AnchorLayout, FeatureKind},
 };
 
+/// Which enumeration builds the space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceKind {
+    /// SN-Net's spaces: from each anchor to the next (or to every later one), through the paired
+    /// window or stage by stage — the official spaces of the four v1 families.
+    #[default]
+    OneWay,
+    /// SN-Netv2's two-way space (spec §11.2): two single-stage anchors, the shallower first (the
+    /// deeper one of equal or twice its depth); routes S→L, L→S, L→S→L and S→L→S, and the end
+    /// anchor's final norm on every route.
+    TwoWay,
+}
+
+impl SpaceKind {
+    fn is_one_way(&self) -> bool {
+        *self == SpaceKind::OneWay
+    }
+}
+
 /// How the space is enumerated. The defaults are the official DeiT settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpaceSettings {
+    /// One-way (SN-Net, the default) or two-way (SN-Netv2). The window settings below belong to
+    /// the one-way spaces; a two-way space takes them at their defaults.
+    #[serde(skip_serializing_if = "SpaceKind::is_one_way")]
+    pub kind: SpaceKind,
     /// Window size of the paired sliding window (official 2).
     pub kernel_size: usize,
     /// Window stride (official 1).
@@ -39,11 +65,23 @@ impl Default for SpaceSettings {
     /// Stitching across all blocks (the official DeiT settings): kernel 2, stride 1, nearest
     /// stitching, every paired position.
     fn default() -> Self {
-        Self { kernel_size: 2, stride: 1, nearest_stitching: true, stitched_stages: None, paired_variant: PairedVariant::All }
+        Self {
+            kind: SpaceKind::OneWay,
+            kernel_size: 2,
+            stride: 1,
+            nearest_stitching: true,
+            stitched_stages: None,
+            paired_variant: PairedVariant::All,
+        }
     }
 }
 
 impl SpaceSettings {
+    /// SN-Netv2's two-way space (spec §11.2).
+    pub fn two_way() -> Self {
+        Self { kind: SpaceKind::TwoWay, ..Self::default() }
+    }
+
     /// Stage-wise stitching of `stages`, keeping the paired positions of `paired_variant`
     /// (kernel 2, stride 1, nearest stitching, as every official space).
     pub fn stage_wise(stages: Vec<usize>, paired_variant: PairedVariant) -> Self {
@@ -65,6 +103,22 @@ impl SpaceSettings {
         }
         if self.stride == 0 {
             return bad("stride", "must be at least 1");
+        }
+        if self.kind == SpaceKind::TwoWay {
+            let one_way = Self::default();
+            let window = [
+                ("kernel_size", self.kernel_size != one_way.kernel_size),
+                ("stride", self.stride != one_way.stride),
+                ("nearest_stitching", self.nearest_stitching != one_way.nearest_stitching),
+                ("stitched_stages", self.stitched_stages.is_some()),
+                ("paired_variant", self.paired_variant != one_way.paired_variant),
+            ];
+            if let Some((setting, _)) = window.iter().find(|(_, set)| *set) {
+                return bad(
+                    setting,
+                    "belongs to the one-way spaces; a two-way space (`kind: two_way`) stitches across all blocks of two single-stage anchors, without a window",
+                );
+            }
         }
         if self.stitched_stages.is_some() && !self.nearest_stitching {
             return bad(
@@ -102,12 +156,43 @@ pub struct Route {
     pub slots: Vec<usize>,
     /// The blocks each anchor runs, in order.
     pub segments: Vec<Segment>,
+    /// Whether joint training samples the route. Every route but one of a two-way space: the
+    /// official code keeps the S→L route from the last small block out of training (spec §11.2).
+    #[serde(default = "always")]
+    pub trained: bool,
+}
+
+fn always() -> bool {
+    true
 }
 
 impl Route {
     /// A plain anchor (no stitch).
     pub fn is_anchor(&self) -> bool {
         self.comb_id.len() == 1
+    }
+
+    /// SN-Netv2's `stitch_layer_ids`: the layer after each segment, `-1` (its identity) after the
+    /// last; empty for an anchor.
+    pub fn official_stitch_layer_ids(&self) -> Vec<i64> {
+        if self.is_anchor() {
+            return Vec::new();
+        }
+        self.stitch_layers.iter().map(|&l| l as i64).chain([-1]).collect()
+    }
+
+    /// SN-Netv2's `route`: each segment's first and last block (inclusive), the last segment's end
+    /// written as its anchor's depth, as the official code writes it; empty for an anchor.
+    pub fn official_segments(&self) -> Vec<[usize; 2]> {
+        if self.is_anchor() {
+            return Vec::new();
+        }
+        let last = self.segments.len() - 1;
+        self.segments
+            .iter()
+            .enumerate()
+            .map(|(n, seg)| [seg.blocks.start, if n == last { seg.blocks.end } else { seg.blocks.end - 1 }])
+            .collect()
     }
 }
 
@@ -189,9 +274,10 @@ impl StitchSpace {
             let n = anchors[a].num_blocks();
             builder.push_route(vec![a], None, vec![], vec![], vec![], vec![Segment { anchor: a, blocks: 0..n }]);
         }
-        match &settings.stitched_stages {
-            None => builder.global(settings)?,
-            Some(stages) => builder.stagewise(settings, stages)?,
+        match (settings.kind, &settings.stitched_stages) {
+            (SpaceKind::TwoWay, _) => builder.two_way()?,
+            (SpaceKind::OneWay, None) => builder.global(settings)?,
+            (SpaceKind::OneWay, Some(stages)) => builder.stagewise(settings, stages)?,
         }
         Ok(StitchSpace { settings: settings.clone(), routes: builder.routes, layers: builder.layers })
     }
@@ -204,6 +290,12 @@ impl StitchSpace {
     /// The route with official id `cfg_id`.
     pub fn route(&self, cfg_id: usize) -> Result<&Route> {
         self.routes.get(cfg_id).ok_or(Error::UnknownRoute { id: cfg_id, num_routes: self.routes.len() })
+    }
+
+    /// Ids of the routes joint training samples ([`Route::trained`]): all but, in a two-way space,
+    /// the one the official code keeps out.
+    pub fn trained_routes(&self) -> Vec<usize> {
+        self.routes.iter().filter(|r| r.trained).map(|r| r.cfg_id).collect()
     }
 }
 
@@ -222,7 +314,7 @@ impl Builder<'_> {
         stitch_layers: Vec<usize>,
         slots: Vec<usize>,
         segments: Vec<Segment>,
-    ) {
+    ) -> &mut Route {
         for (&slot, &pos) in slots.iter().zip(&stitch_cfgs) {
             let positions = &mut self.layers[slot].positions;
             if !positions.contains(&pos) {
@@ -230,7 +322,8 @@ impl Builder<'_> {
             }
         }
         let cfg_id = self.routes.len();
-        self.routes.push(Route { cfg_id, comb_id, stage_id, stitch_cfgs, stitch_layers, slots, segments });
+        self.routes.push(Route { cfg_id, comb_id, stage_id, stitch_cfgs, stitch_layers, slots, segments, trained: true });
+        self.routes.last_mut().expect("just pushed")
     }
 
     /// Adds the stitching layers of one anchor pair; returns the slot index of its layer 0.
@@ -320,13 +413,7 @@ impl Builder<'_> {
                 let stitch_cfgs: Vec<Position> = chain.iter().map(|&(p, _)| p).collect();
                 let stitch_layers: Vec<usize> = chain.iter().map(|&(_, l)| l).collect();
                 let slots = (0..chain.len()).map(|i| slot_of(comb[i], comb[i + 1], stitch_layers[i])).collect();
-                let mut segments = Vec::new();
-                let mut start = 0;
-                for (i, &(j, k)) in stitch_cfgs.iter().enumerate() {
-                    segments.push(Segment { anchor: comb[i], blocks: start..j + 1 });
-                    start = k;
-                }
-                segments.push(Segment { anchor: *comb.last().unwrap(), blocks: start..depth });
+                let segments = chain_segments(&comb, &stitch_cfgs, depth);
                 self.push_route(comb.clone(), None, stitch_cfgs, stitch_layers, slots, segments);
             }
         }
@@ -356,13 +443,90 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// SN-Netv2: S→L, L→S, L→S→L, S→L→S (spec §11.2). Layer slots: the S→L list
+    /// (`stitch_layers.0.{i}`), then the L→S list (`stitch_layers.1.{i}`).
+    fn two_way(&mut self) -> Result<()> {
+        let stitching = two_way_stitching(self.anchors)?;
+        let (d0, d1) = (self.anchors[0].num_blocks(), self.anchors[1].num_blocks());
+        let sl_first = self.add_slots(None, 0, (0, 1), stitching.small_to_large.len())?;
+        let ls_first = self.add_slots(None, 1, (1, 0), stitching.large_to_small.len())?;
+        let sl = |b: usize| (stitching.small_to_large[b], b, sl_first + b);
+        let ls = |a: usize| {
+            let (pos, layer) = stitching.large_to_small[a];
+            (pos, layer, ls_first + layer)
+        };
+        let depths = [d0, d1];
+        let push = |builder: &mut Self, comb_id: Vec<usize>, stitches: Vec<(Position, usize, usize)>| {
+            let cfgs: Vec<Position> = stitches.iter().map(|s| s.0).collect();
+            let segments = chain_segments(&comb_id, &cfgs, depths[*comb_id.last().expect("a route has anchors")]);
+            let layers = stitches.iter().map(|s| s.1).collect();
+            let slots = stitches.iter().map(|s| s.2).collect();
+            builder.push_route(comb_id, None, cfgs, layers, slots, segments).cfg_id
+        };
+        for b in 0..stitching.small_to_large.len() {
+            let id = push(self, vec![0, 1], vec![sl(b)]);
+            self.routes[id].trained = !stitching.leaves_after_last_small_block(stitching.small_to_large[b]);
+        }
+        for a in 0..stitching.large_to_small.len() {
+            push(self, vec![1, 0], vec![ls(a)]);
+        }
+        for (a, b) in stitching.large_small_large() {
+            push(self, vec![1, 0, 1], vec![ls(a), sl(b)]);
+        }
+        for (b, a) in stitching.small_large_small() {
+            push(self, vec![0, 1, 0], vec![sl(b), ls(a)]);
+        }
+        Ok(())
+    }
+}
+
+/// The segments of a route through anchors `comb` with stitches `stitch_cfgs`: each anchor runs
+/// from where the previous stitch entered it (block 0 for the first) through the block its stitch
+/// leaves after; the last anchor runs to its end, `end_depth`.
+fn chain_segments(comb: &[usize], stitch_cfgs: &[Position], end_depth: usize) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for (&anchor, &(j, k)) in comb.iter().zip(stitch_cfgs) {
+        segments.push(Segment { anchor, blocks: start..j + 1 });
+        start = k;
+    }
+    segments.push(Segment { anchor: *comb.last().expect("a route has anchors"), blocks: start..end_depth });
+    segments
+}
+
+/// The two-way positions of `anchors`, after checking they can form a two-way space: exactly two
+/// anchors, the shallower first, the deeper of equal or twice its depth.
+fn two_way_stitching(anchors: &[AnchorLayout]) -> Result<TwoWayStitching> {
+    let [small, large] = anchors else {
+        return Err(Error::IncompatibleAnchors(format!(
+            "a two-way space joins exactly two anchors, the shallower first; {} given",
+            anchors.len()
+        )));
+    };
+    let (d0, d1) = (small.num_blocks(), large.num_blocks());
+    if d0 > d1 {
+        return Err(Error::IncompatibleAnchors(format!(
+            "a two-way space takes the shallower anchor first: anchor 0 (`{}`) has {d0} blocks, anchor 1 (`{}`) has {d1}; swap them",
+            small.name, large.name
+        )));
+    }
+    if d1 != d0 && d1 != 2 * d0 {
+        return Err(Error::IncompatibleAnchors(format!(
+            "a two-way space needs the deeper anchor to have the shallower's depth or twice it (the official layer numbering, spec §11.2): `{}` has {d0} blocks, `{}` has {d1}",
+            small.name, large.name
+        )));
+    }
+    Ok(TwoWayStitching::new(d0, d1))
+}
+
 /// The depth every anchor of a global (DeiT-style) space shares.
 fn equal_depth(anchors: &[AnchorLayout]) -> Result<usize> {
     let depth = anchors[0].num_blocks();
     match anchors.iter().enumerate().find(|(_, l)| l.num_blocks() != depth) {
         None => Ok(depth),
         Some((i, l)) => Err(Error::IncompatibleAnchors(format!(
-            "stitching across all blocks needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}",
+            "stitching across all blocks needs anchors of equal depth: anchor 0 (`{}`) has {depth} blocks, anchor {i} (`{}`) has {}; SN-Netv2's two-way space (`\"kind\": \"two_way\"`, `--two-way`) joins two anchors of depths d and 2d (or equal depths)",
             anchors[0].name,
             l.name,
             l.num_blocks()
@@ -405,6 +569,9 @@ pub fn count_routes(anchors: &[AnchorLayout], settings: &SpaceSettings) -> Resul
     settings.validate()?;
     if anchors.is_empty() {
         return Err(Error::IncompatibleAnchors("no anchors given".into()));
+    }
+    if settings.kind == SpaceKind::TwoWay {
+        return Ok(two_way_stitching(anchors)?.num_routes() as u64);
     }
     let n = anchors.len() as u64;
     let stitched = match &settings.stitched_stages {
