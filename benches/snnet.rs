@@ -27,6 +27,11 @@
 //! - `train_step` [`train_step/route24_batch8`]: one training step of route 24 at batch 8 on
 //!   `Autodiff<B>`: forward, cross-entropy against random labels, backward, AdamW step over the
 //!   whole network (parameters outside the route have no gradient and are left as they are).
+//! - `lora` [`lora/batch1/{affine,rank64_merged,rank64_unmerged}`]: warm forward at batch 1 of
+//!   route 16 (L→S: DeiT3-B blocks 0–2, a 768→384 stitching layer, DeiT3-S blocks 3–11) of the
+//!   two-way DeiT3-S/B SN-Net, with affine stitching layers, with SN-Netv2's rank-64 LoRA layers
+//!   merged for inference (`merged_for_inference`, what deployment runs: it should cost what the
+//!   affine one does), and unmerged (the training form's extra low-rank product).
 //!
 //! Environment:
 //!
@@ -55,7 +60,7 @@ use burn::{
     backend::Autodiff,
     nn::loss::CrossEntropyLossConfig,
     optim::{AdamWConfig, GradientsParams, Optimizer},
-    tensor::{backend::Backend, Distribution, Int, Tensor},
+    tensor::{Distribution, Int, Tensor},
 };
 use criterion::{Criterion, SamplingMode, Throughput};
 use snnet::{
@@ -95,7 +100,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const ANCHORS: [&str; 3] = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"];
-const GROUPS: [&str; 5] = ["first_forward", "forward", "route_switch", "ls_init", "train_step"];
+const GROUPS: [&str; 6] = ["first_forward", "forward", "route_switch", "ls_init", "train_step", "lora"];
+const LORA_ANCHORS: [&str; 2] = ["deit3_small_patch16_224", "deit3_base_patch16_224"];
+const LORA_ROUTE: usize = 16;
+const LORA_RANK: usize = 64;
 const FORWARD_ROUTES: [usize; 8] = [0, 1, 2, 10, 24, 40, 56, 70];
 const FORWARD_BATCHES: [usize; 2] = [1, 8];
 const FIRST_FORWARD_ROUTES: [usize; 1] = [24];
@@ -154,7 +162,40 @@ impl BackendTask for Benches<'_> {
             drop(shared.take());
             train_step::<B>(c, &device);
         }
+        if wants("lora") {
+            drop(shared.take());
+            lora::<B>(c, &device);
+        }
     }
+}
+
+fn lora<B: Kernels>(c: &mut Criterion, device: &B::Device) {
+    let build = |rank: usize| {
+        B::seed(device, SEED);
+        let mut description = Description::from_names(&LORA_ANCHORS);
+        description.space = snnet::SpaceSettings { lora_rank: rank, ..snnet::SpaceSettings::two_way() };
+        description.build::<B>(device).expect("the two-way DeiT3-S/B SN-Net builds")
+    };
+    let mut group = c.benchmark_group("lora/batch1");
+    group.sampling_mode(SamplingMode::Flat);
+    let x = images::<B>(1, device);
+    let cases: [(&str, Box<dyn Fn() -> Net<B>>); 3] = [
+        ("affine", Box::new(|| build(0))),
+        ("rank64_merged", Box::new(|| build(LORA_RANK).merged_for_inference().expect("merges"))),
+        ("rank64_unmerged", Box::new(|| build(LORA_RANK))),
+    ];
+    for (name, make) in cases {
+        group.bench_function(name, |b| {
+            let net = make();
+            prewarm(&net, &[LORA_ROUTE], &x).expect("prewarm");
+            b.iter(|| {
+                let out = net.forward(x.clone(), LORA_ROUTE).expect("forward");
+                sync::<B>(device);
+                out
+            })
+        });
+    }
+    group.finish();
 }
 
 fn first_forward<B: Kernels>(c: &mut Criterion, device: &B::Device) {

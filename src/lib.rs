@@ -51,6 +51,6 @@ pub use snnet_core as core;
 pub use snnet_core::{
     cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Error, FeatureKind,
     Features, Goal, IdentityStitch, Kernels, LayerSlot, LeastSquaresFit, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost,
-    RouteMetrics, SpaceKind, SpaceSettings, StageLayout, StatePart, Stitch, StitchSpace, StitchedNet, StitchingLayer,
+    RouteMetrics, SpaceKind, SpaceSettings, StageLayout, StatePart, Stitch, StitchLinear, StitchSpace, StitchedNet, StitchingLayer,
 };
 pub use snnet_train as train;

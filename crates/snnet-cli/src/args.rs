@@ -77,6 +77,10 @@ pub struct NetworkArgs {
     /// L→S→L, S→L→S); sets the file's `"space": {"kind": "two_way"}`.
     #[arg(long, global = true)]
     pub two_way: bool,
+    /// SN-Netv2's LoRA stitching layers of rank R: the dense map frozen in training, a trained
+    /// rank-R update (merged for inference); 0: the affine layer. Sets the file's `lora_rank`.
+    #[arg(long, global = true, value_name = "R")]
+    pub lora_rank: Option<usize>,
     /// An snnet weight file (safetensors).
     #[arg(long, global = true, value_name = "FILE")]
     pub weights: Option<PathBuf>,

@@ -212,6 +212,9 @@ fn description(args: &NetworkArgs) -> Result<Description, BoxError> {
     if args.two_way {
         desc.space.kind = SpaceKind::TwoWay;
     }
+    if let Some(rank) = args.lora_rank {
+        desc.space.lora_rank = rank;
+    }
     Ok(desc)
 }
 
@@ -294,6 +297,17 @@ fn build_net<B: Kernels>(desc: &Description, args: &NetworkArgs, device: &B::Dev
     Ok(build_net_with_metadata(desc, args, device)?.0)
 }
 
+/// [`build_net_with_metadata`] for commands that only run routes: the stitching layers merged as
+/// inference runs them (SN-Netv2's LoRA updates folded in, `StitchedNet::merged_for_inference`).
+pub(crate) fn build_inference_net<B: Kernels>(
+    desc: &Description,
+    args: &NetworkArgs,
+    device: &B::Device,
+) -> Result<(Net<B>, HashMap<String, String>), BoxError> {
+    let (net, metadata) = build_net_with_metadata::<B>(desc, args, device)?;
+    Ok((net.merged_for_inference()?, metadata))
+}
+
 /// [`build_net`], also returning the weight file's metadata (empty without `--weights`).
 pub(crate) fn build_net_with_metadata<B: Kernels>(
     desc: &Description,
@@ -323,7 +337,7 @@ impl BackendTask for Bench<'_> {
     type Output = Result<(), BoxError>;
 
     fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output {
-        let net = build_net::<B>(&self.desc, self.net, &device)?;
+        let (net, _) = build_inference_net::<B>(&self.desc, self.net, &device)?;
         let routes = match &self.routes {
             Some(r) => {
                 for &id in r {
@@ -615,7 +629,7 @@ impl BackendTask for Infer<'_> {
     type Output = Result<(), BoxError>;
 
     fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
-        let (net, metadata) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
+        let (net, metadata) = build_inference_net::<B>(&self.desc, self.net, &device)?;
         let uninitialised = metadata.get(STITCHING_KEY).is_some_and(|s| s == "uninitialised");
         let routes: Vec<usize> = if self.route == "all" {
             (0..net.num_routes()).collect()

@@ -16,7 +16,7 @@ use snnet_train::{
 
 use crate::{
     args::{DataArgs, NetworkArgs},
-    commands::{build_net_with_metadata, BoxError},
+    commands::{build_inference_net, build_net_with_metadata, BoxError},
 };
 
 /// `snnet init`.
@@ -126,7 +126,7 @@ impl snnet::backend::BackendTask for Eval<'_> {
     type Output = Result<(), BoxError>;
 
     fn run<B: Kernels>(self, device: B::Device, name: &'static str) -> Self::Output {
-        let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
+        let (net, _) = build_inference_net::<B>(&self.desc, self.net, &device)?;
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let workers = self.workers.unwrap_or_else(|| snnet::backend::default_workers(name));
         let data = Prefix { inner: dataset.as_ref(), len: self.limit.unwrap_or(usize::MAX).min(dataset.len()) };

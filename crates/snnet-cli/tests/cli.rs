@@ -481,6 +481,59 @@ fn space_json_gives_sn_netv2s_two_way_routes_and_flops() {
 }
 
 #[test]
+fn infer_runs_an_official_sn_netv2_checkpoint_with_lora_layers() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/snnetv2");
+    let (reference, _) = read_tensors(&fixtures.join("s4_l8_routes.safetensors")).unwrap();
+    let input = tmp("v2-input.safetensors");
+    write_safetensors(&input, &[("input".into(), reference["images"].clone())], Default::default()).unwrap();
+    let output = tmp("v2-logits.safetensors");
+    let config = fixtures.join("s4_l8_description.json");
+    let weights = fixtures.join("s4_l8_official.pth");
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "infer",
+        "--route",
+        "all",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (logits, _) = read_tensors(&output).unwrap();
+    assert_eq!(logits.len(), 15);
+    for (key, got) in &logits {
+        let want = &reference[key].data;
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got.data.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-4 * scale, "{key}: {diff}");
+    }
+    // The rank is part of the network: a file with factors does not load into affine layers, and
+    // a rank wider than a layer is refused before anything runs.
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--lora-rank",
+        "0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "infer",
+        "--route",
+        "0",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("lora_A"), "{err}");
+    let (ok, _, err) = snnet(&["--config", config.to_str().unwrap(), "--lora-rank", "64", "space"]);
+    assert!(!ok && err.contains("lora_rank") && err.contains("rank 64"), "{err}");
+}
+
+#[test]
 fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let data = tmp("family-data");

@@ -39,5 +39,5 @@ pub use snnet_io::read_regular_file;
 /// The seam between layers and backends: what anchors and stitching layers run, per backend.
 pub use snnet_kernels::{self as kernels, AutodiffKernels, Kernels};
 pub use space::{LayerSlot, PairedVariant, Route, SpaceKind, SpaceSettings, StitchSpace};
-pub use stitch::{IdentityStitch, LeastSquaresFit, Stitch, StitchingLayer};
+pub use stitch::{IdentityStitch, LeastSquaresFit, Stitch, StitchLinear, StitchingLayer};
 pub use stochastic::{drop_path, NoiseSeed};

@@ -76,7 +76,14 @@ impl KeyPath {
             }
         }
         key.push_str(renamed);
-        (key, parent == "Struct:Linear" && field == "weight")
+        // burn keeps a Linear's weight, and our stitching map's weight and LoRA factors, as
+        // `[in, out]`-style transposes of PyTorch's.
+        let transposed = match parent {
+            "Struct:Linear" => field == "weight",
+            "Struct:StitchLinear" => matches!(field, "weight" | "lora_A" | "lora_B"),
+            _ => false,
+        };
+        (key, transposed)
     }
 }
 

@@ -408,6 +408,34 @@ mod training {
     }
 
     #[test]
+    fn lora_stitching_layers_train_their_factors_and_bias_and_keep_the_dense_weight() {
+        use snnet_core::SpaceSettings;
+        let device = Default::default();
+        B::seed(&device, 4);
+        let vit = |d, depth, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, ..VitConfig::deit3(d, depth, h, 0.5) };
+        let anchors = [(8, 2, 2), (12, 4, 3)].map(|(d, depth, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, depth, h)))).to_vec();
+        let space = SpaceSettings { lora_rank: 2, ..SpaceSettings::two_way() };
+        let mut net = Description { anchors, space, behaviour: Default::default() }.build::<B>(&device).unwrap();
+        let images = Tensor::<B, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let labels = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &device);
+        let mut optimizer = AdamW::<B>::new(AdamWConfig::default());
+        let before = params(&net);
+        // Route 2: S→L through `stitch_layers.0.0`. Two steps: the first moves `lora_B` (zero at
+        // first, so `lora_A` has no gradient yet), the second `lora_A` too.
+        for _ in 0..2 {
+            net = train_step(net, &mut optimizer, images.clone(), labels.clone(), None, 2, 1e-2, &StepConfig::default()).unwrap().0;
+        }
+        let after = params(&net);
+        let layer = "stitch_layers.0.0.transform";
+        assert_eq!(before[&format!("{layer}.weight")], after[&format!("{layer}.weight")], "the dense weight is frozen");
+        for part in ["bias", "lora_A", "lora_B"] {
+            assert_ne!(before[&format!("{layer}.{part}")], after[&format!("{layer}.{part}")], "{part} trains");
+        }
+        assert_ne!(before["anchors.1.head.weight"], after["anchors.1.head.weight"], "the anchors train");
+        assert_eq!(before["stitch_layers.1.0.transform.lora_B"], after["stitch_layers.1.0.transform.lora_B"], "off the route");
+    }
+
+    #[test]
     fn frozen_anchors_leave_only_stitching_layers_to_train() {
         let device = Default::default();
         let net = family().build::<B>(&device).unwrap();

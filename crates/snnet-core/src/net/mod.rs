@@ -97,6 +97,21 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         Ok(net)
     }
 
+    /// The network as inference runs it: every stitching layer in its merged form
+    /// ([`Stitch::merged`]: SN-Netv2's LoRA updates folded into their dense maps, the official
+    /// `eval()`), so a route costs what it costs with plain affine layers. The space's `lora_rank`
+    /// becomes 0: the merged network's weight files are those of the affine network. Training
+    /// keeps the unmerged layers (their factors are what trains).
+    pub fn merged_for_inference(self) -> Result<Self> {
+        if self.space.settings.lora_rank == 0 {
+            return Ok(self);
+        }
+        let settings = SpaceSettings { lora_rank: 0, ..self.space.settings.clone() };
+        let space = StitchSpace::build(&self.layouts, &settings)?;
+        let stitch_layers = self.stitch_layers.into_iter().map(Stitch::merged).collect();
+        Ok(Self { stitch_layers, space, ..self })
+    }
+
     /// Seeds every anchor's stochastic layers (drop path) for the next training forward; a
     /// training loop calls it once per step with a seed derived from the step.
     pub fn reseed(&self, seed: u64) {

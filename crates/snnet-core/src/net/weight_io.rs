@@ -129,6 +129,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
             StatePart::Anchor(a) => format!("anchors.{a}."),
             StatePart::StitchingLayers => "stitch_layers.".into(),
         };
+        self.adapt_anchor_checkpoints(tensors);
         let space = self.space.clone();
         let net =
             import_tensors_where::<B, _>(self, tensors, &|p: &str| official_key_of(&space, p), &|k: &str| k.starts_with(&prefix), source)?;
@@ -159,12 +160,26 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         if !own.is_empty() && own.keys().all(|k| k.starts_with("module.")) {
             own = own.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
         }
-        if let Some(anchor) = self.anchors.get(index) {
-            own = anchor.adapt_checkpoint(own);
-        }
         let mut tensors: TensorMap = own.into_iter().map(|(k, v)| (format!("anchors.{index}.{k}"), v)).collect();
         let net = self.load_state(&mut tensors, StatePart::Anchor(index), &shown)?;
         Ok((net, loaded))
+    }
+}
+
+impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
+    /// Renames each anchor's tensors (`anchors.{a}.…`) from other layouts of its family to its own
+    /// ([`Anchor::adapt_checkpoint`]: e.g. DeiT-III's `gamma_1` to timm's `ls1.gamma`).
+    fn adapt_anchor_checkpoints(&self, tensors: &mut TensorMap) {
+        for (a, anchor) in self.anchors.iter().enumerate() {
+            let prefix = format!("anchors.{a}.");
+            let keys: Vec<String> = tensors.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let own: TensorMap =
+                keys.iter().filter_map(|k| tensors.remove_entry(k)).map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
+            tensors.extend(anchor.adapt_checkpoint(own).into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        }
     }
 }
 

@@ -38,6 +38,10 @@ impl SpaceKind {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// How the space is enumerated. The defaults are the official DeiT settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +50,10 @@ pub struct SpaceSettings {
     /// the one-way spaces; a two-way space takes them at their defaults.
     #[serde(skip_serializing_if = "SpaceKind::is_one_way")]
     pub kind: SpaceKind,
+    /// Rank of SN-Netv2's low-rank (LoRA) update in every stitching layer (spec §11.5); 0 (the
+    /// default): the plain affine layer. At most the narrower width of every layer.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lora_rank: usize,
     /// Window size of the paired sliding window (official 2).
     pub kernel_size: usize,
     /// Window stride (official 1).
@@ -67,6 +75,7 @@ impl Default for SpaceSettings {
     fn default() -> Self {
         Self {
             kind: SpaceKind::OneWay,
+            lora_rank: 0,
             kernel_size: 2,
             stride: 1,
             nearest_stitching: true,
@@ -223,6 +232,8 @@ pub struct LayerSlot {
     pub rows_per_image: usize,
     /// Positions `(j, k)` that use this layer, in order of first use; least squares averages them.
     pub positions: Vec<Position>,
+    /// Rank of the layer's low-rank update ([`SpaceSettings::lora_rank`]; 0: none).
+    pub lora_rank: usize,
 }
 
 impl LayerSlot {
@@ -269,7 +280,7 @@ impl StitchSpace {
         if count > max_routes {
             return Err(Error::TooManyRoutes { count, limit: max_routes });
         }
-        let mut builder = Builder { anchors, routes: Vec::new(), layers: Vec::new() };
+        let mut builder = Builder { anchors, lora_rank: settings.lora_rank, routes: Vec::new(), layers: Vec::new() };
         for a in 0..anchors.len() {
             let n = anchors[a].num_blocks();
             builder.push_route(vec![a], None, vec![], vec![], vec![], vec![Segment { anchor: a, blocks: 0..n }]);
@@ -301,6 +312,7 @@ impl StitchSpace {
 
 struct Builder<'a> {
     anchors: &'a [AnchorLayout],
+    lora_rank: usize,
     routes: Vec<Route>,
     layers: Vec<LayerSlot>,
 }
@@ -364,6 +376,15 @@ impl Builder<'_> {
                 fl.name, el.name
             )));
         }
+        if self.lora_rank > fs.channels.min(es.channels) {
+            return Err(Error::InvalidSettings {
+                setting: "lora_rank".into(),
+                reason: format!(
+                    "rank {} is larger than the stitching layers from anchor {front} (`{}`, {} channels) to anchor {end} (`{}`, {} channels){where_}",
+                    self.lora_rank, fl.name, fs.channels, el.name, es.channels
+                ),
+            });
+        }
         let first = self.layers.len();
         for layer in 0..num_layers {
             self.layers.push(LayerSlot {
@@ -379,6 +400,7 @@ impl Builder<'_> {
                 out_kind: es.kind,
                 rows_per_image: fs.rows_per_image,
                 positions: Vec::new(),
+                lora_rank: self.lora_rank,
             });
         }
         Ok(first)

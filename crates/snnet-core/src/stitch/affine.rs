@@ -1,59 +1,48 @@
 //! The official stitching layer: an affine map over channels between two anchors.
 
-use burn::{
-    module::{Module, Param},
-    nn::{Linear, LinearConfig},
-    tensor::{backend::Backend, Tensor, TensorData},
-};
+use burn::{module::Module, tensor::backend::Backend};
 
-use super::{LeastSquaresFit, Stitch};
-use crate::{features::Features, layout::FeatureKind, ops::linear_rows, space::LayerSlot, Kernels};
+use super::{LeastSquaresFit, Stitch, StitchLinear};
+use crate::{features::Features, layout::FeatureKind, space::LayerSlot, Kernels};
 
 /// `y = W x + b` over channels: a Linear on tokens, a 1×1 convolution on maps (applied channels-last),
-/// with the map→tokens reshape of the official CNN→ViT stitch when the end anchor takes tokens.
+/// with the map→tokens reshape of the official CNN→ViT stitch when the end anchor takes tokens;
+/// SN-Netv2's LoRA update when the slot asks for one ([`LayerSlot::lora_rank`]).
 ///
-/// The parameter is named `transform` as in the official checkpoints (`….transform.weight`).
+/// The map is named `transform` as in the official checkpoints (`….transform.weight`).
 #[derive(Module, Debug)]
 pub struct StitchingLayer<B: Backend> {
-    /// The affine map.
-    pub transform: Linear<B>,
+    /// The map.
+    pub transform: StitchLinear<B>,
     /// Feature kind produced for the end anchor.
     #[module(skip)]
     pub out_kind: FeatureKind,
 }
 
 impl<B: Kernels> StitchingLayer<B> {
-    /// A randomly initialised layer (PyTorch `nn.Linear`'s default init).
+    /// A randomly initialised layer (PyTorch `nn.Linear`'s default init), without LoRA factors.
     pub fn new(in_channels: usize, out_channels: usize, out_kind: FeatureKind, device: &B::Device) -> Self {
-        Self { transform: LinearConfig::new(in_channels, out_channels).init(device), out_kind }
+        Self { transform: StitchLinear::new(in_channels, out_channels, 0, device), out_kind }
     }
 
     /// Sets the map from `W` (row-major `[out, in]`, PyTorch orientation) and `b`.
     pub fn set_affine(&mut self, weight: &[f32], bias: &[f32]) {
-        let [d_in, d_out] = self.transform.weight.dims();
-        let device = self.transform.weight.device();
-        // burn's orientation `[in, out]`, transposed on the host into a contiguous tensor: as a
-        // transposed view of `[out, in]`, the wgpu backend (with fusion) ran later forwards through
-        // it wrongly (the backend suite's least-squares check).
-        let w_in_out: Vec<f32> = (0..d_in * d_out).map(|i| weight[(i % d_out) * d_in + i / d_out]).collect();
-        let w = Tensor::<B, 2>::from_data(TensorData::new(w_in_out, [d_in, d_out]), &device);
-        let b = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [d_out]), &device);
-        self.transform.weight = Param::from_tensor(w);
-        self.transform.bias = Some(Param::from_tensor(b));
+        self.transform.set_affine(weight, bias);
     }
 }
 
 impl<B: Kernels> Stitch<B> for StitchingLayer<B> {
+    /// A fresh layer with the slot's widths and LoRA rank (the space checked the rank fits).
     fn for_slot(slot: &LayerSlot, device: &B::Device) -> crate::Result<Self> {
-        Ok(Self::new(slot.in_channels, slot.out_channels, slot.out_kind, device))
+        Ok(Self { transform: StitchLinear::new(slot.in_channels, slot.out_channels, slot.lora_rank, device), out_kind: slot.out_kind })
     }
 
     /// Applies the map.
     fn forward(&self, x: Features<B>) -> Features<B> {
         match x {
-            Features::Tokens(t) => Features::Tokens(linear_rows(&self.transform, t)),
+            Features::Tokens(t) => Features::Tokens(self.transform.forward(t)),
             Features::Map(m) => {
-                let y = linear_rows(&self.transform, m.permute([0, 2, 3, 1]));
+                let y = self.transform.forward(m.permute([0, 2, 3, 1]));
                 match self.out_kind {
                     FeatureKind::Map => Features::Map(y.permute([0, 3, 1, 2])),
                     FeatureKind::Tokens => {
@@ -71,5 +60,9 @@ impl<B: Kernels> Stitch<B> for StitchingLayer<B> {
 
     fn fit(&mut self, fit: &LeastSquaresFit) {
         self.set_affine(&fit.weight, &fit.bias);
+    }
+
+    fn merged(self) -> Self {
+        Self { transform: self.transform.merged(), out_kind: self.out_kind }
     }
 }

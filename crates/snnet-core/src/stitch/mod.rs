@@ -16,9 +16,11 @@ use crate::{features::Features, space::LayerSlot, Kernels};
 
 mod affine;
 mod identity;
+mod linear;
 
 pub use affine::StitchingLayer;
 pub use identity::IdentityStitch;
+pub use linear::StitchLinear;
 
 /// Least squares' solution for one stitching layer: `y = W x + b` with `weight` `W` `[out, in]`
 /// (PyTorch's orientation, row-major) and `bias` `b` `[out]`, the mean over the positions that share
@@ -53,5 +55,12 @@ pub trait Stitch<B: Kernels>: Module<B> + ModuleDisplay {
     /// Takes least squares' solution (called only when [`Stitch::fittable`]).
     fn fit(&mut self, fit: &LeastSquaresFit) {
         let _ = fit;
+    }
+
+    /// The same map in the form inference runs: a layer trained as a low-rank update of a frozen
+    /// map (SN-Netv2's LoRA) folds the update in, so it costs what the plain map costs. The
+    /// default: the layer as it is.
+    fn merged(self) -> Self {
+        self
     }
 }
