@@ -1,6 +1,7 @@
 //! Accuracy-against-cost plots of the routes (PNG or SVG), drawn as the official
 //! `visualize_stitches.py` draws them: every route a point whose size grows with its parameters,
-//! the anchors as labelled stars, plus the Pareto frontier as a line.
+//! the anchors as labelled stars, plus the Pareto frontier as a line; or several networks' routes
+//! and frontiers in one figure ([`ComparisonPlot`]).
 //!
 //! Text is rendered with DejaVu Sans, embedded in the binary (`assets/fonts/`, Bitstream Vera
 //! licence), so PNGs come out the same on machines without fonts.
@@ -45,6 +46,31 @@ pub struct FrontierPlot<'a> {
     pub frontier: &'a [usize],
 }
 
+/// One network's routes in a [`ComparisonPlot`].
+#[derive(Clone, Debug)]
+pub struct PlotSeries<'a> {
+    /// Legend name, e.g. `SN-Net (v1)`.
+    pub name: &'a str,
+    /// Its routes.
+    pub routes: &'a [PlotRoute],
+    /// Its frontier's route ids, in x order.
+    pub frontier: &'a [usize],
+}
+
+/// Several networks' routes and frontiers on one pair of axes, each in its own colour (e.g. the
+/// one-way and the two-way SN-Net of the same anchors); anchors are drawn once.
+#[derive(Clone, Debug)]
+pub struct ComparisonPlot<'a> {
+    /// Title above the plot.
+    pub title: &'a str,
+    /// x-axis label.
+    pub x_label: &'a str,
+    /// y-axis label.
+    pub y_label: &'a str,
+    /// The networks.
+    pub series: &'a [PlotSeries<'a>],
+}
+
 /// A plot that could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -66,9 +92,31 @@ pub enum PlotError {
 
 /// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
 pub fn write_frontier_plot(plot: &FrontierPlot<'_>, path: &Path) -> Result<(), PlotError> {
+    let series = [PlotSeries { name: "stitched routes (size ∝ parameters)", routes: plot.routes, frontier: plot.frontier }];
+    write_plot(Axes { title: plot.title, x_label: plot.x_label, y_label: plot.y_label }, &series, path)
+}
+
+/// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
+pub fn write_comparison_plot(plot: &ComparisonPlot<'_>, path: &Path) -> Result<(), PlotError> {
+    write_plot(Axes { title: plot.title, x_label: plot.x_label, y_label: plot.y_label }, plot.series, path)
+}
+
+/// Title and axis labels.
+#[derive(Clone, Copy)]
+struct Axes<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+}
+
+/// Colours of the series, in order (a single series is blue, as before comparisons existed).
+const SERIES_COLOURS: [RGBColor; 4] = [RGBColor(55, 110, 180), RGBColor(200, 60, 60), RGBColor(60, 150, 80), RGBColor(130, 80, 170)];
+
+fn write_plot(axes: Axes<'_>, series: &[PlotSeries<'_>], path: &Path) -> Result<(), PlotError> {
     let shown = path.display().to_string();
-    let routes: Vec<&PlotRoute> = plot.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect();
-    if routes.is_empty() {
+    let finite: Vec<Vec<&PlotRoute>> =
+        series.iter().map(|s| s.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect()).collect();
+    if finite.iter().all(Vec::is_empty) {
         return Err(PlotError::Empty(shown));
     }
     // Registering the same font again is harmless; the first call wins.
@@ -76,19 +124,25 @@ pub fn write_frontier_plot(plot: &FrontierPlot<'_>, path: &Path) -> Result<(), P
     let size = (900, 600);
     let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
     match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), plot, &routes).map_err(err),
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), plot, &routes).map_err(err),
+        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), axes, series, &finite).map_err(err),
+        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), axes, series, &finite).map_err(err),
         _ => Err(PlotError::Extension(shown)),
     }
 }
 
-fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &FrontierPlot<'_>, routes: &[&PlotRoute]) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, Shift>,
+    axes: Axes<'_>,
+    series: &[PlotSeries<'_>],
+    finite: &[Vec<&PlotRoute>],
+) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     area.fill(&WHITE).map_err(e)?;
-    let (x0, x1) = padded(routes.iter().map(|r| r.x));
-    let (y0, y1) = padded(routes.iter().map(|r| r.y));
+    let all: Vec<&PlotRoute> = finite.iter().flatten().copied().collect();
+    let (x0, x1) = padded(all.iter().map(|r| r.x));
+    let (y0, y1) = padded(all.iter().map(|r| r.y));
     let mut chart = ChartBuilder::on(&area)
-        .caption(plot.title, ("sans-serif", 22))
+        .caption(axes.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
@@ -96,42 +150,58 @@ fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &FrontierPlot<'_
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc(plot.x_label)
-        .y_desc(plot.y_label)
+        .x_desc(axes.x_label)
+        .y_desc(axes.y_label)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(e)?;
 
-    let (s_min, s_max) = routes.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.size), b.max(r.size)));
+    let (s_min, s_max) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.size), b.max(r.size)));
     let radius = |s: f64| if s_max > s_min { 3.0 + 5.0 * (s - s_min) / (s_max - s_min) } else { 5.0 };
-    let blue = RGBColor(55, 110, 180);
-    chart
-        .draw_series(
-            routes.iter().filter(|r| r.anchor.is_none()).map(|r| Circle::new((r.x, r.y), radius(r.size) as i32, blue.mix(0.55).filled())),
-        )
-        .map_err(e)?
-        .label("stitched routes (size ∝ parameters)")
-        .legend(move |(x, y)| Circle::new((x, y), 5, blue.mix(0.55).filled()));
-
-    let frontier: Vec<(f64, f64)> =
-        plot.frontier.iter().filter_map(|id| routes.iter().find(|r| r.cfg_id == *id)).map(|r| (r.x, r.y)).collect();
-    let grey = RGBColor(60, 60, 60);
-    chart
-        .draw_series(LineSeries::new(frontier, grey.stroke_width(2)))
-        .map_err(e)?
-        .label("Pareto frontier")
-        .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], grey.stroke_width(2)));
+    let single = series.len() == 1;
+    for (n, (s, routes)) in series.iter().zip(finite).enumerate() {
+        let colour = SERIES_COLOURS[n % SERIES_COLOURS.len()];
+        chart
+            .draw_series(
+                routes
+                    .iter()
+                    .filter(|r| r.anchor.is_none())
+                    .map(|r| Circle::new((r.x, r.y), radius(r.size) as i32, colour.mix(0.55).filled())),
+            )
+            .map_err(e)?
+            .label(s.name)
+            .legend(move |(x, y)| Circle::new((x, y), 5, colour.mix(0.55).filled()));
+        let frontier: Vec<(f64, f64)> =
+            s.frontier.iter().filter_map(|id| routes.iter().find(|r| r.cfg_id == *id)).map(|r| (r.x, r.y)).collect();
+        // One network: the frontier in dark grey; several: each in its network's colour.
+        let line = if single { RGBColor(60, 60, 60) } else { colour };
+        let label = if single { "Pareto frontier".to_string() } else { format!("{}: Pareto frontier", s.name) };
+        chart
+            .draw_series(LineSeries::new(frontier, line.stroke_width(2)))
+            .map_err(e)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], line.stroke_width(2)));
+    }
 
     let orange = RGBColor(240, 140, 30);
-    let anchors: Vec<&&PlotRoute> = routes.iter().filter(|r| r.anchor.is_some()).collect();
+    let mut anchors: Vec<&PlotRoute> = Vec::new();
+    for r in all.iter().filter(|r| r.anchor.is_some()) {
+        if !anchors.iter().any(|a| a.anchor == r.anchor && a.x == r.x && a.y == r.y) {
+            anchors.push(r);
+        }
+    }
     chart
-        .draw_series(anchors.iter().map(|r| {
+        .draw_series(anchors.iter().enumerate().map(|(n, r)| {
             let label = r.anchor.clone().unwrap_or_default();
-            // Labels of anchors in the right part of the plot go to the left of their star.
+            // Labels of anchors in the right part of the plot go to the left of their star; of
+            // two anchors drawn at nearly the same cost (one per network), the lower one's label
+            // goes below its star.
             let dx = if (r.x - x0) / (x1 - x0) > 0.6 { -10 - 8 * label.chars().count() as i32 } else { 10 };
-            EmptyElement::at((r.x, r.y)) + star(10, orange) + Text::new(label, (dx, -18), ("sans-serif", 14).into_font())
+            let below = anchors.iter().enumerate().any(|(m, a)| m != n && ((a.x - r.x) / (x1 - x0)).abs() < 0.02 && a.y > r.y);
+            let dy = if below { 6 } else { -18 };
+            EmptyElement::at((r.x, r.y)) + star(10, orange) + Text::new(label, (dx, dy), ("sans-serif", 14).into_font())
         }))
         .map_err(e)?
         .label("anchors")

@@ -22,7 +22,7 @@ use snnet_train::{
     done_routes, evaluate_routes_parallel, RouteSampler, RunOptions, Teacher, TrainConfig, TrainReport, TrainResult,
 };
 
-use crate::plot::{write_frontier_plot, FrontierPlot, PlotRoute};
+use crate::plot::{write_comparison_plot, write_frontier_plot, ComparisonPlot, FrontierPlot, PlotRoute, PlotSeries};
 
 /// Errors of the workflow helpers, shown to the user as they are.
 pub type BoxError = Box<dyn std::error::Error>;
@@ -240,15 +240,38 @@ pub fn route_table<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, rows: &[Ro
     out
 }
 
-/// A route in words: `name` for an anchor, `front→end (j,k)` for a stitched route.
+/// A route in words: `name` for an anchor, `front→end (j,k)` for a stitched route (`a→b→c (j,k)
+/// (j',k')` for two stitches).
 pub fn route_name<B: Kernels, A: Anchor<B>>(net: &StitchedNet<B, A>, id: usize, anchor_names: &[String]) -> String {
     let Ok(route) = net.route(id) else { return "?".into() };
     let name = |a: usize| anchor_names.get(a).cloned().unwrap_or_else(|| a.to_string());
     let comb = route.comb_id.iter().map(|&a| name(a)).collect::<Vec<_>>().join("→");
-    match route.stitch_cfgs.first() {
-        Some((j, k)) if !route.is_anchor() => format!("{comb} ({j},{k})"),
-        _ => comb,
+    if route.is_anchor() {
+        return comb;
     }
+    let stitches: Vec<String> = route.stitch_cfgs.iter().map(|(j, k)| format!("({j},{k})")).collect();
+    format!("{comb} {}", stitches.join(" "))
+}
+
+/// The accuracy-vs-FLOPs points of `rows`: each route's GFLOPs, top-1, parameters (millions) and,
+/// for an anchor, its name.
+pub fn accuracy_points<B: Kernels, A: Anchor<B>>(
+    net: &StitchedNet<B, A>,
+    rows: &[RouteMetrics],
+    anchor_names: &[String],
+) -> Vec<PlotRoute> {
+    rows.iter()
+        .filter_map(|r| {
+            let route = net.route(r.cfg_id).ok()?;
+            Some(PlotRoute {
+                cfg_id: r.cfg_id,
+                x: r.get("gflops")?,
+                y: r.get("acc1")?,
+                size: r.get("params").unwrap_or(0.0) / 1e6,
+                anchor: route.is_anchor().then(|| anchor_names.get(route.comb_id[0]).cloned().unwrap_or_default()),
+            })
+        })
+        .collect()
 }
 
 /// Writes the accuracy-vs-FLOPs plot of `rows` (anchors named, stitched routes as dots, the
@@ -261,22 +284,23 @@ pub fn write_accuracy_plots<B: Kernels, A: Anchor<B>>(
     paths: &[PathBuf],
 ) -> Result<(), BoxError> {
     let front = accuracy_frontier(rows);
-    let points: Vec<PlotRoute> = rows
-        .iter()
-        .filter_map(|r| {
-            let route = net.route(r.cfg_id).ok()?;
-            Some(PlotRoute {
-                cfg_id: r.cfg_id,
-                x: r.get("gflops")?,
-                y: r.get("acc1")?,
-                size: r.get("params").unwrap_or(0.0) / 1e6,
-                anchor: route.is_anchor().then(|| anchor_names.get(route.comb_id[0]).cloned().unwrap_or_default()),
-            })
-        })
-        .collect();
+    let points = accuracy_points(net, rows, anchor_names);
     let plot = FrontierPlot { title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", routes: &points, frontier: &front };
     for path in paths {
         write_frontier_plot(&plot, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes several networks' accuracy-vs-FLOPs points and frontiers in one figure to each of
+/// `paths`: `series` holds each network's legend name, points ([`accuracy_points`]) and frontier
+/// ([`accuracy_frontier`]).
+pub fn write_accuracy_comparison(series: &[(String, Vec<PlotRoute>, Vec<usize>)], title: &str, paths: &[PathBuf]) -> Result<(), BoxError> {
+    let series: Vec<PlotSeries<'_>> = series.iter().map(|(name, points, frontier)| PlotSeries { name, routes: points, frontier }).collect();
+    let plot = ComparisonPlot { title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", series: &series };
+    for path in paths {
+        write_comparison_plot(&plot, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

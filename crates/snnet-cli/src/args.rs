@@ -356,7 +356,7 @@ pub struct TrainArgs {
     /// FLOPs-grouped sampling: the gap that starts a new group, in GFLOPs (official: 1.0), or with
     /// `%` as a share of the largest route's FLOPs (e.g. `5%`, for small networks whose routes all
     /// lie within one GFLOP).
-    #[arg(long, default_value = "1.0", value_parser = parse_flops_gap)]
+    #[arg(long, default_value = "1.0")]
     pub flops_gap: FlopsGap,
     /// FLOPs-grouped sampling: favour the costlier groups along a linear ramp (group `g` of `G`,
     /// 0-based by FLOPs, weighs `g/k + 1/G`; SN-Netv2's `--flops_sampling_k`). Default: groups
@@ -385,14 +385,4 @@ pub struct TrainArgs {
     /// The weight file to write at the end.
     #[arg(long)]
     pub output: PathBuf,
-}
-
-/// `--flops-gap`: GFLOPs (`1.0`) or a share of the largest route (`5%`).
-fn parse_flops_gap(text: &str) -> Result<FlopsGap, String> {
-    let number = |t: &str| t.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-    match text.trim().strip_suffix('%') {
-        Some(share) => number(share).map(|p| FlopsGap::Relative(p / 100.0)),
-        None => number(text).map(FlopsGap::Giga),
-    }
-    .ok_or_else(|| format!("`{text}` is neither GFLOPs (e.g. 1.0) nor a share of the largest route (e.g. 5%)"))
 }

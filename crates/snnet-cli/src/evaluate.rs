@@ -11,7 +11,7 @@ use snnet::{
 };
 use snnet_train::{
     data::{load_batch, Dataset, Split},
-    SplitMix64,
+    Prefix, SplitMix64,
 };
 
 use crate::{
@@ -101,27 +101,6 @@ pub struct Eval<'a> {
     pub plots: &'a [std::path::PathBuf],
 }
 
-/// A view of the first `len` samples of a dataset.
-struct Prefix<'a> {
-    inner: &'a dyn Dataset,
-    len: usize,
-}
-
-impl Dataset for Prefix<'_> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.inner.shape()
-    }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn get(&self, index: usize) -> Result<snnet_train::Sample, snnet_train::DataError> {
-        self.inner.get(index)
-    }
-}
-
 impl snnet::backend::BackendTask for Eval<'_> {
     type Output = Result<(), BoxError>;
 
@@ -129,7 +108,7 @@ impl snnet::backend::BackendTask for Eval<'_> {
         let (net, _) = build_inference_net::<B>(&self.desc, self.net, &device)?;
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let workers = self.workers.unwrap_or_else(|| snnet::backend::default_workers(name));
-        let data = Prefix { inner: dataset.as_ref(), len: self.limit.unwrap_or(usize::MAX).min(dataset.len()) };
+        let data = Prefix::new(dataset.as_ref(), self.limit.unwrap_or(usize::MAX));
         let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
         let rows = evaluate_into(&net, &data, &wanted, self.batch, workers, self.output)?;
         let names: Vec<String> = self.desc.anchors.iter().map(|a| a.name()).collect();

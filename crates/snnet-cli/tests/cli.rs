@@ -534,6 +534,60 @@ fn infer_runs_an_official_sn_netv2_checkpoint_with_lora_layers() {
 }
 
 #[test]
+fn train_fine_tunes_a_two_way_lora_network_with_flops_grouped_sampling() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/snnetv2");
+    let config = fixtures.join("s4_l8_description.json");
+    let config = config.to_str().unwrap();
+    let weights = fixtures.join("s4_l8_official.safetensors");
+    let data = tmp("v2-data");
+    for (c, class) in ["ant", "bee", "cat"].iter().enumerate() {
+        let dir = data.join("train").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4u32 {
+            let img = image::RgbImage::from_fn(20, 18, |x, y| image::Rgb([(x * 9 + i * 13) as u8, (y * 11) as u8, (c * 120) as u8]));
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let trained = tmp("v2-trained.safetensors");
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config,
+        "--weights",
+        weights.to_str().unwrap(),
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--lr",
+        "1e-2",
+        "--sampler",
+        "flops-grouped",
+        "--flops-gap",
+        "10%",
+        "--output",
+        trained.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("FLOPs-grouped sampling:"), "{err}");
+    let (before, _) = read_tensors(&weights).unwrap();
+    let (after, _) = read_tensors(&trained).unwrap();
+    // Dense stitching weights frozen, their biases and LoRA factors trained, factors kept unmerged.
+    let layers: Vec<&String> = before.keys().filter(|k| k.starts_with("stitch_layers.") && k.ends_with(".transform.weight")).collect();
+    assert_eq!(layers.len(), 4 + 3);
+    let mut moved = 0;
+    for key in layers {
+        assert_eq!(before[key].data, after[key].data, "{key} is frozen");
+        let prefix = key.trim_end_matches("weight");
+        assert_eq!(after[&format!("{prefix}lora_A")].shape, before[&format!("{prefix}lora_A")].shape);
+        moved += (before[&format!("{prefix}bias")].data != after[&format!("{prefix}bias")].data) as usize;
+    }
+    assert!(moved > 0, "the sampled routes' biases train");
+}
+
+#[test]
 fn hierarchical_and_cnn_families_run_init_train_eval_and_bench() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let data = tmp("family-data");

@@ -35,7 +35,7 @@ pub mod step;
 pub mod train;
 
 pub use augment::Augment;
-pub use data::{DataError, Dataset, Sample};
+pub use data::{DataError, Dataset, Prefix, Sample};
 #[cfg(feature = "data")]
 pub use data::{FashionMnist, ImageFolder, Preprocess, Split};
 pub use error::{TrainError, TrainResult};

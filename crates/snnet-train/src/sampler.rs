@@ -83,6 +83,20 @@ pub enum FlopsGap {
     Relative(f64),
 }
 
+impl std::str::FromStr for FlopsGap {
+    type Err = String;
+
+    /// GFLOPs (`1.0`) or, with `%`, a share of the largest route (`5%`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |t: &str| t.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        match text.trim().strip_suffix('%') {
+            Some(share) => number(share).map(|p| FlopsGap::Relative(p / 100.0)),
+            None => number(text).map(FlopsGap::Giga),
+        }
+        .ok_or_else(|| format!("`{text}` is neither GFLOPs (e.g. 1.0) nor a share of the largest route (e.g. 5%)"))
+    }
+}
+
 /// SN-Netv2's resource-constrained sampling: the routes, sorted by FLOPs, are cut into groups,
 /// and each step draws a group, then a route uniformly inside it — so the many routes of similar
 /// cost (most of a two-way space) do not crowd out the few cheap or expensive ones.

@@ -462,10 +462,16 @@ mod joint_training {
     /// 26 images in 5 classes (two are left over at batch 4).
     const SYNTHETIC: super::Synthetic = super::Synthetic { len: 26, broken: None };
 
-    fn net() -> Net {
+    /// Two small ViTs with drop path.
+    fn anchors() -> Vec<AnchorSpec> {
         let vit = |d, h| VitConfig { img_size: 16, patch_size: 8, num_classes: 5, drop_path_rate: 0.3, ..VitConfig::new(d, 3, h) };
-        let anchors = [(8, 2), (12, 3)].map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, h)))).to_vec();
-        Description { anchors, space: Default::default(), behaviour: Default::default() }.build::<B>(&Default::default()).unwrap()
+        [(8, 2), (12, 3)].map(|(d, h)| AnchorSpec::Explicit(Architecture::Vit(vit(d, h)))).to_vec()
+    }
+
+    fn net() -> Net {
+        Description { anchors: anchors(), space: Default::default(), behaviour: Default::default() }
+            .build::<B>(&Default::default())
+            .unwrap()
     }
 
     fn config() -> TrainConfig {
@@ -482,22 +488,45 @@ mod joint_training {
         d
     }
 
+    /// The same two anchors in SN-Netv2's two-way space with rank-2 LoRA stitching layers.
+    fn net_v2() -> Net {
+        let space = snnet_core::SpaceSettings { lora_rank: 2, ..snnet_core::SpaceSettings::two_way() };
+        Description { anchors: anchors(), space, behaviour: Default::default() }.build::<B>(&Default::default()).unwrap()
+    }
+
+    /// Trains `net` with a uniform sampler, or SN-Netv2's FLOPs-grouped one over its trained routes.
     fn run(
         net: Net,
         options: &RunOptions,
         config: &TrainConfig,
         routes: &mut Vec<usize>,
     ) -> Result<(Net, snnet_train::TrainReport), TrainError> {
-        let mut sampler = UniformSampler::new(net.num_routes(), 11);
-        train(net, &SYNTHETIC, &mut sampler as &mut dyn RouteSampler, config, None, options, |p| routes.push(p.route))
+        let mut sampler: Box<dyn RouteSampler> = if net.space().settings.kind == snnet_core::SpaceKind::TwoWay {
+            let flops: Vec<(usize, f64)> = net.space().trained_routes().iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
+            Box::new(snnet_train::FlopsGroupedSampler::new(&flops, snnet_train::FlopsGap::Relative(0.2), Some(2.0), 11).unwrap())
+        } else {
+            Box::new(UniformSampler::new(net.num_routes(), 11))
+        };
+        train(net, &SYNTHETIC, sampler.as_mut(), config, None, options, |p| routes.push(p.route))
     }
 
     #[test]
     fn a_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights() {
+        killed_and_resumed(net, "one-way");
+    }
+
+    #[test]
+    fn a_killed_two_way_lora_run_with_flops_grouped_sampling_resumes_to_the_same_weights() {
+        killed_and_resumed(net_v2, "two-way");
+    }
+
+    /// A run killed after step 10 and resumed from its step-8 checkpoint ends where the
+    /// uninterrupted run ends.
+    fn killed_and_resumed(net: fn() -> Net, tag: &str) {
         let start = net();
         let config = config();
         let mut routes_whole = Vec::new();
-        let whole_dir = dir("whole");
+        let whole_dir = dir(&format!("{tag}-whole"));
         let options = RunOptions { checkpoint_dir: Some(whole_dir.clone()), checkpoint_every: Some(4), ..Default::default() };
         let (whole, report) = run(start.clone(), &options, &config, &mut routes_whole).unwrap();
         assert_eq!(report.steps, 12, "2 epochs of 6 full batches");
@@ -506,7 +535,7 @@ mod joint_training {
         assert_ne!(params(&whole), params(&start), "training changed the weights");
 
         // Killed after step 10: the last checkpoint is the one of step 8 (mid second epoch).
-        let killed_dir = dir("killed");
+        let killed_dir = dir(&format!("{tag}-killed"));
         let mut routes_killed = Vec::new();
         let killed = RunOptions {
             checkpoint_dir: Some(killed_dir.clone()),

@@ -48,6 +48,41 @@ pub trait Dataset {
     fn get(&self, index: usize) -> Result<Sample, DataError>;
 }
 
+/// A view of a dataset's first `len` samples (all of them if it has fewer), e.g. to evaluate on
+/// part of a test set.
+pub struct Prefix<'a> {
+    inner: &'a dyn Dataset,
+    len: usize,
+}
+
+impl<'a> Prefix<'a> {
+    /// The first `len` samples of `inner`.
+    pub fn new(inner: &'a dyn Dataset, len: usize) -> Self {
+        Self { inner, len: len.min(inner.len()) }
+    }
+}
+
+impl Dataset for Prefix<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        self.inner.shape()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        if index >= self.len {
+            return Err(DataError::OutOfRange { index, len: self.len });
+        }
+        self.inner.get(index)
+    }
+}
+
 /// Images of a batch laid out `[batch, channels, height, width]`, their labels, and the samples
 /// that could not be read (index and why).
 #[derive(Debug, Default)]
