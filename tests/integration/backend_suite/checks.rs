@@ -31,6 +31,12 @@ pub fn every_route_gives_the_cpus_logits<D: Kernels>(device: &D::Device, toleran
         let images = HostImages::new(2, family.input(), 11);
         let worst = compare_routes(&family, &cpu, &net, &images, tolerance);
         eprintln!("{}: {} routes, worst relative error {worst:.2e}", family.name, net.num_routes());
+        if net.space().settings.lora_rank > 0 {
+            // The LoRA layers as inference runs them: merged on the device as on the CPU.
+            let (cpu, net) = (cpu.merged_for_inference().unwrap(), net.merged_for_inference().unwrap());
+            let worst = compare_routes(&family, &cpu, &net, &images, tolerance);
+            eprintln!("{} merged: worst relative error {worst:.2e}", family.name);
+        }
     }
 }
 

@@ -63,6 +63,12 @@ pub fn families() -> Vec<Family> {
             weights: Weights::Network("levit/snnet_levit.pth"),
         },
         Family {
+            name: "sn-netv2 (two-way, LoRA)",
+            description: "snnetv2/s4_l8_description.json",
+            nearest_stitching: None,
+            weights: Weights::Network("snnetv2/s4_l8_official.safetensors"),
+        },
+        Family {
             name: "resnet→swin",
             description: "resnet/r18_swin.json",
             nearest_stitching: None,
