@@ -13,20 +13,20 @@
 use snnet::AutodiffKernels;
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
-use burn::{
-    module::AutodiffModule,
-    tensor::{Tensor, TensorData},
-};
+use burn::{module::AutodiffModule, tensor::Tensor};
 use clap::Parser;
 use snnet::{
     backend::TrainingTask,
     demo,
     train::{
-        data::{load_batch, Dataset, FashionMnist, Split},
-        Distillation, RunOptions, SplitMix64, StepConfig, Teacher, TrainConfig, UniformSampler,
+        data::{Dataset, FashionMnist, Split},
+        Distillation, RunOptions, Teacher, UniformSampler,
     },
-    workflow::{check_stitching, evaluate_into, progress_bar, route_table, train_with_progress, write_accuracy_plots, BoxError},
+    workflow::{check_stitching, evaluate_into, route_table, train_with_progress, write_accuracy_plots, BoxError},
 };
+
+mod common;
+use common::DemoRun;
 
 /// Test images per forward in evaluation: on the CPU backend 64 evaluated every route 1.26× faster
 /// than 500 (2,000 images, two workers; docs/benchmarks.md). Smaller activations stay in cache.
@@ -35,40 +35,17 @@ const EVAL_BATCH: usize = 64;
 /// Stitch, initialise, fine-tune and evaluate the Fashion-MNIST demo SN-Net.
 #[derive(Parser)]
 struct Options {
-    /// Backend: flex (CPU), cuda, wgpu, vulkan, metal.
-    #[arg(long, default_value = "flex")]
-    device: String,
-    /// Folder with the Fashion-MNIST IDX files (default: the copy in assets/fashion-mnist).
-    #[arg(long, default_value_os_t = demo::assets_dir())]
-    data: PathBuf,
+    #[command(flatten)]
+    run: DemoRun,
     /// Where results, plots, weights and checkpoints go.
     #[arg(long, default_value = "target/fashion-mnist")]
     output: PathBuf,
-    /// Calibration images for least squares.
-    #[arg(long, default_value_t = 200)]
-    ls_images: usize,
     /// Epochs of joint fine-tuning.
     #[arg(long, default_value_t = 4)]
     epochs: usize,
-    /// Images per step, split between the `--workers` threads.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Worker threads: in training they share each step (its one sampled route on each thread's
-    /// part of the batch, gradients combined as for the whole batch); in evaluation they share
-    /// the routes.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Peak learning rate of the stitching layers (cosine to 1e-6 after a short warmup); the
-    /// anchors train at `--anchor-lr-scale` times it.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
     /// Train only the stitching layers (the anchors keep their pretrained weights).
     #[arg(long)]
     freeze_anchors: bool,
-    /// Learning-rate scale of the anchors' parameters (the official Swin recipe: 0.1, with the
-    /// stitching layers at the full rate).
-    #[arg(long, default_value_t = 0.1)]
-    anchor_lr_scale: f64,
     /// Distil every route from the pretrained ViT-128 (`soft`, τ = 1, or `hard`), weight 0.5.
     #[arg(long, value_parser = ["soft", "hard"])]
     distill: Option<String>,
@@ -88,8 +65,8 @@ impl TrainingTask for Options {
         std::fs::create_dir_all(&self.output)?;
         let desc = demo::description()?;
         let names = demo::anchor_names();
-        let train = FashionMnist::load(&self.data, Split::Train)?;
-        let test = FashionMnist::load(&self.data, Split::Test)?;
+        let train = FashionMnist::load(&self.run.data, Split::Train)?;
+        let test = FashionMnist::load(&self.run.data, Split::Test)?;
         let ls_file = self.output.join("ls-init.safetensors");
         let results = self.output.join("results.jsonl");
         let checkpoints = self.output.join("checkpoints");
@@ -112,37 +89,20 @@ impl TrainingTask for Options {
             ls_net.space().layers.len(),
             t0.elapsed().as_secs_f64()
         );
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        SplitMix64::new(0).shuffle(&mut order);
-        let calib = load_batch(&train, &order[..self.ls_images.min(order.len())]);
-        let [c, h, w] = ls_net.layouts()[0].input;
-        let images = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(calib.images, [calib.labels.len(), c, h, w]), &device);
         let t = Instant::now();
-        let pb = progress_bar(calib.labels.len(), "LS init");
-        let report = ls_net.init_least_squares(images, 50, |p| pb.set_position(p.images_done as u64))?;
-        pb.finish_and_clear();
+        let report = self.run.least_squares(&mut ls_net, &train, &device)?;
         let ls_seconds = t.elapsed().as_secs_f64();
         println!("least squares: {} layers from {} images in {ls_seconds:.1} s", report.layers.len(), report.images);
         ls_net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
         if self.eval_ls {
             let routes: Vec<usize> = (0..ls_net.num_routes()).collect();
-            let rows = evaluate_into(&ls_net, &test, &routes, EVAL_BATCH, self.workers, &self.output.join("results-ls.jsonl"))?;
+            let rows = evaluate_into(&ls_net, &test, &routes, EVAL_BATCH, self.run.workers, &self.output.join("results-ls.jsonl"))?;
             println!("after least squares only:\n{}", route_table(&ls_net, &rows, &names));
         }
 
         // 2. Fine-tune every route jointly, on the autodiff backend, with checkpoints.
         let (net, _) = desc.build::<B>(&device)?.load(&ls_file)?;
-        let config = TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch,
-            workers: self.workers,
-            lr: self.lr,
-            warmup_lr: 1e-6,
-            min_lr: 1e-6,
-            warmup_epochs: 0.1_f64.min(self.epochs as f64),
-            step: StepConfig { anchor_lr_scale: if self.freeze_anchors { 0.0 } else { self.anchor_lr_scale }, ..Default::default() },
-            ..Default::default()
-        };
+        let config = self.run.train_config(self.epochs, if self.freeze_anchors { 0.0 } else { self.run.anchor_lr_scale });
         // The teacher: the pretrained largest anchor of the network least squares left (anchors untouched).
         let largest = ls_net.anchors.len() - 1;
         let teacher_logits = move |x: Tensor<B::InnerBackend, 4>| ls_net.forward(x, largest);
@@ -170,7 +130,7 @@ impl TrainingTask for Options {
 
         // 3. Evaluate every route on the whole test set; table, checks, plot.
         let t = Instant::now();
-        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.workers, &results)?;
+        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.workers, &results)?;
         let eval_seconds = t.elapsed().as_secs_f64();
         println!("evaluation of {} routes on {} test images in {eval_seconds:.1} s\n", rows.len(), test.len());
         print!("{}", route_table(&net, &rows, &names));
@@ -204,5 +164,5 @@ impl TrainingTask for Options {
 
 fn main() {
     let opts = Options::parse();
-    snnet::backend::main_on(&opts.device.clone(), opts);
+    snnet::backend::main_on(&opts.run.device.clone(), opts);
 }

@@ -16,24 +16,21 @@
 use snnet::AutodiffKernels;
 use std::{collections::HashMap, path::PathBuf, time::Instant};
 
-use burn::{
-    module::AutodiffModule,
-    tensor::{Tensor, TensorData},
-};
+use burn::module::AutodiffModule;
 use clap::Parser;
 use snnet::{
     backend::TrainingTask,
     demo,
     train::{
-        data::{load_batch, Dataset, FashionMnist, Split},
-        FlopsGap, FlopsGroupedSampler, ListSampler, Prefix, RouteSampler, RunOptions, SplitMix64, StepConfig, TrainConfig,
+        data::{Dataset, FashionMnist, Split},
+        FlopsGap, FlopsGroupedSampler, ListSampler, Prefix, RouteSampler, RunOptions,
     },
-    workflow::{
-        accuracy_frontier, accuracy_points, evaluate_into, progress_bar, route_table, train_with_progress, write_accuracy_comparison,
-        BoxError,
-    },
+    workflow::{accuracy_frontier, accuracy_points, evaluate_into, route_table, train_with_progress, write_accuracy_comparison, BoxError},
     Description, RouteMetrics, SpaceSettings,
 };
+
+mod common;
+use common::DemoRun;
 
 /// Test images per forward in evaluation (as the main job).
 const EVAL_BATCH: usize = 64;
@@ -44,33 +41,14 @@ const ANCHORS: [usize; 2] = [0, 2];
 /// Stitch ViT-32 and ViT-128 one way and two ways, train both alike, compare their frontiers.
 #[derive(Parser)]
 struct Options {
-    /// Backend: flex (CPU), cuda, wgpu, vulkan, metal.
-    #[arg(long, default_value = "flex")]
-    device: String,
-    /// Folder with the Fashion-MNIST IDX files (default: the copy in assets/fashion-mnist).
-    #[arg(long, default_value_os_t = demo::assets_dir())]
-    data: PathBuf,
+    #[command(flatten)]
+    run: DemoRun,
     /// Where results, plots and weights go.
     #[arg(long, default_value = "target/fashion-mnist-v2")]
     output: PathBuf,
-    /// Calibration images for least squares.
-    #[arg(long, default_value_t = 200)]
-    ls_images: usize,
     /// Epochs of joint fine-tuning, for each network.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
-    /// Images per step, split between the `--workers` threads.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Worker threads (training: sharing each step; evaluation: sharing the routes).
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Peak learning rate of the stitching layers; the anchors train at `--anchor-lr-scale` times it.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Learning-rate scale of the anchors' parameters.
-    #[arg(long, default_value_t = 0.1)]
-    anchor_lr_scale: f64,
     /// Rank of SN-Netv2's LoRA stitching layers (ViT-32's width is 32).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -108,8 +86,8 @@ impl TrainingTask for Options {
     fn train<B: AutodiffKernels>(self, device: B::Device) -> Result<(), BoxError> {
         let t0 = Instant::now();
         std::fs::create_dir_all(&self.output)?;
-        let train = FashionMnist::load(&self.data, Split::Train)?;
-        let test = FashionMnist::load(&self.data, Split::Test)?;
+        let train = FashionMnist::load(&self.run.data, Split::Train)?;
+        let test = FashionMnist::load(&self.run.data, Split::Test)?;
         let test = Prefix::new(&test, self.test_images.unwrap_or(usize::MAX));
         let variants = [
             Variant { tag: "v1", name: "SN-Net (one-way)".into(), space: SpaceSettings::default() },
@@ -189,14 +167,7 @@ impl Options {
             ls_net = ls_net.load_anchor(i, &demo::anchor_file(a))?.0;
         }
         println!("{}: {} routes, {} stitching layers", variant.name, ls_net.num_routes(), ls_net.space().layers.len());
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        SplitMix64::new(0).shuffle(&mut order);
-        let calib = load_batch(train, &order[..self.ls_images.min(order.len())]);
-        let [c, h, w] = ls_net.layouts()[0].input;
-        let images = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(calib.images, [calib.labels.len(), c, h, w]), device);
-        let pb = progress_bar(calib.labels.len(), "LS init");
-        ls_net.init_least_squares(images, 50, |p| pb.set_position(p.images_done as u64))?;
-        pb.finish_and_clear();
+        self.run.least_squares(&mut ls_net, train, device)?;
         let ls_file = self.output.join(format!("ls-init-{}.safetensors", variant.tag));
         ls_net.save(&ls_file, HashMap::new())?;
 
@@ -215,17 +186,7 @@ impl Options {
         } else {
             Box::new(ListSampler::new(trained, 0))
         };
-        let config = TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch,
-            workers: self.workers,
-            lr: self.lr,
-            warmup_lr: 1e-6,
-            min_lr: 1e-6,
-            warmup_epochs: 0.1_f64.min(self.epochs as f64),
-            step: StepConfig { anchor_lr_scale: self.anchor_lr_scale, ..Default::default() },
-            ..Default::default()
-        };
+        let config = self.run.train_config(self.epochs, self.run.anchor_lr_scale);
         let (net, report, _) = train_with_progress(net, train, sampler.as_mut(), &config, None, &RunOptions::default())?;
         println!("{}: {} steps, {:.0} images/s, epoch losses {:?}", variant.name, report.steps, report.images_per_s, report.epoch_losses);
         let net = net.valid();
@@ -235,7 +196,7 @@ impl Options {
         let net = net.merged_for_inference()?;
         let results = self.output.join(format!("results-{}.jsonl", variant.tag));
         let _ = std::fs::remove_file(&results);
-        let rows = evaluate_into(&net, test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.workers, &results)?;
+        let rows = evaluate_into(&net, test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.workers, &results)?;
         let table = route_table(&net, &rows, &names);
         print!("{table}");
         std::fs::write(self.output.join(format!("routes-{}.txt", variant.tag)), &table)?;
@@ -264,5 +225,5 @@ fn best_within(rows: &[RouteMetrics], gflops: f64) -> Option<f64> {
 
 fn main() {
     let opts = Options::parse();
-    snnet::backend::main_on(&opts.device.clone(), opts);
+    snnet::backend::main_on(&opts.run.device.clone(), opts);
 }

@@ -37,6 +37,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 # 1. Logits of the CUDA backend against the CPU backend (same weights, same images).
 step parity_cuda_f32 150 "$BIN/snnet" --anchors $ANCHORS --device cuda --dtype f32 parity --routes "$ROUTES"
 step parity_cuda_bf16 120 "$BIN/snnet" --anchors $ANCHORS --device cuda --dtype bf16 parity --routes "$ROUTES"
+# SN-Netv2: the two-way DeiT3-S/B network with rank-64 LoRA stitching layers (unmerged, as trained).
+step parity_v2_cuda_f32 120 "$BIN/snnet" --anchors deit3_small_patch16_224,deit3_base_patch16_224 --two-way --lora-rank 64 \
+    --device cuda --dtype f32 parity --routes 0,1,2,16,40,100
 
 # 2. snnet on CUDA, f32 (burn runs f32 matmuls as TF32) and bf16.
 for dtype in f32 bf16; do
@@ -63,10 +66,11 @@ cat "$OUT"/parity_*.jsonl >"$OUT/parity.jsonl" 2>/dev/null
 cat "$OUT"/snnet_*.jsonl >"$OUT/snnet.jsonl" 2>/dev/null
 cat "$OUT"/torch_*.jsonl >"$OUT/torch.jsonl" 2>/dev/null
 python3 tools/bench_compare.py "$OUT/snnet.jsonl" "$OUT/torch.jsonl" --markdown "$OUT/table.md"
-python3 - "$OUT/parity.jsonl" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("\n| parity vs flex | dtype | route | rel L2 | max abs / max logit |\n|---|---|---|---|---|")
-for r in rows:
-    print(f"| {r['device']} | {r['dtype']} | {r['cfg_id']} | {r['rel_l2']:.2e} | {r['max_abs_over_max_logit']:.2e} |")
+python3 - "$OUT"/parity_*.jsonl <<'EOF'
+import json, os, sys
+print("\n| parity vs flex | step | dtype | route | rel L2 | max abs / max logit |\n|---|---|---|---|---|---|")
+for path in sys.argv[1:]:
+    step = os.path.basename(path)[: -len(".jsonl")]
+    for r in (json.loads(l) for l in open(path) if l.strip()):
+        print(f"| {r['device']} | {step} | {r['dtype']} | {r['cfg_id']} | {r['rel_l2']:.2e} | {r['max_abs_over_max_logit']:.2e} |")
 EOF

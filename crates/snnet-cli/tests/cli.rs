@@ -511,6 +511,39 @@ fn infer_runs_an_official_sn_netv2_checkpoint_with_lora_layers() {
         let diff = got.data.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(diff <= 1e-4 * scale, "{key}: {diff}");
     }
+    // `import` turns the official checkpoint into an snnet file (factors unmerged, DeiT-III's
+    // `gamma_1`/`gamma_2` under timm's names) that gives the same logits.
+    let imported = tmp("v2-imported.safetensors");
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "import",
+        "--from",
+        weights.to_str().unwrap(),
+        "--output",
+        imported.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (tensors, meta) = read_tensors(&imported).unwrap();
+    assert_eq!(meta["format"], "snnet");
+    assert_eq!(tensors["stitch_layers.1.2.transform.lora_B"].shape, vec![8, 2]);
+    assert!(tensors.contains_key("anchors.1.blocks.7.ls2.gamma"));
+    let again = tmp("v2-logits-imported.safetensors");
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        imported.to_str().unwrap(),
+        "infer",
+        "--route",
+        "all",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(read_tensors(&again).unwrap().0, logits, "the imported file gives the checkpoint's logits");
     // The rank is part of the network: a file with factors does not load into affine layers, and
     // a rank wider than a layer is refused before anything runs.
     let (ok, _, err) = snnet(&[
