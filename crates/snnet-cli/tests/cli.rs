@@ -489,19 +489,12 @@ fn infer_runs_an_official_sn_netv2_checkpoint_with_lora_layers() {
     let output = tmp("v2-logits.safetensors");
     let config = fixtures.join("s4_l8_description.json");
     let weights = fixtures.join("s4_l8_official.pth");
-    let (ok, _, err) = snnet(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "infer",
-        "--route",
-        "all",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let infer_all = |weights: &std::path::Path, output: &std::path::Path| {
+        let (config, weights, input, output) =
+            (config.to_str().unwrap(), weights.to_str().unwrap(), input.to_str().unwrap(), output.to_str().unwrap());
+        snnet(&["--config", config, "--weights", weights, "infer", "--route", "all", "--input", input, "--output", output])
+    };
+    let (ok, _, err) = infer_all(&weights, &output);
     assert!(ok, "{err}");
     let (logits, _) = read_tensors(&output).unwrap();
     assert_eq!(logits.len(), 15);
@@ -529,19 +522,7 @@ fn infer_runs_an_official_sn_netv2_checkpoint_with_lora_layers() {
     assert_eq!(tensors["stitch_layers.1.2.transform.lora_B"].shape, vec![8, 2]);
     assert!(tensors.contains_key("anchors.1.blocks.7.ls2.gamma"));
     let again = tmp("v2-logits-imported.safetensors");
-    let (ok, _, err) = snnet(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--weights",
-        imported.to_str().unwrap(),
-        "infer",
-        "--route",
-        "all",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        again.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = infer_all(&imported, &again);
     assert!(ok, "{err}");
     assert_eq!(read_tensors(&again).unwrap().0, logits, "the imported file gives the checkpoint's logits");
     // The rank is part of the network: a file with factors does not load into affine layers, and
