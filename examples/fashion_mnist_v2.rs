@@ -193,7 +193,7 @@ impl Options {
         net.save(&self.output.join(format!("snnet-{}.safetensors", variant.tag)), HashMap::new())?;
 
         // 3. Every route on the test images, as inference runs it (LoRA merged).
-        let net = net.merged_for_inference()?;
+        let net = net.merged_for_inference();
         let results = self.output.join(format!("results-{}.jsonl", variant.tag));
         let _ = std::fs::remove_file(&results);
         let rows = evaluate_into(&net, test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.workers, &results)?;

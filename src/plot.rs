@@ -93,29 +93,17 @@ pub enum PlotError {
 /// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
 pub fn write_frontier_plot(plot: &FrontierPlot<'_>, path: &Path) -> Result<(), PlotError> {
     let series = [PlotSeries { name: "stitched routes (size ∝ parameters)", routes: plot.routes, frontier: plot.frontier }];
-    write_plot(Axes { title: plot.title, x_label: plot.x_label, y_label: plot.y_label }, &series, path)
-}
-
-/// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
-pub fn write_comparison_plot(plot: &ComparisonPlot<'_>, path: &Path) -> Result<(), PlotError> {
-    write_plot(Axes { title: plot.title, x_label: plot.x_label, y_label: plot.y_label }, plot.series, path)
-}
-
-/// Title and axis labels.
-#[derive(Clone, Copy)]
-struct Axes<'a> {
-    title: &'a str,
-    x_label: &'a str,
-    y_label: &'a str,
+    write_comparison_plot(&ComparisonPlot { title: plot.title, x_label: plot.x_label, y_label: plot.y_label, series: &series }, path)
 }
 
 /// Colours of the series, in order (a single series is blue, as before comparisons existed).
 const SERIES_COLOURS: [RGBColor; 4] = [RGBColor(55, 110, 180), RGBColor(200, 60, 60), RGBColor(60, 150, 80), RGBColor(130, 80, 170)];
 
-fn write_plot(axes: Axes<'_>, series: &[PlotSeries<'_>], path: &Path) -> Result<(), PlotError> {
+/// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
+pub fn write_comparison_plot(plot: &ComparisonPlot<'_>, path: &Path) -> Result<(), PlotError> {
     let shown = path.display().to_string();
     let finite: Vec<Vec<&PlotRoute>> =
-        series.iter().map(|s| s.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect()).collect();
+        plot.series.iter().map(|s| s.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect()).collect();
     if finite.iter().all(Vec::is_empty) {
         return Err(PlotError::Empty(shown));
     }
@@ -124,25 +112,20 @@ fn write_plot(axes: Axes<'_>, series: &[PlotSeries<'_>], path: &Path) -> Result<
     let size = (900, 600);
     let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
     match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), axes, series, &finite).map_err(err),
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), axes, series, &finite).map_err(err),
+        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), plot, &finite).map_err(err),
+        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), plot, &finite).map_err(err),
         _ => Err(PlotError::Extension(shown)),
     }
 }
 
-fn draw<DB: DrawingBackend>(
-    area: DrawingArea<DB, Shift>,
-    axes: Axes<'_>,
-    series: &[PlotSeries<'_>],
-    finite: &[Vec<&PlotRoute>],
-) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ComparisonPlot<'_>, finite: &[Vec<&PlotRoute>]) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     area.fill(&WHITE).map_err(e)?;
     let all: Vec<&PlotRoute> = finite.iter().flatten().copied().collect();
     let (x0, x1) = padded(all.iter().map(|r| r.x));
     let (y0, y1) = padded(all.iter().map(|r| r.y));
     let mut chart = ChartBuilder::on(&area)
-        .caption(axes.title, ("sans-serif", 22))
+        .caption(plot.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
@@ -150,8 +133,8 @@ fn draw<DB: DrawingBackend>(
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc(axes.x_label)
-        .y_desc(axes.y_label)
+        .x_desc(plot.x_label)
+        .y_desc(plot.y_label)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .light_line_style(RGBColor(235, 235, 235))
@@ -160,8 +143,8 @@ fn draw<DB: DrawingBackend>(
 
     let (s_min, s_max) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.size), b.max(r.size)));
     let radius = |s: f64| if s_max > s_min { 3.0 + 5.0 * (s - s_min) / (s_max - s_min) } else { 5.0 };
-    let single = series.len() == 1;
-    for (n, (s, routes)) in series.iter().zip(finite).enumerate() {
+    let single = plot.series.len() == 1;
+    for (n, (s, routes)) in plot.series.iter().zip(finite).enumerate() {
         let colour = SERIES_COLOURS[n % SERIES_COLOURS.len()];
         chart
             .draw_series(

@@ -305,7 +305,7 @@ pub(crate) fn build_inference_net<B: Kernels>(
     device: &B::Device,
 ) -> Result<(Net<B>, HashMap<String, String>), BoxError> {
     let (net, metadata) = build_net_with_metadata::<B>(desc, args, device)?;
-    Ok((net.merged_for_inference()?, metadata))
+    Ok((net.merged_for_inference(), metadata))
 }
 
 /// [`build_net`], also returning the weight file's metadata (empty without `--weights`).

@@ -5,7 +5,7 @@ use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use snnet::{
     train::{
         data::Split, AdamWConfig, Augment, Distillation, FlopsGroupedSampler, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping,
-        Teacher, TrainConfig, UniformSampler,
+        Teacher, TrainConfig,
     },
     workflow::{median_after, open_dataset, train_with_progress},
     Description,
@@ -73,10 +73,12 @@ impl Train<'_> {
             }
         }
         let seed = self.args.train_seed;
-        let mut sampler: Box<dyn RouteSampler> = match (self.args.sampler.as_str(), &self.args.routes) {
-            ("flops-grouped", routes) => {
-                let trained: Vec<usize> = routes.clone().unwrap_or_else(|| net.space().trained_routes());
-                let flops: Vec<(usize, f64)> = trained.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
+        // `--routes`, or every route joint training samples (all but the one a two-way space
+        // leaves out, as officially).
+        let routes = self.args.routes.clone().unwrap_or_else(|| net.space().trained_routes());
+        let mut sampler: Box<dyn RouteSampler> = match self.args.sampler.as_str() {
+            "flops-grouped" => {
+                let flops: Vec<(usize, f64)> = routes.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
                 let sampler = FlopsGroupedSampler::new(&flops, self.args.flops_gap, self.args.flops_sampling_k, seed)?;
                 eprintln!(
                     "FLOPs-grouped sampling: {} groups ({})",
@@ -85,15 +87,7 @@ impl Train<'_> {
                 );
                 Box::new(sampler)
             }
-            (_, Some(routes)) => Box::new(ListSampler::new(routes.clone(), seed)),
-            (_, None) => {
-                let trained = net.space().trained_routes();
-                if trained.len() == net.num_routes() {
-                    Box::new(UniformSampler::new(net.num_routes(), seed))
-                } else {
-                    Box::new(ListSampler::new(trained, seed))
-                }
-            }
+            _ => Box::new(ListSampler::new(routes, seed)),
         };
         // The teacher is a frozen copy of the starting weights (the same file on resume).
         let teacher_route = self.args.teacher_route.unwrap_or(net.anchors.len().saturating_sub(1));

@@ -11,11 +11,15 @@ use crate::Kernels;
 /// CPU backend that is one small GEMM per image (and, under autodiff, a per-image weight gradient
 /// summed afterwards), about 3× slower than one large GEMM for ViT-sized token batches.
 pub fn linear_rows<B: Kernels, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    over_rows(x, |rows| B::affine(rows, linear.weight.val(), linear.bias.as_ref().map(|b| b.val())))
+}
+
+/// `map` applied to `x` `[…, in]` viewed as rows `[rows, in]`, its result `[rows, out]` reshaped
+/// back to `[…, out]`: how a per-token (or per-pixel, channels-last) map runs as 2-D products.
+pub fn over_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, map: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, D> {
     let dims = x.dims();
-    let in_features = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    let bias = linear.bias.as_ref().map(|b| b.val());
-    let y = B::affine(x.reshape([rows, in_features]), linear.weight.val(), bias);
+    let y = map(x.reshape([rows, dims[D - 1]]));
     let mut out = dims;
     out[D - 1] = y.dims()[1];
     y.reshape(out)

@@ -102,14 +102,14 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     /// `eval()`), so a route costs what it costs with plain affine layers. The space's `lora_rank`
     /// becomes 0: the merged network's weight files are those of the affine network. Training
     /// keeps the unmerged layers (their factors are what trains).
-    pub fn merged_for_inference(self) -> Result<Self> {
+    pub fn merged_for_inference(mut self) -> Self {
         if self.space.settings.lora_rank == 0 {
-            return Ok(self);
+            return self;
         }
-        let settings = SpaceSettings { lora_rank: 0, ..self.space.settings.clone() };
-        let space = StitchSpace::build(&self.layouts, &settings)?;
+        self.space.settings.lora_rank = 0;
+        self.space.layers.iter_mut().for_each(|slot| slot.lora_rank = 0);
         let stitch_layers = self.stitch_layers.into_iter().map(Stitch::merged).collect();
-        Ok(Self { stitch_layers, space, ..self })
+        Self { stitch_layers, ..self }
     }
 
     /// Seeds every anchor's stochastic layers (drop path) for the next training forward; a

@@ -10,7 +10,7 @@ use burn::{
     tensor::{backend::Backend, Tensor, TensorData},
 };
 
-use crate::Kernels;
+use crate::{ops::over_rows, Kernels};
 
 /// The map of a stitching layer, `y = x·W + b`, plus `s·(x·A)·B` when it has LoRA factors
 /// (SN-Netv2, spec §11.5: rank `r`, `s = 1/r`). With factors the dense `W` is frozen (it takes no
@@ -52,20 +52,18 @@ impl<B: Kernels> StitchLinear<B> {
         self.lora_A.as_ref().map_or(0, |a| a.dims()[1])
     }
 
-    /// `y` for `x` `[…, in]`, as one 2-D product over all rows (the backend's [`Kernels::affine`]).
+    /// `y` for `x` `[…, in]`, as 2-D products over all rows (the backend's [`Kernels::affine`]).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let rows: usize = dims[..D - 1].iter().product();
-        let x = x.reshape([rows, dims[D - 1]]);
-        let mut y = B::affine(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
-        if let (Some(a), Some(b)) = (&self.lora_A, &self.lora_B) {
-            let scaling = 1.0 / self.lora_rank() as f64;
-            let update = B::affine(B::affine(x, a.val(), None), b.val(), None);
-            y = y + update.mul_scalar(scaling);
-        }
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        over_rows(x, |x| {
+            let y = B::affine(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+            match (&self.lora_A, &self.lora_B) {
+                (Some(a), Some(b)) => {
+                    let scaling = 1.0 / self.lora_rank() as f64;
+                    y + B::affine(B::affine(x, a.val(), None), b.val(), None).mul_scalar(scaling)
+                }
+                _ => y,
+            }
+        })
     }
 
     /// The same map as one dense `W + s·A·B` without factors: what inference runs (the official
