@@ -45,5 +45,5 @@ pub use sampler::{FlopsGap, FlopsGroupedSampler, ListSampler, RouteSampler, Unif
 pub use scalar::DeviceScalar;
 pub use schedule::CosineSchedule;
 pub use snnet_core::rng::{self, SplitMix64};
-pub use step::{replica, train_step, train_step_workers, Distillation, StepConfig, StepOutcome, WorkerBatch};
+pub use step::{fresh_leaves, replica, train_step, train_step_workers, Distillation, StepConfig, StepOutcome, WorkerBatch};
 pub use train::{train, RunOptions, Stepping, Teacher, TrainConfig, TrainProgress, TrainReport};

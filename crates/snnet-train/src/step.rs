@@ -142,7 +142,7 @@ pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
                 scope.spawn(move || route_gradients(&replica, batch, config))
             })
             .collect();
-        let mut outcomes = vec![route_gradients(&net, first, config)];
+        let mut outcomes = vec![route_gradients(&fresh_leaves(&net), first, config)];
         outcomes.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
         outcomes
     });
@@ -204,10 +204,17 @@ fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     Ok((loss_value, Grads::from_backward(&grads, net)))
 }
 
-/// A copy of `net` for another worker thread: the same parameter values (shared, not copied) as
-/// fresh autodiff leaves, so its graph is its own, and anchors whose stochastic layers take their
-/// own seed.
-pub fn replica<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet<B, A, L>) -> StitchedNet<B, A, L> {
+/// `net` with every tracked parameter made a fresh autodiff leaf: the same values (shared, not
+/// copied) and parameter ids, but graph nodes that no earlier backward pass has seen.
+///
+/// Every forward of a step runs on such a copy. burn 0.21 drops a parameter's graph entry when a
+/// backward pass consumes it; the next operation on that parameter then starts a one-node graph,
+/// which a `backward()` finishing on another thread may sweep as unused while the operation is
+/// still being recorded, and the parameter silently gets no gradient (tracel-ai/burn#5573: seen
+/// here as lost patch-embedding and class-token gradients while a second worker or another test
+/// ran a backward pass). A fresh leaf registers its own root step, so the first operation on it
+/// joins that graph instead.
+pub fn fresh_leaves<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet<B, A, L>) -> StitchedNet<B, A, L> {
     struct FreshLeaves;
     impl<B: AutodiffKernels> ModuleMapper<B> for FreshLeaves {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -217,7 +224,13 @@ pub fn replica<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet
             Param::from_mapped_value(id, if tracked { leaf.require_grad() } else { leaf }, mapper)
         }
     }
-    let mut copy = net.clone().map(&mut FreshLeaves);
+    net.clone().map(&mut FreshLeaves)
+}
+
+/// A copy of `net` for another worker thread: [`fresh_leaves`], so its graph is its own, with
+/// anchors whose stochastic layers take their own seed.
+pub fn replica<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet<B, A, L>) -> StitchedNet<B, A, L> {
+    let mut copy = fresh_leaves(net);
     for anchor in &mut copy.anchors {
         anchor.isolate_noise();
     }
