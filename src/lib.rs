@@ -45,12 +45,13 @@ pub mod workflow;
 pub use snnet_anchors as anchors;
 pub use snnet_anchors::{
     family_defaults, AnchorSpec, AnyAnchor, Architecture, BlockKind, Description, Family, Levit, LevitConfig, ResNet, ResNetConfig, Swin,
-    SwinConfig, Vit, VitConfig,
+    SwinConfig, Vit, VitConfig, DESCRIPTION_METADATA,
 };
 pub use snnet_core as core;
 pub use snnet_core::{
     cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Error, FeatureKind,
-    Features, Goal, IdentityStitch, Kernels, LayerSlot, LeastSquaresFit, LsProgress, LsReport, PairedVariant, PartCost, Route, RouteCost,
-    RouteMetrics, SpaceKind, SpaceSettings, StageLayout, StatePart, Stitch, StitchLinear, StitchSpace, StitchedNet, StitchingLayer,
+    Features, Goal, IdentityStitch, Kernels, LayerSlot, LeastSquaresFit, LsProgress, LsReport, PackSummary, PairedVariant, PartCost, Route,
+    RouteCost, RouteMetrics, SpaceKind, SpaceSettings, StageLayout, StatePart, Stitch, StitchLinear, StitchSpace, StitchedNet,
+    StitchingLayer, ROUTES_METADATA,
 };
 pub use snnet_train as train;

@@ -14,6 +14,7 @@ mod least_squares;
 mod levit;
 mod limits;
 mod resnet;
+mod route_pack;
 mod stitch_seam;
 mod swin;
 mod two_way;

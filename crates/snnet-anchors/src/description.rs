@@ -16,12 +16,17 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
-use snnet_core::{cost::route_cost, AnchorCosts, AnchorLayout, Behaviour, Kernels, RouteCost, SpaceSettings, StitchSpace, StitchedNet};
+use snnet_core::{
+    cost::route_cost, net::PackSummary, AnchorCosts, AnchorLayout, Behaviour, Kernels, RouteCost, SpaceSettings, StitchSpace, StitchedNet,
+};
 
 use crate::{
     error::{Error, Result},
     family::{family_defaults, preset_names, AnyAnchor, Architecture, ARCHITECTURES},
 };
+
+/// The metadata entry of a weight file that holds the [`Description`] of its network (JSON).
+pub const DESCRIPTION_METADATA: &str = "snnet.description";
 
 /// One anchor: a preset name or an explicit architecture.
 ///
@@ -216,6 +221,60 @@ impl Description {
         self.check_network_size()?;
         let anchors = self.anchors.iter().map(|a| a.init::<B>(device)).collect::<Result<Vec<_>>>()?;
         Ok(StitchedNet::new(anchors, &self.space, self.behaviour.clone(), device)?)
+    }
+
+    /// [`build`](Self::build) with the parameters left lazy ([`StitchedNet::unmaterialized`]): for
+    /// a network whose weights are loaded next, above all from a route pack, whose unused parts then
+    /// never take memory.
+    pub fn build_unmaterialized<B: Kernels>(&self, device: &B::Device) -> Result<StitchedNet<B, AnyAnchor<B>>> {
+        self.check_network_size()?;
+        let anchors = self.anchors.iter().map(|a| a.init::<B>(device)).collect::<Result<Vec<_>>>()?;
+        Ok(StitchedNet::unmaterialized(anchors, &self.space, self.behaviour.clone(), device)?)
+    }
+
+    /// Writes a route pack of `net`, built from this description: the tensors `routes` use, with
+    /// this description in the metadata ([`DESCRIPTION_METADATA`]) so that
+    /// [`open_route_pack`](Self::open_route_pack) needs nothing but the file
+    /// ([`StitchedNet::save_route_pack`] says what else it holds).
+    pub fn save_route_pack<B: Kernels>(
+        &self,
+        net: &StitchedNet<B, AnyAnchor<B>>,
+        routes: &[usize],
+        path: &Path,
+        extra: std::collections::HashMap<String, String>,
+    ) -> Result<PackSummary> {
+        // The pack holds the stitching layers merged (SN-Netv2's LoRA folded in): its network has
+        // plain affine layers.
+        let mut stored = self.clone();
+        stored.space.lora_rank = 0;
+        let mut meta = extra;
+        meta.insert(DESCRIPTION_METADATA.into(), stored.to_json());
+        Ok(net.save_route_pack(routes, path, meta)?)
+    }
+
+    /// Opens a route pack written by [`save_route_pack`](Self::save_route_pack): the network its
+    /// metadata describes, built without initialising anything, with the pack's tensors loaded.
+    /// It runs the pack's routes under their ids in the whole space. Returns the network, the
+    /// description and the file's metadata.
+    pub fn open_route_pack<B: Kernels>(
+        path: &Path,
+        device: &B::Device,
+    ) -> Result<(StitchedNet<B, AnyAnchor<B>>, Self, std::collections::HashMap<String, String>)> {
+        let desc = Self::from_weight_file(path)?;
+        let (net, meta) = desc.build_unmaterialized::<B>(device)?.load_route_pack(path)?;
+        Ok((net, desc, meta))
+    }
+
+    /// The description stored in a weight file's metadata ([`DESCRIPTION_METADATA`], which route
+    /// packs and `snnet infer` outputs carry), reading the file's header only.
+    pub fn from_weight_file(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let meta = snnet_core::weights::read_weights_metadata(path)?;
+        let text = meta.get(DESCRIPTION_METADATA).ok_or_else(|| Error::Description {
+            path: shown.clone(),
+            reason: format!("the file holds no `{DESCRIPTION_METADATA}` metadata: give the network's description (--config)"),
+        })?;
+        Self::from_json(text, &format!("{shown} (`{DESCRIPTION_METADATA}` metadata)"))
     }
 
     /// The parameters of the whole network within [`limits::max_params`](crate::limits::max_params).

@@ -285,7 +285,7 @@ impl LevitConfig {
         let mlp = |c: usize, ratio: usize| {
             LevitModule::Mlp(ResidualMlp { m: vec![Some(linear_bn(c, c * ratio)), None, Some(linear_bn(c * ratio, c))] })
         };
-        let biases = |heads: usize, positions: usize| Param::from_tensor(Tensor::zeros([heads, positions], device));
+        let biases = |heads: usize, positions: usize| Initializer::Zeros.init([heads, positions], device);
         let d = self.key_dim;
         let mut blocks = Vec::new();
         for s in 0..self.num_stages() {

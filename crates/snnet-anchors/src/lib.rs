@@ -19,7 +19,7 @@ pub mod vit;
 /// The seam between the anchors' layers and the backends (re-exported from the engine crate).
 pub use snnet_core::kernels;
 
-pub use description::{AnchorSpec, Description};
+pub use description::{AnchorSpec, Description, DESCRIPTION_METADATA};
 pub use error::{Error, Result};
 pub use family::{family_defaults, preset_names, presets, AnyAnchor, Architecture, Family, ARCHITECTURES};
 pub use levit::{Levit, LevitConfig};

@@ -232,6 +232,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a route pack, the file to deploy: only the tensors of the routes given (each shared
+    /// tensor once, SN-Netv2's LoRA layers merged), with the network's description in its metadata,
+    /// so that `snnet --weights FILE infer|bench|eval` needs nothing else and builds only what the
+    /// routes use.
+    Export {
+        /// Route ids, comma separated (`--route 24` for one), or `frontier`: the routes on the Pareto
+        /// frontier of `--results`' accuracy against `--x`.
+        #[arg(long, visible_alias = "route", value_name = "IDS|frontier")]
+        routes: String,
+        /// Where the accuracies of `--routes frontier` come from.
+        #[command(flatten)]
+        tables: TableArgs,
+        /// Cost metric of the frontier, smaller is better: gflops, params, latency_ms, …
+        #[arg(long, default_value = "gflops")]
+        x: String,
+        /// The route pack to write (safetensors).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Print the Pareto frontier of two metrics (default: accuracy against GFLOPs).
     Frontier {
         /// Where the measured metrics come from.

@@ -66,6 +66,68 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             select_route(&desc, &tables, &budgets, json)
         }
         Command::Frontier { tables, x, y, json, plot } => frontier(&desc, &tables, &x, &y, json, &plot),
+        Command::Export { routes, tables, x, output } => {
+            let routes = export_routes(&desc, &routes, &tables, &x)?;
+            run_on_with(device, precision, Export { desc, net: &cli.network, routes, output: &output })?
+        }
+    }
+}
+
+/// The routes `snnet export --routes` names: ids, or `frontier` (of `--results` against `x`).
+fn export_routes(desc: &Description, routes: &str, tables: &TableArgs, x: &str) -> Result<Vec<usize>, BoxError> {
+    if routes != "frontier" {
+        return routes
+            .split(',')
+            .map(|id| {
+                id.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("--routes: `{id}` is not a route id (ids, comma separated, or `frontier`)").into())
+            })
+            .collect();
+    }
+    if tables.results.is_none() {
+        return Err("--routes frontier needs the accuracies: give --results FILE (from `snnet eval`)".into());
+    }
+    let table = route_table(desc, tables)?;
+    if !table.iter().any(|r| r.get(x).is_some()) {
+        return Err(format!("no route has the metric `{x}` for the frontier; give --latency for latency_ms").into());
+    }
+    Ok(pareto_frontier(&table, (x, Goal::Minimize), ("acc1", Goal::Maximize)))
+}
+
+/// `snnet export`.
+struct Export<'a> {
+    desc: Description,
+    net: &'a NetworkArgs,
+    routes: Vec<usize>,
+    output: &'a Path,
+}
+
+impl BackendTask for Export<'_> {
+    type Output = Result<(), BoxError>;
+
+    fn run<B: Kernels>(self, device: B::Device, _name: &'static str) -> Self::Output {
+        let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
+        let summary = self.desc.save_route_pack(&net, &self.routes, self.output, HashMap::new())?;
+        let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+        let whole = net.route_pack_summary(&net.available_routes())?;
+        let separate: u64 = summary.routes.iter().map(|&id| net.route_pack_summary(&[id]).map(|s| s.bytes)).sum::<Result<u64, _>>()?;
+        out!(
+            "wrote {}: routes {:?}, {} tensors, {} parameters{}, {:.2} MiB",
+            self.output.display(),
+            summary.routes,
+            summary.tensors,
+            summary.parameters,
+            if summary.buffers > 0 { format!(" and {} BatchNorm statistics", summary.buffers) } else { String::new() },
+            mib(summary.bytes)
+        );
+        out!(
+            "the whole network: {:.2} MiB; {} separate export(s) of these routes: {:.2} MiB",
+            mib(whole.bytes),
+            summary.routes.len(),
+            mib(separate)
+        );
+        Ok(())
     }
 }
 
@@ -192,10 +254,14 @@ fn frontier(desc: &Description, tables: &TableArgs, x: &str, y: &str, json: bool
 
 /// The description from `--config`, with `--anchors` and space flags applied on top.
 fn description(args: &NetworkArgs) -> Result<Description, BoxError> {
-    let mut desc = match (&args.config, &args.anchors) {
-        (Some(path), _) => Description::from_file(path)?,
-        (None, Some(names)) => Description::from_names(names),
-        (None, None) => return Err("give the network with --config FILE or --anchors NAME,NAME,…".into()),
+    let mut desc = match (&args.config, &args.anchors, &args.weights) {
+        (Some(path), _, _) => Description::from_file(path)?,
+        (None, Some(names), _) => Description::from_names(names),
+        // Route packs (`snnet export`) carry their description.
+        (None, None, Some(weights)) => Description::from_weight_file(weights)?,
+        (None, None, None) => {
+            return Err("give the network with --config FILE or --anchors NAME,NAME,… (or a route pack with --weights)".into())
+        }
     };
     if let (Some(_), Some(names)) = (&args.config, &args.anchors) {
         desc.anchors = Description::from_names(names).anchors;
@@ -315,11 +381,17 @@ pub(crate) fn build_net_with_metadata<B: Kernels>(
     device: &B::Device,
 ) -> Result<(Net<B>, HashMap<String, String>), BoxError> {
     B::seed(device, args.seed);
-    let net = desc.build::<B>(device)?;
     Ok(match &args.weights {
-        Some(w) => net.load(w)?,
-        None => (net, HashMap::new()),
+        // A route pack: only what its routes use is built and loaded.
+        Some(w) if is_route_pack(w) => desc.build_unmaterialized::<B>(device)?.load_route_pack(w)?,
+        Some(w) => desc.build::<B>(device)?.load(w)?,
+        None => (desc.build::<B>(device)?, HashMap::new()),
     })
+}
+
+/// Whether `path` is a route pack (safetensors whose metadata lists its routes).
+fn is_route_pack(path: &Path) -> bool {
+    snnet::weights::read_weights_metadata(path).is_ok_and(|meta| meta.contains_key(snnet::ROUTES_METADATA))
 }
 
 struct Bench<'a> {
@@ -345,7 +417,7 @@ impl BackendTask for Bench<'_> {
                 }
                 r.clone()
             }
-            None => (0..net.num_routes()).collect(),
+            None => net.available_routes(),
         };
         let [c, h, w] = net.layouts()[0].input;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -632,7 +704,7 @@ impl BackendTask for Infer<'_> {
         let (net, metadata) = build_inference_net::<B>(&self.desc, self.net, &device)?;
         let uninitialised = metadata.get(STITCHING_KEY).is_some_and(|s| s == "uninitialised");
         let routes: Vec<usize> = if self.route == "all" {
-            (0..net.num_routes()).collect()
+            net.available_routes()
         } else {
             let id = self.route.parse::<usize>().map_err(|_| format!("--route must be a route id or `all`, got `{}`", self.route))?;
             net.route(id)?;
@@ -661,7 +733,7 @@ impl BackendTask for Infer<'_> {
             let key = if routes.len() == 1 && self.route != "all" { "logits".to_string() } else { format!("logits.{id}") };
             out.push((key, NamedTensor { shape, data, stored_as: "F32" }));
         }
-        write_safetensors(self.output, &out, HashMap::from([("snnet.description".to_string(), self.desc.to_json())]))?;
+        write_safetensors(self.output, &out, HashMap::from([(snnet::anchors::DESCRIPTION_METADATA.to_string(), self.desc.to_json())]))?;
         eprintln!("wrote {} logits tensor(s) to {}", out.len(), self.output.display());
         Ok(())
     }

@@ -109,7 +109,7 @@ impl snnet::backend::BackendTask for Eval<'_> {
         let dataset = open_dataset(&self.data.data, Split::Test, &net.layouts()[0])?;
         let workers = self.workers.unwrap_or_else(|| snnet::backend::default_workers(name));
         let data = Prefix::new(dataset.as_ref(), self.limit.unwrap_or(usize::MAX));
-        let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| (0..net.num_routes()).collect());
+        let wanted: Vec<usize> = self.routes.clone().unwrap_or_else(|| net.available_routes());
         let rows = evaluate_into(&net, &data, &wanted, self.batch, workers, self.output)?;
         let names: Vec<String> = self.desc.anchors.iter().map(|a| a.name()).collect();
         print!("{}", route_table(&net, &rows, &names));

@@ -933,3 +933,74 @@ fn help_documents_the_limits_the_library_applies() {
         assert!(out.contains(&fixed.to_string()), "{fixed} in {out}");
     }
 }
+
+#[test]
+fn export_writes_a_route_pack_that_runs_alone_with_the_whole_networks_logits() {
+    let config = import_fixture("mini_vit.json");
+    let config = config.to_str().unwrap();
+    let input = tmp("export-input.safetensors");
+    let data: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i % 23) as f32 - 11.0) / 11.0).collect();
+    write_safetensors(&input, &[("input".into(), NamedTensor { shape: vec![2, 3, 32, 32], data, stored_as: "F32" })], Default::default())
+        .unwrap();
+    let (input, whole) = (input.to_str().unwrap(), tmp("export-whole.safetensors"));
+    let (ok, _, err) =
+        snnet(&["--config", config, "--seed", "3", "infer", "--route", "all", "--input", input, "--output", whole.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let whole = read_tensors(&whole).unwrap().0;
+
+    // The frontier of a results file, as one pack.
+    let results = tmp("export-results.jsonl");
+    let lines: Vec<String> = (0..whole.len()).map(|id| format!(r#"{{"cfg_id": {id}, "acc1": {}}}"#, (id * 7 % 11) as f64)).collect();
+    std::fs::write(&results, lines.join("\n")).unwrap();
+    let pack = tmp("export-frontier.safetensors");
+    let (ok, out, err) = snnet(&[
+        "--config",
+        config,
+        "--seed",
+        "3",
+        "export",
+        "--routes",
+        "frontier",
+        "--results",
+        results.to_str().unwrap(),
+        "--output",
+        pack.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("the whole network:") && out.contains("separate export(s)"), "{out}");
+    // Nothing but the file: `--route all` runs the pack's routes, with the whole network's logits.
+    let logits = tmp("export-logits.safetensors");
+    let (ok, out, err) =
+        snnet(&["--weights", pack.to_str().unwrap(), "infer", "--route", "all", "--input", input, "--output", logits.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let from_pack = read_tensors(&logits).unwrap().0;
+    assert!(from_pack.len() >= 2 && from_pack.len() < whole.len(), "{out}");
+    for (key, t) in &from_pack {
+        assert_eq!(t.data, whole[key].data, "{key}: bit-equal");
+    }
+
+    // One route; another route of the same file is refused by name.
+    let one = tmp("export-one.safetensors");
+    let (ok, out, err) = snnet(&["--config", config, "export", "--route", "5", "--output", one.to_str().unwrap()]);
+    assert!(ok && out.contains("routes [5]"), "{out}{err}");
+    let (ok, _, err) =
+        snnet(&["--weights", one.to_str().unwrap(), "infer", "--route", "4", "--input", input, "--output", logits.to_str().unwrap()]);
+    assert!(!ok && err.contains("route 4 is not in this route pack, which holds routes [5]"), "{err}");
+
+    // Bad requests.
+    for (routes, extra, says) in [
+        ("frontier", None, "needs the accuracies"),
+        ("5,x", None, "`x` is not a route id"),
+        ("5,500", None, "unknown route id 500"),
+        ("frontier", Some(("--x", "latency_ms")), "latency_ms"),
+    ] {
+        let mut args = vec!["--config", config, "export", "--routes", routes, "--output", "/nonexistent/never.safetensors"];
+        if let Some((flag, value)) = extra {
+            args.extend(["--results", results.to_str().unwrap(), flag, value]);
+        }
+        let (ok, _, err) = snnet(&args);
+        assert!(!ok && err.contains(says), "{routes}: {err}");
+    }
+    let (ok, _, err) = snnet(&["--weights", input, "infer", "--route", "all", "--input", input, "--output", logits.to_str().unwrap()]);
+    assert!(!ok && err.contains("snnet.description") && err.contains("--config"), "{err}");
+}

@@ -13,6 +13,14 @@ pub enum Error {
         /// How many routes the network has.
         num_routes: usize,
     },
+    /// A route of the space that the route pack the network was loaded from does not hold.
+    #[error("route {id} is not in this route pack, which holds routes {available:?}")]
+    RouteNotInPack {
+        /// The id that was asked for.
+        id: usize,
+        /// The routes the pack holds.
+        available: Vec<usize>,
+    },
     /// Stitch-space settings that the official strategies cannot use.
     #[error("invalid stitch-space setting `{setting}`: {reason}")]
     InvalidSettings {

@@ -31,7 +31,7 @@ pub use cost::RouteCost;
 pub use error::{Error, Result};
 pub use features::Features;
 pub use layout::{AnchorCosts, AnchorLayout, FeatureKind, PartCost, StageLayout};
-pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, StatePart, StitchedNet};
+pub use net::{Behaviour, LsProgress, LsReport, NetworkDescription, PackSummary, StatePart, StitchedNet, ROUTES_METADATA};
 pub use select::{merge_metrics, pareto_frontier, parse_metric_lines, select, Budget, Goal, RouteMetrics};
 /// Reads a whole file, refusing named pipes, devices and directories instead of blocking on them
 /// (from `snnet-io`, which every file snnet reads goes through).

@@ -90,6 +90,7 @@ impl KeyPath {
 struct Exporter<'a, F: Fn(&str) -> String> {
     path: KeyPath,
     remap: &'a F,
+    wanted: &'a dyn Fn(&str) -> bool,
     out: Vec<(String, NamedTensor)>,
 }
 
@@ -104,19 +105,33 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleVisitor<B> for Exporter<'_, F> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let (key, transposed) = self.path.torch_key();
+        let key = (self.remap)(&key);
+        if !(self.wanted)(&key) {
+            return;
+        }
         let mut t = param.val();
         if transposed && D == 2 {
             t = t.transpose();
         }
         let shape = t.dims().to_vec();
         let data = t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        self.out.push(((self.remap)(&key), NamedTensor { shape, data, stored_as: "F32" }));
+        self.out.push((key, NamedTensor { shape, data, stored_as: "F32" }));
     }
 }
 
 /// Every float parameter of `module` under its PyTorch key (after `remap`), in PyTorch orientation.
 pub fn export_tensors<B: Backend, M: Module<B>>(module: &M, remap: &impl Fn(&str) -> String) -> Vec<(String, NamedTensor)> {
-    let mut exporter = Exporter { path: KeyPath::default(), remap, out: Vec::new() };
+    export_tensors_where(module, remap, &|_| true)
+}
+
+/// [`export_tensors`] for the keys (after `remap`) that `wanted` accepts; the other parameters
+/// are not read (a lazily initialised one stays uninitialised).
+pub fn export_tensors_where<B: Backend, M: Module<B>>(
+    module: &M,
+    remap: &impl Fn(&str) -> String,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<(String, NamedTensor)> {
+    let mut exporter = Exporter { path: KeyPath::default(), remap, wanted, out: Vec::new() };
     module.visit(&mut exporter);
     exporter.out
 }
@@ -144,14 +159,16 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleMapper<B> for Importer<'_, F> {
         if !(self.wanted)(&key) {
             return param;
         }
-        let (id, tensor, mapper) = param.consume();
-        let mut expected = tensor.dims().to_vec();
+        // Shape and device from the parameter as declared: a lazily initialised parameter is
+        // replaced without ever being initialised (a route pack loads only what its routes use).
+        let stored: Vec<usize> = param.lazy_shape().iter().copied().collect();
+        let mut expected = stored.clone();
         if transposed && D == 2 {
             expected.swap(0, 1);
         }
         let Some(found) = self.tensors.remove(&key) else {
             self.errors.push(format!("missing tensor `{key}` (expected shape {expected:?})"));
-            return Param::from_mapped_value(id, tensor, mapper);
+            return param;
         };
         // A 1×1 convolution weight `[o, i, 1, 1]` loads into a channel map `[o, i]`.
         let squeezed: Vec<usize> = if found.shape.len() > expected.len() && found.shape[expected.len()..].iter().all(|&d| d == 1) {
@@ -161,17 +178,13 @@ impl<B: Backend, F: Fn(&str) -> String> ModuleMapper<B> for Importer<'_, F> {
         };
         if squeezed != expected {
             self.errors.push(format!("tensor `{key}` has shape {:?}, the network expects {expected:?}", found.shape));
-            return Param::from_mapped_value(id, tensor, mapper);
+            return param;
         }
-        let device = tensor.device();
         // burn's `[in, out]` Linear layout, transposed on the host so the parameter is contiguous.
         let data = if transposed && D == 2 { transpose_2d(&found.data, expected[0], expected[1]) } else { found.data };
-        let stored = tensor.dims().to_vec();
-        let mut value = Tensor::<B, D>::from_data(TensorData::new(data, stored), &device);
-        if tensor.is_require_grad() {
-            value = value.require_grad();
-        }
-        Param::from_mapped_value(id, value, mapper)
+        let value = Tensor::<B, D>::from_data(TensorData::new(data, stored), &param.lazy_device());
+        let id = param.id;
+        param.transform_for_load(value, id)
     }
 }
 
@@ -265,6 +278,13 @@ pub fn read_weights(path: &Path) -> Result<LoadedWeights> {
     let shown = path.display().to_string();
     let bytes = snnet_io::read_regular_file(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
     parse_weights(&bytes, &shown)
+}
+
+/// The metadata of a safetensors weight file, reading its header only.
+pub fn read_weights_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let shown = path.display().to_string();
+    snnet_io::read_safetensors_metadata(path)
+        .map_err(|e| Error::WeightFile { path: shown.clone(), reason: strip_source(&e.to_string(), &shown) })
 }
 
 /// [`read_weights`] on bytes in memory; `source` names them in errors.

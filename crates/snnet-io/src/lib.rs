@@ -281,6 +281,49 @@ fn describe_file_type(kind: std::fs::FileType) -> &'static str {
     }
 }
 
+/// The `__metadata__` entries of a safetensors file, reading its header only (the tensor data is
+/// not read). A file that is not safetensors, or whose header is truncated or corrupt, is an error.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    /// safetensors' own bound on a header.
+    const MAX_HEADER: u64 = 100 << 20;
+    let name = path.display().to_string();
+    let io = |err: std::io::Error| Error::Io { file: name.clone(), err };
+    let st_err = |message: String| Error::Safetensors { file: name.clone(), message };
+    let kind = std::fs::metadata(path).map_err(io)?.file_type();
+    if !kind.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file but {}: give the path of a file", describe_file_type(kind)),
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(|_| st_err("truncated header: fewer than the 8 bytes of its length".into()))?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER {
+        return Err(st_err(format!("a header of {length} bytes, over safetensors' limit of {MAX_HEADER}: not a safetensors file?")));
+    }
+    let mut header = Vec::with_capacity(length as usize);
+    file.take(length).read_to_end(&mut header).map_err(io)?;
+    if header.len() as u64 != length {
+        return Err(st_err(format!("truncated header: {} of its {length} bytes", header.len())));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| st_err(format!("corrupt header: {e}: not a safetensors file?")))?;
+    let metadata = match value.get("__metadata__") {
+        None => return Ok(HashMap::new()),
+        Some(m) => m.as_object().ok_or_else(|| st_err("`__metadata__` is not an object".into()))?,
+    };
+    metadata
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(text) => Ok((k.clone(), text.to_string())),
+            None => Err(st_err(format!("metadata entry `{k}` is not a string"))),
+        })
+        .collect()
+}
+
 /// Parses a safetensors file (dtypes F64/F32/F16/BF16/I64/I32/I16/I8/U8/BOOL).
 pub fn parse_safetensors(bytes: &[u8], source: &str) -> Result<WeightFile> {
     use safetensors::{Dtype, SafeTensorError, SafeTensors};

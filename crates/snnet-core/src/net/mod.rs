@@ -23,9 +23,11 @@ use crate::{
 };
 
 mod calibration;
+mod route_pack;
 mod weight_io;
 
 pub use calibration::{LsLayerReport, LsProgress, LsReport};
+pub use route_pack::{PackSummary, ROUTES_METADATA};
 pub use weight_io::{StatePart, FORMAT_VERSION};
 
 /// Switches between the official implementation's behaviour and our corrections (docs/design.md,
@@ -76,6 +78,9 @@ pub struct StitchedNet<B: Backend, A, L = StitchingLayer<B>> {
     behaviour: Behaviour,
     #[module(skip)]
     selected: usize,
+    /// The routes a route pack holds (`None`: every route of the space).
+    #[module(skip)]
+    pack_routes: Option<Vec<usize>>,
     #[module(skip)]
     backend: PhantomData<B>,
 }
@@ -84,17 +89,25 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     /// Stitches `anchors` with fresh stitching layers ([`Stitch::for_slot`]; for the affine layer,
     /// PyTorch's default Linear init).
     pub fn new(anchors: Vec<A>, settings: &SpaceSettings, behaviour: Behaviour, device: &B::Device) -> Result<Self> {
+        let net = Self::unmaterialized(anchors, settings, behaviour, device)?;
+        // burn initialises parameters lazily, drawing from the backend's RNG on first use; touching
+        // them all now, in module order, makes a seeded network independent of which route runs first.
+        net.visit(&mut Materialize);
+        Ok(net)
+    }
+
+    /// [`new`](Self::new) without initialising the parameters that the anchors and stitching
+    /// layers declare lazily: they take memory only when something reads them. For a network whose
+    /// weights are about to be loaded, above all a route pack
+    /// ([`load_route_pack`](Self::load_route_pack)), whose unused parts are never read.
+    pub fn unmaterialized(anchors: Vec<A>, settings: &SpaceSettings, behaviour: Behaviour, device: &B::Device) -> Result<Self> {
         let layouts: Vec<AnchorLayout> = anchors.iter().map(|a| a.layout().clone()).collect();
         let space = StitchSpace::build(&layouts, settings)?;
         let stitch_layers = space.layers.iter().map(|slot| L::for_slot(slot, device)).collect::<Result<Vec<_>>>()?;
         let costs: Vec<AnchorCosts> = anchors.iter().map(|a| a.costs()).collect();
         let final_norm = behaviour.stitched_final_norm(settings);
         let route_costs = space.routes.iter().map(|r| route_cost(r, &layouts, &costs, &space.layers, final_norm)).collect();
-        let net = Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0, backend: PhantomData };
-        // burn initialises parameters lazily, drawing from the backend's RNG on first use; touching
-        // them all now, in module order, makes a seeded network independent of which route runs first.
-        net.visit(&mut Materialize);
-        Ok(net)
+        Ok(Self { anchors, stitch_layers, space, layouts, route_costs, behaviour, selected: 0, pack_routes: None, backend: PhantomData })
     }
 
     /// The network as inference runs it: every stitching layer in its merged form
@@ -150,10 +163,28 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         &self.route_costs
     }
 
+    /// The ids of the routes this network can run: every route of the space, or those of the
+    /// route pack it was loaded from.
+    pub fn available_routes(&self) -> Vec<usize> {
+        match &self.pack_routes {
+            Some(routes) => routes.clone(),
+            None => (0..self.num_routes()).collect(),
+        }
+    }
+
+    /// Route `id` if this network can run it: it exists and, for a route pack, the pack holds it.
+    fn runnable_route(&self, id: usize) -> Result<&Route> {
+        let route = self.space.route(id)?;
+        match &self.pack_routes {
+            Some(routes) if !routes.contains(&id) => Err(Error::RouteNotInPack { id, available: routes.clone() }),
+            _ => Ok(route),
+        }
+    }
+
     /// Selects the route used by [`forward_selected`](Self::forward_selected) (the official
     /// `reset_stitch_id`). Switching is free: nothing is reloaded or allocated.
     pub fn select(&mut self, id: usize) -> Result<()> {
-        self.space.route(id)?;
+        self.runnable_route(id)?;
         self.selected = id;
         Ok(())
     }
@@ -170,7 +201,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
 
     /// Runs route `id` on images `[batch, channels, height, width]`, giving logits `[batch, classes]`.
     pub fn forward(&self, images: Tensor<B, 4>, id: usize) -> Result<Tensor<B, 2>> {
-        let route = self.space.route(id)?;
+        let route = self.runnable_route(id)?;
         self.check_input(&images, route.comb_id[0])?;
         Ok(self.forward_route(images, route))
     }

@@ -8,7 +8,7 @@ use crate::{
     error::{Error, Result},
     space::StitchSpace,
     stitch::Stitch,
-    weights::{export_tensors, first_difference, import_tensors_where, read_weights, write_safetensors, LoadedWeights, TensorMap},
+    weights::{export_tensors_where, first_difference, import_tensors_where, read_weights, write_safetensors, LoadedWeights, TensorMap},
     Kernels,
 };
 
@@ -30,7 +30,13 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     /// Every parameter under its official key, in PyTorch orientation (1×1 conv shape for the
     /// affine stitching layers' `transform.weight` on maps).
     pub fn named_tensors(&self) -> Vec<(String, crate::weights::NamedTensor)> {
-        let mut tensors = export_tensors::<B, _>(self, &|p| official_key_of(&self.space, p));
+        self.named_tensors_where(&|_| true)
+    }
+
+    /// [`named_tensors`](Self::named_tensors) for the keys that `wanted` accepts; the other
+    /// parameters are not read.
+    pub(super) fn named_tensors_where(&self, wanted: &dyn Fn(&str) -> bool) -> Vec<(String, crate::weights::NamedTensor)> {
+        let mut tensors = export_tensors_where::<B, _>(self, &|p| official_key_of(&self.space, p), wanted);
         for slot in self.space.layers.iter().filter(|s| s.in_kind == crate::layout::FeatureKind::Map) {
             let key = format!("{}.transform.weight", slot.key());
             if let Some((_, t)) = tensors.iter_mut().find(|(k, _)| *k == key) {
@@ -42,7 +48,11 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
 
     /// Writes an snnet weight file: official key layout, PyTorch orientation, and the network
     /// description plus `extra` entries in the safetensors metadata.
+    /// A network loaded from a route pack saves as a route pack of its routes.
     pub fn save(&self, path: &Path, extra: HashMap<String, String>) -> Result<()> {
+        if let Some(routes) = &self.pack_routes {
+            return self.save_route_pack(routes, path, extra).map(|_| ());
+        }
         let mut meta = extra;
         meta.insert("format".into(), "snnet".into());
         meta.insert("format_version".into(), FORMAT_VERSION.into());
@@ -81,6 +91,12 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     pub fn load_with_report(self, path: &Path) -> Result<(Self, LoadedWeights, usize)> {
         let shown = path.display().to_string();
         let mut loaded = read_weights(path)?;
+        if let Some(routes) = loaded.metadata.get(super::ROUTES_METADATA) {
+            return Err(Error::WeightFile {
+                path: shown,
+                reason: format!("a route pack of routes {routes}, not a whole network: load it as a route pack"),
+            });
+        }
         self.check_description(&loaded.metadata, &shown)?;
         let before = loaded.tensors.len();
         let net = self.load_state(&mut loaded.tensors, StatePart::All, &shown)?;
@@ -88,7 +104,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     }
 
     /// Refuses metadata written for another network or another format version.
-    fn check_description(&self, meta: &HashMap<String, String>, shown: &str) -> Result<()> {
+    pub(super) fn check_description(&self, meta: &HashMap<String, String>, shown: &str) -> Result<()> {
         if let Some(version) = meta.get("format_version") {
             if version != FORMAT_VERSION {
                 return Err(Error::WeightFile {
@@ -195,7 +211,7 @@ pub enum StatePart {
 }
 
 /// Maps burn's path of a stitching layer (`stitch_layers.{slot}.…`) to its official key.
-fn official_key_of(space: &StitchSpace, path: &str) -> String {
+pub(super) fn official_key_of(space: &StitchSpace, path: &str) -> String {
     if let Some(rest) = path.strip_prefix("stitch_layers.") {
         if let Some((slot, tail)) = rest.split_once('.') {
             if let Some(layer) = slot.parse::<usize>().ok().and_then(|s| space.layers.get(s)) {
