@@ -49,9 +49,9 @@ pub use snnet_anchors::{
 };
 pub use snnet_core as core;
 pub use snnet_core::{
-    cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Error, FeatureKind,
-    Features, Goal, IdentityStitch, Kernels, LayerSlot, LeastSquaresFit, LsProgress, LsReport, PackSummary, PairedVariant, PartCost, Route,
-    RouteCost, RouteMetrics, SpaceKind, SpaceSettings, StageLayout, StatePart, Stitch, StitchLinear, StitchSpace, StitchedNet,
-    StitchingLayer, ROUTES_METADATA,
+    controller, cost, lstsq, select, space, weights, Anchor, AnchorCosts, AnchorLayout, AutodiffKernels, Behaviour, Budget, Clock,
+    ControllerSettings, Error, FeatureKind, Features, Goal, IdentityStitch, Kernels, LatencyTarget, LayerSlot, LeastSquaresFit, LsProgress,
+    LsReport, PackSummary, PairedVariant, PartCost, Route, RouteCandidate, RouteController, RouteCost, RouteMetrics, SpaceKind,
+    SpaceSettings, StageLayout, StatePart, Stitch, StitchLinear, StitchSpace, StitchedNet, StitchingLayer, SystemClock, ROUTES_METADATA,
 };
 pub use snnet_train as train;

@@ -97,6 +97,9 @@ pub enum Error {
     /// A metric was missing or malformed for selection.
     #[error("metric error: {0}")]
     Metric(String),
+    /// A route controller that cannot be built, or an observation it refuses.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
     /// Input/output failure.
     #[error("I/O error on {path}: {source}")]
     Io {

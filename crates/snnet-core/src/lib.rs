@@ -5,12 +5,15 @@
 //! - [`StitchedNet`]: the anchors plus stitching layers; forward through any route, least-squares
 //!   initialisation, weight files;
 //! - [`cost`], [`select`](mod@select): FLOPs/parameters per route, Pareto frontiers and budgets;
+//! - [`controller`]: [`RouteController`], which switches routes at run time to keep a latency
+//!   target while the machine's load changes;
 //! - [`stochastic`], [`rng`]: seeded stochastic depth and the generator behind it, so training runs
 //!   reproduce and resume exactly.
 
 #![warn(missing_docs)]
 
 pub mod anchor;
+pub mod controller;
 pub mod cost;
 pub mod error;
 pub mod features;
@@ -27,6 +30,10 @@ pub mod stochastic;
 pub mod weights;
 
 pub use anchor::Anchor;
+pub use controller::{
+    candidates_from_jsonl, Clock, ControllerError, ControllerSettings, LatencyTarget, RouteCandidate, RouteController, RouteSwitch,
+    SwitchReason, SystemClock,
+};
 pub use cost::RouteCost;
 pub use error::{Error, Result};
 pub use features::Features;
