@@ -7,9 +7,13 @@
 //! (observed / idle latency of the route that ran) of the last few forwards; the target's
 //! percentile of them is the load estimate, and a route's predicted latency is its idle latency
 //! times the estimate, so what one route shows applies to every route. It moves down as soon as the
-//! running route is predicted over the target, and up only when a more accurate route is predicted
-//! to fit with headroom for a sustained run of forwards. The decisions are pure logic: no clock is
-//! read outside [`RouteController::run`].
+//! running route is predicted over the target (to the most accurate route predicted to fit), and up
+//! one step of the frontier at a time, only when the next route is predicted to fit with headroom
+//! for a sustained run of forwards. Load does not slow every route alike (on a busy CPU the longer
+//! forwards suffer more), so predictions across routes are rough: after a switch the window starts
+//! again on the new route, and a move up that proves over the target soon after (a failed probe)
+//! doubles the wait before the next one. The decisions are pure logic: no clock is read outside
+//! [`RouteController::run`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -137,13 +141,17 @@ pub struct ControllerSettings {
     pub up_after: usize,
     /// Forwards of a newly chosen route before the next switch.
     pub cooldown: usize,
+    /// A route taken up that proves over the target within `window` forwards was a failed probe:
+    /// the wait before the next move up doubles, up to `max_backoff` × `up_after` (at least 1);
+    /// a route taken up that holds for `window` forwards resets the wait to `up_after`.
+    pub max_backoff: usize,
     /// Switches remembered ([`RouteController::switches`]): the most recent ones.
     pub history: usize,
 }
 
 impl Default for ControllerSettings {
     fn default() -> Self {
-        Self { window: 32, min_samples: 4, headroom: 0.15, up_after: 16, cooldown: 8, history: 256 }
+        Self { window: 32, min_samples: 4, headroom: 0.15, up_after: 16, cooldown: 8, max_backoff: 8, history: 256 }
     }
 }
 
@@ -334,6 +342,10 @@ pub struct RouteController {
     on_current: usize,
     /// Consecutive observations predicting a more accurate route to fit with headroom.
     up_streak: usize,
+    /// Consecutive such observations a move up needs now (`up_after`, doubled per failed probe).
+    up_wait: usize,
+    /// When the current route was taken by a move up still on probation (its request index).
+    probe: Option<u64>,
     switches: Vec<RouteSwitch>,
 }
 
@@ -382,7 +394,6 @@ impl RouteController {
             // The first route is a choice, not a switch: no cool-down.
             on_current: settings.cooldown,
             target,
-            settings,
             frontier,
             idle_ms,
             current,
@@ -390,6 +401,9 @@ impl RouteController {
             estimate: 1.0,
             requests: 0,
             up_streak: 0,
+            up_wait: settings.up_after,
+            probe: None,
+            settings,
             switches: Vec::new(),
         })
     }
@@ -477,6 +491,12 @@ impl RouteController {
         if cfg_id == self.current() {
             self.on_current = self.on_current.saturating_add(1);
         }
+        let on_probation = |entered: u64| request - entered <= self.settings.window as u64;
+        if self.probe.is_some_and(|entered| !on_probation(entered)) {
+            // The route taken up has held: the next move up waits the normal time again.
+            self.probe = None;
+            self.up_wait = self.settings.up_after;
+        }
         if self.ratios.len() < self.settings.min_samples {
             return None;
         }
@@ -486,24 +506,40 @@ impl RouteController {
             let to = self.most_accurate_within(target).unwrap_or(0);
             (to, SwitchReason::OverTarget { predicted_ms: self.predicted(self.current) })
         } else {
+            // Up one step of the frontier at a time: how much slower a more accurate route runs
+            // under this load is a prediction from another route's forwards.
+            let next = self.current + 1;
             let roomy = target * (1.0 - self.settings.headroom);
-            let Some(to) = self.most_accurate_within(roomy).filter(|&index| index > self.current) else {
+            if next >= self.frontier.len() || self.predicted(next) > roomy {
                 self.up_streak = 0;
                 return None;
-            };
+            }
             self.up_streak += 1;
-            if self.up_streak < self.settings.up_after {
+            if self.up_streak < self.up_wait {
                 return None;
             }
-            (to, SwitchReason::Headroom { predicted_ms: self.predicted(to) })
+            (next, SwitchReason::Headroom { predicted_ms: self.predicted(next) })
         };
         if to == self.current || self.on_current < self.settings.cooldown {
             return None;
         }
         let switch = RouteSwitch { request, from: self.current(), to: self.frontier[to].cfg_id, reason };
+        match reason {
+            SwitchReason::OverTarget { .. } => {
+                if self.probe.is_some_and(on_probation) {
+                    // A failed probe: the route taken up did not hold under this load.
+                    self.up_wait = (self.up_wait * 2).min(self.settings.up_after * self.settings.max_backoff);
+                }
+                self.probe = None;
+            }
+            SwitchReason::Headroom { .. } => self.probe = Some(request),
+        }
         self.current = to;
         self.on_current = 0;
         self.up_streak = 0;
+        // The window starts again on the new route: ratios seen on another route predict it only
+        // roughly (load slows routes unevenly).
+        self.ratios.clear();
         if self.settings.history > 0 {
             if self.switches.len() == self.settings.history {
                 self.switches.remove(0);
@@ -549,6 +585,9 @@ fn check_settings(settings: &ControllerSettings) -> Result<(), ControllerError> 
     }
     if settings.up_after == 0 {
         return invalid("up_after", "must be at least 1");
+    }
+    if settings.max_backoff == 0 {
+        return invalid("max_backoff", "must be at least 1");
     }
     Ok(())
 }
@@ -684,14 +723,52 @@ mod tests {
         let mut rng = SplitMix64::new(2);
         let (mut c, _) = slowed_down(&mut rng);
         let (window, up_after) = (c.settings().window, c.settings().up_after);
-        let forwards = until_switch(&mut c, &mut rng, 1000, 1.0, 0.02).expect("recovery moves it up");
-        // The slow ratios leave the window, then the up move waits for `up_after` forwards in a row.
-        assert!((up_after..=window + up_after).contains(&forwards), "moved up after {forwards} forwards");
-        // Straight to the most accurate route fitting with headroom: 40 ms ≤ 50 × 0.85.
-        let switch = *c.switches().last().unwrap();
-        assert_eq!((switch.from, switch.to), (3, 5));
-        assert!(matches!(switch.reason, SwitchReason::Headroom { predicted_ms } if predicted_ms <= 42.5));
+        // Up one step at a time, each after `up_after` forwards in a row predicting headroom (the
+        // window starts again at each switch, so `min_samples` ratios come first).
+        for (from, to) in [(3, 12), (12, 5)] {
+            let forwards = until_switch(&mut c, &mut rng, 1000, 1.0, 0.02).expect("recovery moves it up");
+            let (min_samples, up_after) = (c.settings().min_samples, c.settings().up_after);
+            assert!((up_after..=window.min(min_samples + up_after)).contains(&forwards), "{from} → {to} after {forwards} forwards");
+            let switch = *c.switches().last().unwrap();
+            assert_eq!((switch.from, switch.to), (from, to));
+            assert!(matches!(switch.reason, SwitchReason::Headroom { predicted_ms } if predicted_ms <= 42.5));
+        }
+        let _ = up_after;
         assert_eq!(until_switch(&mut c, &mut rng, 300, 1.0, 0.02), None);
+    }
+
+    /// Under load that slows the longer routes more than the shorter one shows, each move up is a
+    /// failed probe: the waits between them double up to `max_backoff` × `up_after`, and once the
+    /// load is gone a move up that holds brings the wait back to `up_after`.
+    #[test]
+    fn failed_probes_back_off_and_a_held_route_resets_the_wait() {
+        let mut rng = SplitMix64::new(6);
+        let (mut c, _) = slowed_down(&mut rng);
+        let settings = c.settings().clone();
+        // Route 3 runs at its idle latency, route 12 (30 ms) at ×1.8: 54 ms, over the target.
+        let mut probes = Vec::new();
+        for n in 0..3000u64 {
+            let route = c.current();
+            let factor = if route == 12 { 1.8 } else { 1.0 };
+            let idle = c.frontier().iter().find(|r| r.cfg_id == route).unwrap().latency_ms;
+            if let Some(switch) = c.observe(route, idle * factor).unwrap() {
+                if matches!(switch.reason, SwitchReason::Headroom { .. }) {
+                    probes.push(n);
+                }
+            }
+        }
+        let gaps: Vec<u64> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "waits between probes never shrink: {gaps:?}");
+        let longest = (settings.up_after * settings.max_backoff) as u64;
+        assert!(gaps.last().is_some_and(|&g| g >= longest && g <= longest + 2 * settings.cooldown as u64 + 2), "{gaps:?}");
+        assert!(probes.len() <= 30, "{} probes in 3000 forwards", probes.len());
+        // The load goes: the next move up holds, and the one after it waits only `up_after` again.
+        let first = until_switch(&mut c, &mut rng, 1000, 1.0, 0.0).expect("moves up");
+        assert!(first <= longest as usize + settings.window);
+        assert_eq!(c.current(), 12);
+        let second = until_switch(&mut c, &mut rng, 1000, 1.0, 0.0).expect("moves up again");
+        assert_eq!(c.current(), 5);
+        assert!(second <= settings.window + settings.up_after + 1, "the wait is back to normal: {second}");
     }
 
     #[test]
@@ -797,6 +874,7 @@ mod tests {
             (ControllerSettings { headroom: 1.0, ..defaults.clone() }, "headroom"),
             (ControllerSettings { headroom: f64::NAN, ..defaults.clone() }, "headroom"),
             (ControllerSettings { up_after: 0, ..defaults.clone() }, "up_after"),
+            (ControllerSettings { max_backoff: 0, ..defaults.clone() }, "max_backoff"),
         ] {
             let err = RouteController::with_settings(&ok, p95(10.0), settings).unwrap_err();
             assert!(matches!(err, E::InvalidSetting { setting, .. } if setting == name), "{err}");
@@ -814,12 +892,14 @@ mod tests {
             assert!(matches!(c.observe(5, bad), Err(ControllerError::InvalidObservation { cfg_id: 5, .. })));
         }
         assert_eq!(c.requests(), 0);
-        // Ratios 1..=20 from route 7 (10 ms): p95 of 20 is the 19th.
+        // Ratios 1..=20 from route 7 (10 ms). After the first four (p95: 4), route 5 is predicted
+        // at 160 ms and left for route 7; the window starts again, and p95 of ratios 5..=20 is 20.
         for k in 1..=20 {
             c.observe(7, 10.0 * k as f64).unwrap();
         }
-        assert_eq!(c.estimate(), 19.0);
-        assert_eq!(c.predicted_ms(5), Some(40.0 * 19.0));
+        assert_eq!(c.switches()[0].request, 3);
+        assert_eq!(c.estimate(), 20.0);
+        assert_eq!(c.predicted_ms(5), Some(40.0 * 20.0));
         assert_eq!(c.predicted_ms(99), None);
         // What route 7 showed moved route 5 down, although route 5 never ran.
         assert_eq!(c.current(), 7);
