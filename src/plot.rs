@@ -1,7 +1,8 @@
 //! Accuracy-against-cost plots of the routes (PNG or SVG), drawn as the official
 //! `visualize_stitches.py` draws them: every route a point whose size grows with its parameters,
 //! the anchors as labelled stars, plus the Pareto frontier as a line; or several networks' routes
-//! and frontiers in one figure ([`ComparisonPlot`]).
+//! and frontiers in one figure ([`ComparisonPlot`]); and requests served over time under a latency
+//! target ([`ServingPlot`]).
 //!
 //! Text is rendered with DejaVu Sans, embedded in the binary (`assets/fonts/`, Bitstream Vera
 //! licence), so PNGs come out the same on machines without fonts.
@@ -198,6 +199,123 @@ fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ComparisonPlot<
         .border_style(BLACK)
         .draw()
         .map_err(e)?;
+    area.present().map_err(e)
+}
+
+/// One policy's requests in a [`ServingPlot`]: `(seconds since the start, latency in ms)`.
+#[derive(Clone, Debug)]
+pub struct ServingSeries<'a> {
+    /// Legend name, e.g. `controller` or `route 34 fixed`.
+    pub name: &'a str,
+    /// Its requests, in time order.
+    pub requests: &'a [(f64, f64)],
+}
+
+/// Requests served over time under a latency target: above, each policy's per-request latency
+/// with the target and the periods of added load shaded; below, the quality of the route the
+/// first policy (the controller) served, over the same time.
+#[derive(Clone, Debug)]
+pub struct ServingPlot<'a> {
+    /// Title above the plot.
+    pub title: &'a str,
+    /// The policies; the first is drawn on top and its routes below.
+    pub series: &'a [ServingSeries<'a>],
+    /// The latency target, ms.
+    pub target_ms: f64,
+    /// Label of the target line, e.g. `target: p95 ≤ 6.2 ms`.
+    pub target_label: &'a str,
+    /// `(seconds, quality)` of the route the first policy served at each request.
+    pub route_quality: &'a [(f64, f64)],
+    /// Label of the quality axis, e.g. `top-1 of the route (%)`.
+    pub quality_label: &'a str,
+    /// Periods `[start, end)` in seconds when load was added.
+    pub loaded: &'a [(f64, f64)],
+}
+
+/// Writes `plot` to `path` (PNG or SVG by extension), 1000×700 pixels.
+pub fn write_serving_plot(plot: &ServingPlot<'_>, path: &Path) -> Result<(), PlotError> {
+    let shown = path.display().to_string();
+    if plot.series.iter().all(|s| s.requests.is_empty()) {
+        return Err(PlotError::Empty(shown));
+    }
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let size = (1000, 700);
+    let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => draw_serving(BitMapBackend::new(path, size).into_drawing_area(), plot).map_err(err),
+        Some("svg") => draw_serving(SVGBackend::new(path, size).into_drawing_area(), plot).map_err(err),
+        _ => Err(PlotError::Extension(shown)),
+    }
+}
+
+fn draw_serving<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ServingPlot<'_>) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    area.fill(&WHITE).map_err(e)?;
+    let area = area.titled(plot.title, ("sans-serif", 22)).map_err(e)?;
+    let (top, bottom) = area.split_vertically(area.dim_in_pixel().1 * 2 / 3);
+    let all = || plot.series.iter().flat_map(|s| s.requests.iter());
+    let t1 = all().map(|r| r.0).fold(0.0, f64::max).max(1e-3);
+    // Latency up to the 99th percentile of every request (or 1.5 × the target): rare stalls do not
+    // flatten the rest.
+    let mut latencies: Vec<f64> = all().map(|r| r.1).filter(|v| v.is_finite()).collect();
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or(plot.target_ms);
+    let y1 = p99.max(plot.target_ms * 1.5);
+    let mut chart =
+        ChartBuilder::on(&top).margin(12).x_label_area_size(30).y_label_area_size(56).build_cartesian_2d(0.0..t1, 0.0..y1).map_err(e)?;
+    chart
+        .configure_mesh()
+        .y_desc("latency per request (ms)")
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(e)?;
+    let shade = RGBColor(250, 225, 190);
+    chart
+        .draw_series(plot.loaded.iter().map(|&(a, b)| Rectangle::new([(a, 0.0), (b, y1)], shade.mix(0.6).filled())))
+        .map_err(e)?
+        .label("added CPU load")
+        .legend(move |(x, y)| Rectangle::new([(x - 8, y - 5), (x + 8, y + 5)], shade.filled()));
+    // The first series last, so it is drawn on top.
+    for (n, s) in plot.series.iter().enumerate().rev() {
+        let colour = SERIES_COLOURS[n % SERIES_COLOURS.len()];
+        let (radius, alpha) = if n == 0 { (2, 0.9) } else { (1, 0.45) };
+        chart
+            .draw_series(s.requests.iter().map(|&(t, ms)| Circle::new((t, ms.min(y1)), radius, colour.mix(alpha).filled())))
+            .map_err(e)?
+            .label(s.name)
+            .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
+    }
+    let target = plot.target_ms;
+    chart
+        .draw_series(LineSeries::new([(0.0, target), (t1, target)], BLACK.stroke_width(2)))
+        .map_err(e)?
+        .label(plot.target_label)
+        .legend(|(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+
+    let (q0, q1) = padded(plot.route_quality.iter().map(|r| r.1));
+    let mut routes =
+        ChartBuilder::on(&bottom).margin(12).x_label_area_size(40).y_label_area_size(56).build_cartesian_2d(0.0..t1, q0..q1).map_err(e)?;
+    routes
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(plot.quality_label)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(e)?;
+    routes.draw_series(plot.loaded.iter().map(|&(a, b)| Rectangle::new([(a, q0), (b, q1)], shade.mix(0.6).filled()))).map_err(e)?;
+    routes.draw_series(LineSeries::new(plot.route_quality.iter().copied(), SERIES_COLOURS[0].stroke_width(2))).map_err(e)?;
     area.present().map_err(e)
 }
 
