@@ -102,20 +102,47 @@ const SERIES_COLOURS: [RGBColor; 4] = [RGBColor(55, 110, 180), RGBColor(200, 60,
 
 /// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
 pub fn write_comparison_plot(plot: &ComparisonPlot<'_>, path: &Path) -> Result<(), PlotError> {
-    let shown = path.display().to_string();
     let finite: Vec<Vec<&PlotRoute>> =
         plot.series.iter().map(|s| s.routes.iter().filter(|r| r.x.is_finite() && r.y.is_finite()).collect()).collect();
     if finite.iter().all(Vec::is_empty) {
-        return Err(PlotError::Empty(shown));
+        return Err(PlotError::Empty(path.display().to_string()));
     }
+    render(&Comparison { plot, finite: &finite }, path, (900, 600))
+}
+
+/// A figure that draws itself on any plotters backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+/// Draws `figure` into `path`, a PNG or an SVG by its extension, of `size` pixels.
+fn render(figure: &impl Figure, path: &Path, size: (u32, u32)) -> Result<(), PlotError> {
+    let shown = path.display().to_string();
     // Registering the same font again is harmless; the first call wins.
     let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    let size = (900, 600);
     let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
     match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), plot, &finite).map_err(err),
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), plot, &finite).map_err(err),
+        Some("png") => figure.draw(BitMapBackend::new(path, size).into_drawing_area()).map_err(err),
+        Some("svg") => figure.draw(SVGBackend::new(path, size).into_drawing_area()).map_err(err),
         _ => Err(PlotError::Extension(shown)),
+    }
+}
+
+/// A [`ComparisonPlot`] with its finite routes.
+struct Comparison<'a> {
+    plot: &'a ComparisonPlot<'a>,
+    finite: &'a [Vec<&'a PlotRoute>],
+}
+
+impl Figure for Comparison<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw(area, self.plot, self.finite)
+    }
+}
+
+impl Figure for ServingPlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw_serving(area, self)
     }
 }
 
@@ -234,18 +261,10 @@ pub struct ServingPlot<'a> {
 
 /// Writes `plot` to `path` (PNG or SVG by extension), 1000×700 pixels.
 pub fn write_serving_plot(plot: &ServingPlot<'_>, path: &Path) -> Result<(), PlotError> {
-    let shown = path.display().to_string();
     if plot.series.iter().all(|s| s.requests.is_empty()) {
-        return Err(PlotError::Empty(shown));
+        return Err(PlotError::Empty(path.display().to_string()));
     }
-    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    let size = (1000, 700);
-    let err = |e: String| PlotError::Draw { path: shown.clone(), reason: e };
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => draw_serving(BitMapBackend::new(path, size).into_drawing_area(), plot).map_err(err),
-        Some("svg") => draw_serving(SVGBackend::new(path, size).into_drawing_area(), plot).map_err(err),
-        _ => Err(PlotError::Extension(shown)),
-    }
+    render(plot, path, (1000, 700))
 }
 
 fn draw_serving<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ServingPlot<'_>) -> Result<(), String> {

@@ -186,3 +186,32 @@ fn frontier_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
     assert!(matches!(write_frontier_plot(&nothing, &svg), Err(PlotError::Empty(_))));
     assert!(matches!(write_frontier_plot(&plot, &dir.join("missing/f.png")), Err(PlotError::Draw { .. })));
 }
+
+#[cfg(feature = "app")]
+#[test]
+fn serving_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
+    use snnet::plot::{write_serving_plot, PlotError, ServingPlot, ServingSeries};
+    let controller: Vec<(f64, f64)> = (0..200).map(|i| (i as f64 * 0.05, 5.0 + (i % 7) as f64)).collect();
+    let fixed: Vec<(f64, f64)> = (0..100).map(|i| (i as f64 * 0.1, 12.0 + (i % 5) as f64)).collect();
+    let quality: Vec<(f64, f64)> = controller.iter().map(|&(t, _)| (t, if t < 5.0 { 80.0 } else { 77.5 })).collect();
+    let series = [ServingSeries { name: "controller", requests: &controller }, ServingSeries { name: "route 2 fixed", requests: &fixed }];
+    let plot = ServingPlot {
+        title: "serving",
+        series: &series,
+        target_ms: 10.0,
+        target_label: "target: p95 ≤ 10 ms",
+        route_quality: &quality,
+        quality_label: "top-1 (%)",
+        loaded: &[(2.0, 4.0)],
+    };
+    let dir = std::env::temp_dir().join(format!("snnet-serving-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_serving_plot(&plot, &dir.join("s.png")).unwrap();
+    assert_eq!(&std::fs::read(dir.join("s.png")).unwrap()[1..4], b"PNG");
+    write_serving_plot(&plot, &dir.join("s.svg")).unwrap();
+    let text = std::fs::read_to_string(dir.join("s.svg")).unwrap();
+    assert!(text.contains("<svg") && text.contains("route 2 fixed") && text.contains("added CPU load"));
+    assert!(matches!(write_serving_plot(&plot, &dir.join("s.gif")), Err(PlotError::Extension(_))));
+    let empty = [ServingSeries { name: "controller", requests: &[] }];
+    assert!(matches!(write_serving_plot(&ServingPlot { series: &empty, ..plot.clone() }, &dir.join("e.png")), Err(PlotError::Empty(_))));
+}

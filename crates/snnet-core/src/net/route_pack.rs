@@ -70,10 +70,9 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
             let copy = lazy.clone();
             let [c, h, w] = self.layouts[route.comb_id[0]].input;
             copy.forward(Tensor::zeros([1, c, h, w], &device), id)?;
-            let mut seen = InitialisedKeys { path: KeyPath::default(), space: &self.space, keys: Vec::new() };
-            copy.visit(&mut seen);
-            let used: BTreeSet<&str> = seen.keys.iter().filter(|(_, init)| *init).map(|(k, _)| k.as_str()).collect();
-            for (key, initialised) in &seen.keys {
+            let seen = ParameterFacts::of(&copy, &self.space);
+            let used: BTreeSet<&str> = seen.iter().filter(|p| p.initialised).map(|p| p.key.as_str()).collect();
+            for ParameterFact { key, initialised, .. } in &seen {
                 let owner_used =
                     |suffix: &str| key.strip_suffix(suffix).is_some_and(|layer| used.contains(format!("{layer}.weight").as_str()));
                 let taken =
@@ -114,10 +113,9 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         let routes = self.pack_route_ids(routes, source)?;
         let net = self.clone().merged_for_inference();
         let keys = net.route_tensor_keys(&routes)?;
-        let mut sizes = TensorSizes { path: KeyPath::default(), space: &net.space, sizes: Vec::new() };
-        net.visit(&mut sizes);
+        let facts = ParameterFacts::of(&net, &net.space);
         let count = |buffers: bool| -> u64 {
-            sizes.sizes.iter().filter(|(k, _)| keys.contains(k) && is_running_statistic(k) == buffers).map(|(_, n)| n).sum()
+            facts.iter().filter(|p| keys.contains(&p.key) && is_running_statistic(&p.key) == buffers).map(|p| p.values).sum()
         };
         let (parameters, buffers) = (count(false), count(true));
         let summary = PackSummary { routes, tensors: keys.len(), parameters, buffers, bytes: 4 * (parameters + buffers) };
@@ -207,14 +205,32 @@ impl<B: burn::tensor::backend::Backend> ModuleMapper<B> for Lazify {
     }
 }
 
-/// Every parameter's official key and whether it has been initialised.
-struct InitialisedKeys<'a> {
-    path: KeyPath,
-    space: &'a crate::space::StitchSpace,
-    keys: Vec<(String, bool)>,
+/// What a route pack needs to know of one parameter, read without initialising it.
+struct ParameterFact {
+    /// Its official key.
+    key: String,
+    /// Values, from its declared shape.
+    values: u64,
+    /// Whether it has been initialised.
+    initialised: bool,
 }
 
-impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for InitialisedKeys<'_> {
+/// Collects a [`ParameterFact`] for every parameter of a network.
+struct ParameterFacts<'a> {
+    path: KeyPath,
+    space: &'a crate::space::StitchSpace,
+    facts: Vec<ParameterFact>,
+}
+
+impl<'a> ParameterFacts<'a> {
+    fn of<B: burn::tensor::backend::Backend, M: Module<B>>(module: &M, space: &'a crate::space::StitchSpace) -> Vec<ParameterFact> {
+        let mut visitor = Self { path: KeyPath::default(), space, facts: Vec::new() };
+        module.visit(&mut visitor);
+        visitor.facts
+    }
+}
+
+impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for ParameterFacts<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
     }
@@ -225,7 +241,8 @@ impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for InitialisedKeys<'_>
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let (key, _) = self.path.torch_key();
-        self.keys.push((official_key_of(self.space, &key), param.is_initialized()));
+        let key = official_key_of(self.space, &key);
+        self.facts.push(ParameterFact { key, values: param.lazy_shape().num_elements() as u64, initialised: param.is_initialized() });
     }
 }
 
@@ -243,26 +260,4 @@ fn parameter_device<B: burn::tensor::backend::Backend, M: Module<B>>(module: &M)
     let mut first = First::<B>(None);
     module.visit(&mut first);
     first.0.unwrap_or_default()
-}
-
-/// Every parameter's official key and number of values, read from its declared shape.
-struct TensorSizes<'a> {
-    path: KeyPath,
-    space: &'a crate::space::StitchSpace,
-    sizes: Vec<(String, u64)>,
-}
-
-impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for TensorSizes<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let (key, _) = self.path.torch_key();
-        self.sizes.push((official_key_of(self.space, &key), param.lazy_shape().num_elements() as u64));
-    }
 }
