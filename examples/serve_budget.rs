@@ -180,12 +180,12 @@ fn main() -> Result<(), BoxError> {
         frontier.len(),
         summary.routes,
         summary.bytes as f64 / 1048576.0,
-        whole.route_pack_summary(&whole.available_routes())?.bytes as f64 / 1048576.0
+        summary.network_bytes as f64 / 1048576.0
     );
     drop(whole);
 
     // Request batches from the test set, made once.
-    let test = FashionMnist::load(&args.data_dir(), Split::Test)?;
+    let test = FashionMnist::load(&demo::assets_dir(), Split::Test)?;
     let [c, h, w] = net.layouts()[0].input;
     let batches: Vec<(Tensor<Flex, 4>, Tensor<Flex, 1, Int>)> = (0..64)
         .map(|n| {
@@ -328,12 +328,6 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-impl Args {
-    fn data_dir(&self) -> PathBuf {
-        demo::assets_dir()
-    }
-}
-
 /// The demo network with `weights`, else the main job's trained file when present, else the
 /// shipped anchors (stitching layers untrained).
 fn load_network(desc: &Description, weights: Option<&std::path::Path>, device: &burn::tensor::Device<Flex>) -> Result<Net, BoxError> {
@@ -350,7 +344,7 @@ fn load_network(desc: &Description, weights: Option<&std::path::Path>, device: &
                 "weights: the shipped anchors, stitching layers untrained (run the main job for trained ones); accuracies are the table's"
             );
             let mut net = net;
-            for i in 0..3 {
+            for i in 0..desc.anchors.len() {
                 net = net.load_anchor(i, &demo::anchor_file(i))?.0;
             }
             net

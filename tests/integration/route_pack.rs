@@ -123,11 +123,15 @@ fn a_pack_stores_shared_tensors_once_and_runs_every_route_it_holds() {
         let pack_summary = desc.save_route_pack(&net, &routes, &path, HashMap::new()).unwrap();
         assert_eq!(net.route_pack_summary(&routes).unwrap(), pack_summary, "the summary without writing");
         let separate: u64 = routes.iter().map(|&id| net.route_pack_summary(&[id]).unwrap().bytes).sum();
+        assert_eq!(pack_summary.separate_bytes, separate);
+        let whole: u64 = net.named_tensors().iter().map(|(_, t)| 4 * t.data.len() as u64).sum();
+        assert_eq!(pack_summary.network_bytes, whole);
         let union = net.route_tensor_keys(&routes).unwrap().len();
         assert_eq!(pack_summary.tensors, union);
         assert!(pack_summary.bytes < separate, "{family}: pack {} vs separate exports {separate}", pack_summary.bytes);
         let (pack, _, _) = Description::open_route_pack::<B>(&path, &Default::default()).unwrap();
         assert_eq!(pack.available_routes(), routes);
+        assert_eq!(pack.route_pack_summary(&routes).unwrap(), pack_summary, "the opened pack still knows the whole network's size");
         let images = images_for(&net);
         for &id in &routes {
             assert_eq!(

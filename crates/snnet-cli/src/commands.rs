@@ -110,8 +110,6 @@ impl BackendTask for Export<'_> {
         let (net, _) = build_net_with_metadata::<B>(&self.desc, self.net, &device)?;
         let summary = self.desc.save_route_pack(&net, &self.routes, self.output, HashMap::new())?;
         let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
-        let whole = net.route_pack_summary(&net.available_routes())?;
-        let separate: u64 = summary.routes.iter().map(|&id| net.route_pack_summary(&[id]).map(|s| s.bytes)).sum::<Result<u64, _>>()?;
         out!(
             "wrote {}: routes {:?}, {} tensors, {} parameters{}, {:.2} MiB",
             self.output.display(),
@@ -123,9 +121,9 @@ impl BackendTask for Export<'_> {
         );
         out!(
             "the whole network: {:.2} MiB; {} separate export(s) of these routes: {:.2} MiB",
-            mib(whole.bytes),
+            mib(summary.network_bytes),
             summary.routes.len(),
-            mib(separate)
+            mib(summary.separate_bytes)
         );
         Ok(())
     }

@@ -250,6 +250,12 @@ pub fn read_weights_file(path: &Path) -> Result<WeightFile> {
 /// for a writer forever, and a device may never end. The error is
 /// [`std::io::ErrorKind::InvalidInput`] and says what the path is.
 pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    require_regular_file(path)?;
+    std::fs::read(path)
+}
+
+/// [`read_regular_file`]'s check: an error unless `path` is a regular file.
+fn require_regular_file(path: &Path) -> std::io::Result<()> {
     let kind = std::fs::metadata(path)?.file_type();
     if !kind.is_file() {
         return Err(std::io::Error::new(
@@ -257,7 +263,7 @@ pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
             format!("not a regular file but {}: give the path of a file", describe_file_type(kind)),
         ));
     }
-    std::fs::read(path)
+    Ok(())
 }
 
 fn describe_file_type(kind: std::fs::FileType) -> &'static str {
@@ -290,13 +296,7 @@ pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>>
     let name = path.display().to_string();
     let io = |err: std::io::Error| Error::Io { file: name.clone(), err };
     let st_err = |message: String| Error::Safetensors { file: name.clone(), message };
-    let kind = std::fs::metadata(path).map_err(io)?.file_type();
-    if !kind.is_file() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("not a regular file but {}: give the path of a file", describe_file_type(kind)),
-        )));
-    }
+    require_regular_file(path).map_err(io)?;
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut length = [0u8; 8];
     file.read_exact(&mut length).map_err(|_| st_err("truncated header: fewer than the 8 bytes of its length".into()))?;

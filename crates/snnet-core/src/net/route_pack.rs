@@ -40,6 +40,11 @@ pub struct PackSummary {
     pub buffers: u64,
     /// Bytes of tensor data (f32).
     pub bytes: u64,
+    /// Bytes of one pack per route, summed: what separate exports of the routes would take.
+    pub separate_bytes: u64,
+    /// Bytes of the whole network the pack is cut from (stitching layers merged), every parameter
+    /// and buffer, counted from their declared shapes (a network opened from a pack included).
+    pub network_bytes: u64,
 }
 
 /// Whether `key` names a buffer that travels with its layer's weight rather than a parameter.
@@ -54,6 +59,11 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     /// The network must be an inference one: with an autodiff backend, a forward moves BatchNorm
     /// statistics (shared with this network's), so that is an error (take `valid()` first).
     pub fn route_tensor_keys(&self, routes: &[usize]) -> Result<BTreeSet<String>> {
+        Ok(self.tensor_keys_of_each(routes)?.into_iter().flatten().collect())
+    }
+
+    /// [`route_tensor_keys`](Self::route_tensor_keys) of each route on its own, in order.
+    fn tensor_keys_of_each(&self, routes: &[usize]) -> Result<Vec<BTreeSet<String>>> {
         let device = parameter_device(self);
         if B::ad_enabled(&device) {
             return Err(Error::InvalidSettings {
@@ -62,27 +72,25 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
             });
         }
         let lazy = self.clone().map(&mut Lazify::default());
-        let mut keys = BTreeSet::new();
-        for &id in routes {
-            let route = self.runnable_route(id)?;
-            // A fresh lazy copy per route (cloning keeps parameters lazy): what this forward
-            // initialises is this route's.
-            let copy = lazy.clone();
-            let [c, h, w] = self.layouts[route.comb_id[0]].input;
-            copy.forward(Tensor::zeros([1, c, h, w], &device), id)?;
-            let seen = ParameterFacts::of(&copy, &self.space);
-            let used: BTreeSet<&str> = seen.iter().filter(|p| p.initialised).map(|p| p.key.as_str()).collect();
-            for ParameterFact { key, initialised, .. } in &seen {
-                let owner_used =
-                    |suffix: &str| key.strip_suffix(suffix).is_some_and(|layer| used.contains(format!("{layer}.weight").as_str()));
-                let taken =
-                    if is_running_statistic(key) { owner_used(".running_mean") || owner_used(".running_var") } else { *initialised };
-                if taken {
-                    keys.insert(key.clone());
-                }
-            }
-        }
-        Ok(keys)
+        routes
+            .iter()
+            .map(|&id| {
+                let route = self.runnable_route(id)?;
+                // A fresh lazy copy per route (cloning keeps parameters lazy): what this forward
+                // initialises is this route's.
+                let copy = lazy.clone();
+                let [c, h, w] = self.layouts[route.comb_id[0]].input;
+                copy.forward(Tensor::zeros([1, c, h, w], &device), id)?;
+                let seen = ParameterFacts::of(&copy, &self.space);
+                let used: BTreeSet<&str> = seen.iter().filter(|p| p.initialised).map(|p| p.key.as_str()).collect();
+                // A running statistic goes with its layer's weight.
+                let taken = |p: &ParameterFact| match is_running_statistic(&p.key) {
+                    true => p.key.rsplit_once('.').is_some_and(|(layer, _)| used.contains(format!("{layer}.weight").as_str())),
+                    false => p.initialised,
+                };
+                Ok(seen.iter().filter(|p| taken(p)).map(|p| p.key.clone()).collect())
+            })
+            .collect()
     }
 
     /// Writes a route pack: the tensors `routes` use (each shared tensor once), the network's
@@ -112,13 +120,22 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
     fn planned_pack(&self, routes: &[usize], source: &str) -> Result<(Self, PackSummary, BTreeSet<String>)> {
         let routes = self.pack_route_ids(routes, source)?;
         let net = self.clone().merged_for_inference();
-        let keys = net.route_tensor_keys(&routes)?;
+        let each = net.tensor_keys_of_each(&routes)?;
+        let keys: BTreeSet<String> = each.iter().flatten().cloned().collect();
         let facts = ParameterFacts::of(&net, &net.space);
-        let count = |buffers: bool| -> u64 {
-            facts.iter().filter(|p| keys.contains(&p.key) && is_running_statistic(&p.key) == buffers).map(|p| p.values).sum()
+        let values = |wanted: &dyn Fn(&str) -> bool| -> u64 { facts.iter().filter(|p| wanted(&p.key)).map(|p| p.values).sum() };
+        let parameters = values(&|k| keys.contains(k) && !is_running_statistic(k));
+        let buffers = values(&|k| keys.contains(k) && is_running_statistic(k));
+        let separate_bytes = each.iter().map(|route_keys| 4 * values(&|k| route_keys.contains(k))).sum();
+        let summary = PackSummary {
+            routes,
+            tensors: keys.len(),
+            parameters,
+            buffers,
+            bytes: 4 * (parameters + buffers),
+            separate_bytes,
+            network_bytes: 4 * values(&|_| true),
         };
-        let (parameters, buffers) = (count(false), count(true));
-        let summary = PackSummary { routes, tensors: keys.len(), parameters, buffers, bytes: 4 * (parameters + buffers) };
         Ok((net, summary, keys))
     }
 
@@ -142,11 +159,7 @@ impl<B: Kernels, A: Anchor<B>, L: Stitch<B>> StitchedNet<B, A, L> {
         self.check_description(&loaded.metadata, &shown)?;
         let routes = self.pack_route_ids(&routes, &shown)?;
         let keys = self.route_tensor_keys(&routes)?;
-        let missing: Vec<&String> = keys.iter().filter(|k| !loaded.tensors.contains_key(*k)).collect();
-        if !missing.is_empty() {
-            let some: Vec<String> = missing.iter().take(5).map(|k| format!("`{k}`")).collect();
-            return Err(fail(format!("{} tensor(s) that routes {routes:?} use are missing, e.g. {}", missing.len(), some.join(", "))));
-        }
+        // Missing and mis-shaped tensors of the routes are the importer's errors, naming each.
         let space = self.space.clone();
         let mut net = crate::weights::import_tensors_where::<B, _>(
             self,
