@@ -143,10 +143,22 @@ impl TrainingTask for Options {
             gaps.join(", ")
         );
         println!(
+            "stitched routes at or above the smaller of the anchors they join: {}/{} ({:.0} %)",
+            check.stitched_at_or_above_smaller,
+            check.stitched_total,
+            100.0 * check.at_or_above_smaller_share()
+        );
+        println!(
             "stitched routes within 1 point of the range of the anchors they join: {}/{} ({:.0} %)",
             check.stitched_within,
             check.stitched_total,
             100.0 * check.within_share()
+        );
+        println!(
+            "Pareto frontier: {} routes, {} of them stitched ({})",
+            check.frontier.len(),
+            check.stitched_on_frontier,
+            check.frontier.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
         );
         let title = format!("Fashion-MNIST SN-Net: {} routes on {} test images", rows.len(), test.len());
         let plots = [self.output.join("frontier.png"), self.output.join("frontier.svg")];

@@ -1,8 +1,8 @@
 //! Accuracy-against-cost plots of the routes (PNG or SVG), drawn as the official
 //! `visualize_stitches.py` draws them: every route a point whose size grows with its parameters,
 //! the anchors as labelled stars, plus the Pareto frontier as a line; or several networks' routes
-//! and frontiers in one figure ([`ComparisonPlot`]); and requests served over time under a latency
-//! target ([`ServingPlot`]).
+//! and frontiers in one figure ([`ComparisonPlot`]); requests served over time under a latency
+//! target ([`ServingPlot`]); and learning curves, a line per model ([`CurvePlot`]).
 //!
 //! Text is rendered with DejaVu Sans, embedded in the binary (`assets/fonts/`, Bitstream Vera
 //! licence), so PNGs come out the same on machines without fonts.
@@ -336,6 +336,80 @@ fn draw_serving<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &Serving
     routes.draw_series(plot.loaded.iter().map(|&(a, b)| Rectangle::new([(a, q0), (b, q1)], shade.mix(0.6).filled()))).map_err(e)?;
     routes.draw_series(LineSeries::new(plot.route_quality.iter().copied(), SERIES_COLOURS[0].stroke_width(2))).map_err(e)?;
     area.present().map_err(e)
+}
+
+/// One model's curve in a [`CurvePlot`]: `(x, y)` points in drawing order.
+#[derive(Clone, Debug)]
+pub struct CurveSeries<'a> {
+    /// Legend name.
+    pub name: &'a str,
+    /// The points, e.g. `(epoch, top-1)`.
+    pub points: &'a [(f64, f64)],
+}
+
+/// Lines with markers, one per series: e.g. test accuracy after each epoch of several models.
+#[derive(Clone, Debug)]
+pub struct CurvePlot<'a> {
+    /// Figure title.
+    pub title: &'a str,
+    /// X-axis label.
+    pub x_label: &'a str,
+    /// Y-axis label.
+    pub y_label: &'a str,
+    /// The curves.
+    pub series: &'a [CurveSeries<'a>],
+}
+
+/// Writes `plot` to `path` (PNG or SVG by extension), 900×600 pixels.
+pub fn write_curve_plot(plot: &CurvePlot<'_>, path: &Path) -> Result<(), PlotError> {
+    if !plot.series.iter().flat_map(|s| s.points).any(|(x, y)| x.is_finite() && y.is_finite()) {
+        return Err(PlotError::Empty(path.display().to_string()));
+    }
+    render(plot, path, (900, 600))
+}
+
+impl Figure for CurvePlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        area.fill(&WHITE).map_err(e)?;
+        let finite: Vec<Vec<(f64, f64)>> =
+            self.series.iter().map(|s| s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect()).collect();
+        let (x0, x1) = padded(finite.iter().flatten().map(|p| p.0));
+        let (y0, y1) = padded(finite.iter().flatten().map(|p| p.1));
+        let mut chart = ChartBuilder::on(&area)
+            .caption(self.title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(e)?;
+        for (n, (s, points)) in self.series.iter().zip(&finite).enumerate() {
+            let colour = SERIES_COLOURS[n % SERIES_COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)).point_size(3))
+                .map_err(e)?
+                .label(s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], colour.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+        area.present().map_err(e)
+    }
 }
 
 /// A filled five-pointed star of outer radius `r` pixels, centred on the element's anchor point.

@@ -284,8 +284,9 @@ pub fn write_accuracy_plots<B: Kernels, A: Anchor<B>>(
     paths: &[PathBuf],
 ) -> Result<(), BoxError> {
     let front = accuracy_frontier(rows);
-    let points = accuracy_points(net, rows, anchor_names);
-    let plot = FrontierPlot { title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", routes: &points, frontier: &front };
+    let mut points = accuracy_points(net, rows, anchor_names);
+    let x_label = flops_axis(&mut points);
+    let plot = FrontierPlot { title, x_label, y_label: "Top-1 (%)", routes: &points, frontier: &front };
     for path in paths {
         write_frontier_plot(&plot, path)?;
         eprintln!("wrote {}", path.display());
@@ -297,13 +298,29 @@ pub fn write_accuracy_plots<B: Kernels, A: Anchor<B>>(
 /// `paths`: `series` holds each network's legend name, points ([`accuracy_points`]) and frontier
 /// ([`accuracy_frontier`]).
 pub fn write_accuracy_comparison(series: &[(String, Vec<PlotRoute>, Vec<usize>)], title: &str, paths: &[PathBuf]) -> Result<(), BoxError> {
-    let series: Vec<PlotSeries<'_>> = series.iter().map(|(name, points, frontier)| PlotSeries { name, routes: points, frontier }).collect();
-    let plot = ComparisonPlot { title, x_label: "FLOPs (G)", y_label: "Top-1 (%)", series: &series };
+    let mut points: Vec<Vec<PlotRoute>> = series.iter().map(|(_, points, _)| points.clone()).collect();
+    let x_label = flops_axis(points.iter_mut().flatten());
+    let series: Vec<PlotSeries<'_>> =
+        series.iter().zip(&points).map(|((name, _, frontier), points)| PlotSeries { name, routes: points, frontier }).collect();
+    let plot = ComparisonPlot { title, x_label, y_label: "Top-1 (%)", series: &series };
     for path in paths {
         write_comparison_plot(&plot, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Scales the GFLOPs of `points` ([`accuracy_points`]) to the unit their axis reads best in and
+/// returns its label: MFLOPs when every route costs under one GFLOP (small models), else GFLOPs.
+pub fn flops_axis<'a>(points: impl IntoIterator<Item = &'a mut PlotRoute>) -> &'static str {
+    let mut points: Vec<&mut PlotRoute> = points.into_iter().collect();
+    if points.iter().any(|p| p.x >= 1.0) {
+        return "FLOPs (G)";
+    }
+    for p in &mut points {
+        p.x *= 1e3;
+    }
+    "FLOPs (M)"
 }
 
 /// Half-width of the 95 % confidence interval of an accuracy of `acc` percent measured on
@@ -326,8 +343,15 @@ pub struct StitchingCheck {
     /// Stitched routes whose top-1 lies within `tolerance` points of the range spanned by the two
     /// anchors they join.
     pub stitched_within: usize,
+    /// Stitched routes at or above the top-1 of the smaller (less accurate) of the two anchors
+    /// they join: routes that fill the space between the anchors instead of falling below it.
+    pub stitched_at_or_above_smaller: usize,
     /// Stitched routes evaluated.
     pub stitched_total: usize,
+    /// Routes on the accuracy-FLOPs Pareto frontier ([`accuracy_frontier`]), by increasing FLOPs.
+    pub frontier: Vec<usize>,
+    /// Stitched routes among them.
+    pub stitched_on_frontier: usize,
     /// The tolerance, in points.
     pub tolerance: f64,
 }
@@ -335,10 +359,19 @@ pub struct StitchingCheck {
 impl StitchingCheck {
     /// Share of stitched routes within the anchors' range (1 when there are none).
     pub fn within_share(&self) -> f64 {
+        self.share(self.stitched_within)
+    }
+
+    /// Share of stitched routes at or above their smaller anchor (1 when there are none).
+    pub fn at_or_above_smaller_share(&self) -> f64 {
+        self.share(self.stitched_at_or_above_smaller)
+    }
+
+    fn share(&self, count: usize) -> f64 {
         if self.stitched_total == 0 {
             1.0
         } else {
-            self.stitched_within as f64 / self.stitched_total as f64
+            count as f64 / self.stitched_total as f64
         }
     }
 }
@@ -371,7 +404,7 @@ pub fn check_stitching<B: Kernels, A: Anchor<B>>(
         })
         .collect();
     let anchors_ordered = anchor_gaps.iter().all(|&(gap, ci)| gap > ci);
-    let (mut within, mut total) = (0, 0);
+    let (mut within, mut above_smaller, mut total) = (0, 0, 0);
     for r in rows {
         let Ok(route) = net.route(r.cfg_id) else { continue };
         let Some(a) = r.get("acc1") else { continue };
@@ -379,10 +412,23 @@ pub fn check_stitching<B: Kernels, A: Anchor<B>>(
             continue;
         }
         let ends: Vec<f64> = route.comb_id.iter().filter_map(|&anchor| anchor_acc1.get(anchor).copied()).collect();
-        let lo = ends.iter().copied().fold(f64::INFINITY, f64::min) - tolerance;
-        let hi = ends.iter().copied().fold(f64::NEG_INFINITY, f64::max) + tolerance;
+        let smaller = ends.iter().copied().fold(f64::INFINITY, f64::min);
+        let larger = ends.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         total += 1;
-        within += (lo..=hi).contains(&a) as usize;
+        within += (smaller - tolerance..=larger + tolerance).contains(&a) as usize;
+        above_smaller += (a >= smaller) as usize;
     }
-    Ok(StitchingCheck { anchor_acc1, anchor_gaps, anchors_ordered, stitched_within: within, stitched_total: total, tolerance })
+    let frontier = accuracy_frontier(rows);
+    let stitched_on_frontier = frontier.iter().filter(|&&id| net.route(id).is_ok_and(|r| !r.is_anchor())).count();
+    Ok(StitchingCheck {
+        anchor_acc1,
+        anchor_gaps,
+        anchors_ordered,
+        stitched_within: within,
+        stitched_at_or_above_smaller: above_smaller,
+        stitched_total: total,
+        frontier,
+        stitched_on_frontier,
+        tolerance,
+    })
 }

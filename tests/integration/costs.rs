@@ -215,3 +215,23 @@ fn serving_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
     let empty = [ServingSeries { name: "controller", requests: &[] }];
     assert!(matches!(write_serving_plot(&ServingPlot { series: &empty, ..plot.clone() }, &dir.join("e.png")), Err(PlotError::Empty(_))));
 }
+
+#[cfg(feature = "app")]
+#[test]
+fn curve_plots_are_written_as_png_and_svg_and_bad_names_are_errors() {
+    use snnet::plot::{write_curve_plot, CurvePlot, CurveSeries, PlotError};
+    let small: Vec<(f64, f64)> = (1..=10).map(|e| (e as f64, 80.0 + (e as f64).ln())).collect();
+    let large: Vec<(f64, f64)> = (1..=10).map(|e| (e as f64, 84.0 + (e as f64).ln())).collect();
+    let series = [CurveSeries { name: "ViT-32", points: &small }, CurveSeries { name: "ViT-128", points: &large }];
+    let plot = CurvePlot { title: "curves", x_label: "epoch", y_label: "Top-1 (%)", series: &series };
+    let dir = std::env::temp_dir().join(format!("snnet-curve-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_curve_plot(&plot, &dir.join("c.png")).unwrap();
+    assert_eq!(&std::fs::read(dir.join("c.png")).unwrap()[1..4], b"PNG");
+    write_curve_plot(&plot, &dir.join("c.svg")).unwrap();
+    let text = std::fs::read_to_string(dir.join("c.svg")).unwrap();
+    assert!(text.contains("<svg") && text.contains("ViT-128") && text.contains("epoch"));
+    assert!(matches!(write_curve_plot(&plot, &dir.join("c.bmp")), Err(PlotError::Extension(_))));
+    let empty = [CurveSeries { name: "ViT-32", points: &[(1.0, f64::NAN)] }];
+    assert!(matches!(write_curve_plot(&CurvePlot { series: &empty, ..plot.clone() }, &dir.join("e.png")), Err(PlotError::Empty(_))));
+}
