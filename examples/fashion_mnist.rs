@@ -7,7 +7,7 @@
 //! route table and the accuracy-vs-FLOPs plot (PNG and SVG).
 //!
 //! ```text
-//! cargo run --release --example fashion_mnist -- [--epochs 4] [--workers 2] [--output target/fashion-mnist] [--resume] [--data DIR]
+//! cargo run --release --example fashion_mnist -- [--epochs 8] [--workers 2] [--output target/fashion-mnist] [--resume] [--data DIR]
 //! ```
 
 use snnet::AutodiffKernels;
@@ -40,8 +40,8 @@ struct Options {
     /// Where results, plots, weights and checkpoints go.
     #[arg(long, default_value = "target/fashion-mnist")]
     output: PathBuf,
-    /// Epochs of joint fine-tuning.
-    #[arg(long, default_value_t = 4)]
+    /// Epochs of joint fine-tuning (8: about 5 minutes on 2 cores; docs/results.md).
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     /// Train only the stitching layers (the anchors keep their pretrained weights).
     #[arg(long)]

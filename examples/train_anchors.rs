@@ -138,7 +138,8 @@ impl TrainingTask for Options {
                 AnchorRun { name: name.to_string(), config: config.clone(), curve_images: curve_test.len(), curve: Vec::new(), test: None };
             if self.resume {
                 if let Ok(text) = std::fs::read_to_string(&curve_file) {
-                    run.curve = serde_json::from_str::<AnchorRun>(&text).map_err(|e| format!("{}: {e}", curve_file.display()))?.curve;
+                    let previous = serde_json::from_str::<AnchorRun>(&text).map_err(|e| format!("{}: {e}", curve_file.display()))?;
+                    (run.curve, run.test) = (previous.curve, previous.test);
                 }
             } else {
                 let _ = std::fs::remove_dir_all(&checkpoints);
@@ -177,8 +178,13 @@ impl TrainingTask for Options {
             let result = evaluate_routes_parallel(&net.valid(), &test, &[anchor], EVAL_BATCH, self.workers, |n| pb.set_position(n as u64))?
                 .remove(0);
             pb.finish_and_clear();
-            let minutes = started.elapsed().as_secs_f64() / 60.0;
-            let rate = images_per_s.iter().sum::<f64>() / images_per_s.len().max(1) as f64;
+            // Speed and time of the epochs trained in this process; a resumed run that had nothing
+            // left to train keeps those of the run that trained it.
+            let (mut minutes, mut rate) =
+                (started.elapsed().as_secs_f64() / 60.0, images_per_s.iter().sum::<f64>() / images_per_s.len().max(1) as f64);
+            if let (true, Some(before)) = (images_per_s.is_empty(), &run.test) {
+                (minutes, rate) = (before.minutes, before.train_images_per_s);
+            }
             let ci = accuracy_ci95(result.acc1, result.images);
             println!(
                 "{name}: top-1 {:.2} % (95 % CI ±{ci:.2}), top-5 {:.2} % on {} test images; {rate:.0} train images/s, {minutes:.1} min",

@@ -383,10 +383,13 @@ impl Figure for CurvePlot<'_> {
             .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(e)?;
+        // Whole numbers (epochs) without a decimal point.
+        let x_format = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") };
         chart
             .configure_mesh()
             .x_desc(self.x_label)
             .y_desc(self.y_label)
+            .x_label_formatter(&x_format)
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .light_line_style(RGBColor(235, 235, 235))
