@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use plotters::{
-    coord::Shift,
+    coord::{types::RangedCoordf64, Shift},
     prelude::*,
     style::{register_font, FontStyle},
 };
@@ -152,22 +152,7 @@ fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ComparisonPlot<
     let all: Vec<&PlotRoute> = finite.iter().flatten().copied().collect();
     let (x0, x1) = padded(all.iter().map(|r| r.x));
     let (y0, y1) = padded(all.iter().map(|r| r.y));
-    let mut chart = ChartBuilder::on(&area)
-        .caption(plot.title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc(plot.x_label)
-        .y_desc(plot.y_label)
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(e)?;
+    let mut chart = chart(&area, plot.title, (plot.x_label, plot.y_label), (x0, x1), (y0, y1))?;
 
     let (s_min, s_max) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| (a.min(r.size), b.max(r.size)));
     let radius = |s: f64| if s_max > s_min { 3.0 + 5.0 * (s - s_min) / (s_max - s_min) } else { 5.0 };
@@ -218,15 +203,55 @@ fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &ComparisonPlot<
         .label("anchors")
         .legend(move |(x, y)| EmptyElement::at((x, y)) + star(7, orange));
 
+    legend(&mut chart, SeriesLabelPosition::LowerRight, 14)?;
+    area.present().map_err(e)
+}
+
+/// A chart filling `area` with the figures' common look: a title, axis descriptions `labels`
+/// (x, y) and a light grid over the ranges `x` and `y`; whole-number ticks print without decimals.
+fn chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    labels: (&str, &str),
+    x: (f64, f64),
+    y: (f64, f64),
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(e)?;
+    let tick = |v: &f64| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v}") };
+    chart
+        .configure_mesh()
+        .x_desc(labels.0)
+        .y_desc(labels.1)
+        .x_label_formatter(&tick)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(e)?;
+    Ok(chart)
+}
+
+/// Draws the legend of `chart`'s labelled series at `position`, in `font_size`-point text.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
+        .position(position)
+        .label_font(("sans-serif", font_size))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(e)?;
-    area.present().map_err(e)
+        .map_err(|e| e.to_string())
 }
 
 /// One policy's requests in a [`ServingPlot`]: `(seconds since the start, latency in ms)`.
@@ -312,14 +337,7 @@ fn draw_serving<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, plot: &Serving
         .map_err(e)?
         .label(plot.target_label)
         .legend(|(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
 
     let (q0, q1) = padded(plot.route_quality.iter().map(|r| r.1));
     let mut routes =
@@ -376,25 +394,7 @@ impl Figure for CurvePlot<'_> {
             self.series.iter().map(|s| s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect()).collect();
         let (x0, x1) = padded(finite.iter().flatten().map(|p| p.0));
         let (y0, y1) = padded(finite.iter().flatten().map(|p| p.1));
-        let mut chart = ChartBuilder::on(&area)
-            .caption(self.title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(e)?;
-        // Whole numbers (epochs) without a decimal point.
-        let x_format = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") };
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label)
-            .y_desc(self.y_label)
-            .x_label_formatter(&x_format)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(e)?;
+        let mut chart = chart(&area, self.title, (self.x_label, self.y_label), (x0, x1), (y0, y1))?;
         for (n, (s, points)) in self.series.iter().zip(&finite).enumerate() {
             let colour = SERIES_COLOURS[n % SERIES_COLOURS.len()];
             chart
@@ -403,14 +403,7 @@ impl Figure for CurvePlot<'_> {
                 .label(s.name)
                 .legend(move |(x, y)| PathElement::new(vec![(x - 10, y), (x + 10, y)], colour.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight, 14)?;
         area.present().map_err(e)
     }
 }
