@@ -40,7 +40,7 @@ struct Options {
     /// Where results, plots, weights and checkpoints go.
     #[arg(long, default_value = "target/fashion-mnist")]
     output: PathBuf,
-    /// Epochs of joint fine-tuning (8: about 5 minutes on 2 cores; docs/results.md).
+    /// Epochs of joint fine-tuning (8: about 6 minutes on 2 cores with evaluation; docs/results.md).
     #[arg(long, default_value_t = 8)]
     epochs: usize,
     /// Train only the stitching layers (the anchors keep their pretrained weights).
