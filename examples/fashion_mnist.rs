@@ -7,7 +7,7 @@
 //! route table and the accuracy-vs-FLOPs plot (PNG and SVG).
 //!
 //! ```text
-//! cargo run --release --example fashion_mnist -- [--epochs 8] [--workers 2] [--output target/fashion-mnist] [--resume] [--data DIR]
+//! cargo run --release --example fashion_mnist -- [--epochs 8] [--devices 2] [--output target/fashion-mnist] [--resume] [--data DIR]
 //! ```
 
 use snnet::AutodiffKernels;
@@ -96,7 +96,7 @@ impl TrainingTask for Options {
         ls_net.save(&ls_file, HashMap::from([("snnet.stitching".to_string(), "least-squares".to_string())]))?;
         if self.eval_ls {
             let routes: Vec<usize> = (0..ls_net.num_routes()).collect();
-            let rows = evaluate_into(&ls_net, &test, &routes, EVAL_BATCH, self.run.workers, &self.output.join("results-ls.jsonl"))?;
+            let rows = evaluate_into(&ls_net, &test, &routes, EVAL_BATCH, self.run.peers(), &self.output.join("results-ls.jsonl"))?;
             println!("after least squares only:\n{}", route_table(&ls_net, &rows, &names));
         }
 
@@ -117,11 +117,11 @@ impl TrainingTask for Options {
         let (net, report, _) = train_with_progress(net, &train, &mut sampler, &config, teacher.as_ref(), &options)?;
         let train_seconds = t.elapsed().as_secs_f64();
         println!(
-            "joint training: {} steps ({} epoch(s), batch {} × {} worker(s)) in {train_seconds:.1} s, {:.0} images/s; epoch losses {:?}",
+            "joint training: {} steps ({} epoch(s), batch {} over {} peer(s)) in {train_seconds:.1} s, {:.0} images/s; epoch losses {:?}",
             report.steps,
             config.epochs,
             config.batch_size,
-            config.workers,
+            config.peers,
             report.images_per_s,
             report.epoch_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
         );
@@ -130,7 +130,7 @@ impl TrainingTask for Options {
 
         // 3. Evaluate every route on the whole test set; table, checks, plot.
         let t = Instant::now();
-        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.workers, &results)?;
+        let rows = evaluate_into(&net, &test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.peers(), &results)?;
         let eval_seconds = t.elapsed().as_secs_f64();
         println!("evaluation of {} routes on {} test images in {eval_seconds:.1} s\n", rows.len(), test.len());
         print!("{}", route_table(&net, &rows, &names));

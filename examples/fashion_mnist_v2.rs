@@ -196,7 +196,7 @@ impl Options {
         let net = net.merged_for_inference();
         let results = self.output.join(format!("results-{}.jsonl", variant.tag));
         let _ = std::fs::remove_file(&results);
-        let rows = evaluate_into(&net, test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.workers, &results)?;
+        let rows = evaluate_into(&net, test, &(0..net.num_routes()).collect::<Vec<_>>(), EVAL_BATCH, self.run.peers(), &results)?;
         let table = route_table(&net, &rows, &names);
         print!("{table}");
         std::fs::write(self.output.join(format!("routes-{}.txt", variant.tag)), &table)?;

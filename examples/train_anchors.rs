@@ -7,7 +7,7 @@
 //! Each epoch ends with a checkpoint there too, and `--resume` continues a killed run exactly.
 //!
 //! ```text
-//! cargo run --release --example train_anchors -- [--epochs 20] [--batch 128] [--lr 1e-3] [--workers 2] [--data DIR] [--output DIR] [--report DIR] [--only 2] [--resume]
+//! cargo run --release --example train_anchors -- [--epochs 20] [--batch 128] [--lr 1e-3] [--devices 2] [--data DIR] [--output DIR] [--report DIR] [--only 2] [--resume]
 //! ```
 
 use snnet::AutodiffKernels;
@@ -48,12 +48,13 @@ struct Options {
     /// Epochs per anchor.
     #[arg(long, default_value_t = 20)]
     epochs: usize,
-    /// Images per step, split between the `--workers` threads.
+    /// Images per step (the global batch), split between the `--devices` peers.
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Worker threads sharing each step (the gradients are those of the whole batch).
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Data-parallel peers sharing each step (threads on the `--device` backend; the gradients are
+    /// those of the whole batch).
+    #[arg(long, visible_alias = "workers", default_value_t = 2, value_name = "N")]
+    devices: usize,
     /// Peak learning rate (cosine schedule after a warmup of 15 % of the epochs, at most one).
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -124,7 +125,7 @@ impl TrainingTask for Options {
             let config = TrainConfig {
                 epochs: self.epochs,
                 batch_size: self.batch,
-                workers: self.workers,
+                peers: self.devices,
                 lr: self.lr,
                 warmup_epochs: (0.15 * self.epochs as f64).min(1.0),
                 seed: anchor as u64,
@@ -161,7 +162,7 @@ impl TrainingTask for Options {
                 net = trained;
                 let Some(&train_loss) = report.epoch_losses.last() else { continue };
                 images_per_s.push(report.images_per_s);
-                let scored = evaluate_routes_parallel(&net.valid(), &curve_test, &[anchor], EVAL_BATCH, self.workers, |_| {})?;
+                let scored = evaluate_routes_parallel(&net.valid(), &curve_test, &[anchor], EVAL_BATCH, self.devices, |_| {})?;
                 let point = CurvePoint { epoch, train_loss, test_acc1: scored[0].acc1 };
                 eprintln!(
                     "{name} epoch {epoch}/{}: train loss {:.4}, top-1 {:.2} % on {} test images",
@@ -175,7 +176,7 @@ impl TrainingTask for Options {
                 std::fs::write(&curve_file, serde_json::to_string_pretty(&run)?)?;
             }
             let pb = progress_bar(test.len(), "test");
-            let result = evaluate_routes_parallel(&net.valid(), &test, &[anchor], EVAL_BATCH, self.workers, |n| pb.set_position(n as u64))?
+            let result = evaluate_routes_parallel(&net.valid(), &test, &[anchor], EVAL_BATCH, self.devices, |n| pb.set_position(n as u64))?
                 .remove(0);
             pb.finish_and_clear();
             // Speed and time of the epochs trained in this process; a resumed run that had nothing

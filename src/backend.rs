@@ -212,6 +212,18 @@ pub fn default_workers(name: &str) -> usize {
     }
 }
 
+/// The devices of `peers` data-parallel peers on the backend of `device`: its devices
+/// `0..peers` on GPU backends (`cuda` 0, 1, …), `device` itself for every peer on the CPU backend,
+/// which has one device (the peers are threads sharing it).
+pub fn peer_devices<D: burn::tensor::backend::DeviceOps>(device: &D, peers: usize) -> Vec<D> {
+    use burn::tensor::backend::DeviceId;
+    if peers <= 1 {
+        return vec![device.clone()];
+    }
+    let kind = device.to_id().type_id;
+    (0..peers).map(|index| D::from_id(DeviceId { type_id: kind, index_id: index as u16 })).collect()
+}
+
 /// Makes the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back
 /// to the operating system; returns whether the setting took effect (Linux with glibc; elsewhere it
 /// does nothing and returns `false`). A process-wide setting, so the library never makes it: a

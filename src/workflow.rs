@@ -124,7 +124,8 @@ pub fn open_dataset(dir: &Path, split: Split, layout: &AnchorLayout) -> Result<B
 }
 
 /// [`snnet_train::train`](fn@snnet_train::train) with a progress bar showing the epoch, loss, learning rate, images/s and
-/// ETA. Also returns the seconds of each step (forward, backward, update).
+/// ETA, its [`TrainConfig::peers`] on [`peer_devices`](crate::backend::peer_devices) of the
+/// network's device. Also returns the seconds of each step (forward, backward, update).
 pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     net: StitchedNet<B, A>,
     dataset: &dyn Dataset,
@@ -143,7 +144,9 @@ pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     let every = (total / 20).max(1);
     // The losses as last read (the loop reads them every `options.log_every` steps).
     let (mut loss, mut epoch_loss) = (f64::NAN, f64::NAN);
-    let result = snnet_train::train(net, dataset, sampler, config, teacher, options, |p| {
+    let device = burn::module::Module::devices(&net).into_iter().next().unwrap_or_default();
+    let devices = crate::backend::peer_devices(&device, config.peers);
+    let result = snnet_train::train_on(&devices, net, dataset, sampler, config, teacher, options, |p| {
         if let (Some(l), Some(mean)) = (p.loss, p.epoch_loss) {
             (loss, epoch_loss) = (l, mean);
         }

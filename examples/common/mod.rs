@@ -8,7 +8,7 @@ use snnet::{
     demo,
     train::{
         data::{load_batch, Dataset},
-        SplitMix64, StepConfig, TrainConfig,
+        RoutePolicy, SplitMix64, StepConfig, TrainConfig,
     },
     workflow::{progress_bar, BoxError},
     Anchor, Kernels, LsReport, Stitch, StitchedNet,
@@ -26,14 +26,18 @@ pub struct DemoRun {
     /// Calibration images for least squares.
     #[arg(long, default_value_t = 200)]
     pub ls_images: usize,
-    /// Images per step, split between the `--workers` threads.
+    /// Images per step (the global batch), split between the `--devices` peers.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    /// Worker threads: in training they share each step (its one sampled route on each thread's
-    /// part of the batch, gradients combined as for the whole batch); in evaluation they share
-    /// the routes.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Data-parallel peers in training (each on its shard of every step's batch, gradients summed
+    /// through burn's collective: threads sharing the CPU on flex, devices 0..N-1 on GPU
+    /// backends); threads sharing the routes in evaluation. Default: 2 on flex, 1 on a GPU.
+    #[arg(long, visible_alias = "workers", value_name = "N")]
+    pub devices: Option<usize>,
+    /// Which route each training peer trains at a step: `per-peer` (each its own: the official
+    /// multi-GPU recipe) or `shared` (one route per step for all).
+    #[arg(long, default_value = "per-peer", value_parser = ["per-peer", "shared"])]
+    pub route_policy: String,
     /// Peak learning rate of the stitching layers (cosine to 1e-6 after a short warmup); the
     /// anchors train at `--anchor-lr-scale` times it.
     #[arg(long, default_value_t = 1e-3)]
@@ -45,6 +49,12 @@ pub struct DemoRun {
 }
 
 impl DemoRun {
+    /// `--devices`, or its default for the backend: 2 on the CPU (whose second core a step
+    /// otherwise leaves idle), 1 on a GPU.
+    pub fn peers(&self) -> usize {
+        self.devices.unwrap_or(if self.device == "flex" { 2 } else { 1 })
+    }
+
     /// Least squares of `net`'s stitching layers on the first `--ls-images` of the training
     /// images in a seeded shuffle (the same images for every network), with a progress bar.
     pub fn least_squares<B: Kernels, A: Anchor<B>, L: Stitch<B>>(
@@ -70,7 +80,8 @@ impl DemoRun {
         TrainConfig {
             epochs,
             batch_size: self.batch,
-            workers: self.workers,
+            peers: self.peers(),
+            route_policy: if self.route_policy == "shared" { RoutePolicy::Shared } else { RoutePolicy::PerPeer },
             lr: self.lr,
             warmup_lr: 1e-6,
             min_lr: 1e-6,

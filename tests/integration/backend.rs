@@ -98,3 +98,25 @@ fn independent_forwards_share_the_cpu_threads_and_a_gpu_runs_one() {
         assert_eq!(snnet::backend::default_workers(gpu), 1, "{gpu}");
     }
 }
+
+#[test]
+fn data_parallel_peers_share_the_cpu_and_take_one_gpu_each() {
+    use burn::tensor::backend::DeviceId;
+    let cpu = burn::backend::flex::FlexDevice;
+    assert_eq!(snnet::backend::peer_devices(&cpu, 3), vec![cpu; 3], "the CPU backend has one device");
+    assert_eq!(snnet::backend::peer_devices(&cpu, 1), vec![cpu]);
+    // A device type with several devices (what the GPU backends' ids look like): 0, 1, 2 of its kind.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Numbered(u16, u16);
+    impl burn::tensor::backend::Device for Numbered {
+        fn from_id(id: DeviceId) -> Self {
+            Numbered(id.type_id, id.index_id)
+        }
+        fn to_id(&self) -> DeviceId {
+            DeviceId { type_id: self.0, index_id: self.1 }
+        }
+    }
+    impl burn::tensor::backend::DeviceOps for Numbered {}
+    let devices = snnet::backend::peer_devices(&Numbered(7, 0), 3);
+    assert_eq!(devices, [Numbered(7, 0), Numbered(7, 1), Numbered(7, 2)]);
+}

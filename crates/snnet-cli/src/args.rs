@@ -305,14 +305,24 @@ pub struct TrainArgs {
     /// Passes over the training set.
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Images per step, split between the `--workers` threads.
+    /// Images per step (the global batch), split between the `--devices` peers.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    /// Threads sharing each step: the step's one sampled route runs on each thread's part of the
-    /// `--batch` images and the gradients are combined as for the whole batch (same step as one
-    /// thread, faster on the CPU). At most the batch size.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    /// Data-parallel peers: each trains its shard of every step's `--batch` images, and their
+    /// gradients are summed through burn's collective before one optimiser step on every peer. A
+    /// number N puts N peers on the `--device` backend (GPU backends: its devices 0..N-1; the CPU:
+    /// threads sharing it). At most the batch size.
+    #[arg(long, visible_alias = "workers", default_value_t = 1, value_name = "N")]
+    pub devices: usize,
+    /// Which route each peer trains at a step: `per-peer` (each its own, drawn from the seed + its
+    /// rank: the official multi-GPU recipe) or `shared` (all the same route: the gradient of the
+    /// whole batch on one route, as one device computes it).
+    #[arg(long, default_value = "per-peer", value_parser = ["per-peer", "shared"])]
+    pub route_policy: String,
+    /// Seconds the peers wait for each other at a gradient exchange before stopping with an error
+    /// that names the missing peer.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub peer_timeout: f64,
     /// Base learning rate (after warmup).
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,

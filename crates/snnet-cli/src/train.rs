@@ -4,8 +4,8 @@
 use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use snnet::{
     train::{
-        data::Split, AdamWConfig, Augment, Distillation, FlopsGroupedSampler, ListSampler, RouteSampler, RunOptions, StepConfig, Stepping,
-        Teacher, TrainConfig,
+        data::Split, AdamWConfig, Augment, Distillation, FlopsGroupedSampler, ListSampler, RoutePolicy, RouteSampler, RunOptions,
+        StepConfig, Stepping, Teacher, TrainConfig,
     },
     workflow::{median_after, open_dataset, train_with_progress},
     Description,
@@ -34,7 +34,8 @@ impl Train<'_> {
         TrainConfig {
             epochs: a.epochs,
             batch_size: a.batch,
-            workers: a.workers,
+            peers: a.devices,
+            route_policy: if a.route_policy == "shared" { RoutePolicy::Shared } else { RoutePolicy::PerPeer },
             lr: a.lr,
             warmup_lr: a.warmup_lr,
             min_lr: a.min_lr,
@@ -102,15 +103,21 @@ impl Train<'_> {
             resume: self.args.resume,
             stop_after_steps: self.args.max_steps,
             log_every: self.args.log_every as usize,
+            peer_timeout: std::time::Duration::from_secs_f64(self.args.peer_timeout.max(0.001)),
         };
         eprintln!(
-            "training {} routes on {} images: {} epoch(s) of {} steps, batch {} × {} worker(s)",
+            "training {} routes on {} images: {} epoch(s) of {} steps, batch {} over {} peer(s){}",
             self.args.routes.as_ref().map_or(net.num_routes(), Vec::len),
             dataset.len(),
             config.epochs,
             config.steps_per_epoch(dataset.len()),
             config.batch_size,
-            config.workers
+            config.peers,
+            match (config.peers, config.route_policy) {
+                (1, _) => "",
+                (_, RoutePolicy::PerPeer) => ", a route per peer",
+                (_, RoutePolicy::Shared) => ", one route per step",
+            }
         );
         let (net, report, step_seconds) =
             train_with_progress(net, dataset.as_ref(), sampler.as_mut(), &config, teacher.as_ref(), &options)?;

@@ -581,11 +581,14 @@ fn train_fine_tunes_a_two_way_lora_network_with_flops_grouped_sampling() {
         "flops-grouped",
         "--flops-gap",
         "10%",
+        "--devices",
+        "2",
         "--output",
         trained.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("FLOPs-grouped sampling:"), "{err}");
+    assert!(err.contains("batch 4 over 2 peer(s), a route per peer"), "{err}");
     let (before, _) = read_tensors(&weights).unwrap();
     let (after, _) = read_tensors(&trained).unwrap();
     // Dense stitching weights frozen, their biases and LoRA factors trained, factors kept unmerged.
@@ -837,13 +840,14 @@ fn bench_refuses_absurd_batches_and_warmups() {
 }
 
 #[test]
-fn train_help_says_what_workers_and_batch_do() {
+fn train_help_says_what_devices_route_policy_and_batch_do() {
     let (ok, out, err) = snnet(&["train", "--help"]);
     assert!(ok, "{err}");
     let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(text.contains("Images per step, split between the `--workers` threads"), "{text}");
-    assert!(text.contains("the step's one sampled route runs on each thread's part of the `--batch` images"), "{text}");
-    assert!(!text.contains("its own sampled route") && !text.contains("per step and worker"), "{text}");
+    assert!(text.contains("Images per step (the global batch), split between the `--devices` peers"), "{text}");
+    assert!(text.contains("--devices <N>") && text.contains("[alias: --workers]"), "{text}");
+    assert!(text.contains("each trains its shard of every step's `--batch` images"), "{text}");
+    assert!(text.contains("`per-peer` (each its own, drawn from the seed + its rank: the official multi-GPU recipe)"), "{text}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Light training augmentation on preprocessed batches: random horizontal flips and random
-//! translations (edge pixels repeated into the gap), drawn from a seeded generator so a resumed run
-//! sees the same images.
+//! translations (edge pixels repeated into the gap). Each image draws from its own generator, seeded
+//! by the step and its position in the step's global batch, so a resumed run sees the same images
+//! and a peer augmenting only its shard of the batch augments it as a single process would.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,15 +25,17 @@ impl Default for Augment {
 
 impl Augment {
     /// Augments every image of `images` (`[batch, c, h, w]` flattened, `shape = [c, h, w]`) in
-    /// place, drawing from `rng`.
-    pub fn apply(&self, images: &mut [f32], shape: [usize; 3], rng: &mut SplitMix64) {
+    /// place: the `k`-th with the generator of stream `first + k` of `seed`, so the images at
+    /// positions `first..` of a batch are augmented alike whether or not the rest of it is present.
+    pub fn apply(&self, images: &mut [f32], shape: [usize; 3], seed: u64, first: usize) {
         let [c, h, w] = shape;
         let size = c * h * w;
         if size == 0 {
             return;
         }
         let mut scratch = vec![0.0f32; size];
-        for image in images.chunks_exact_mut(size) {
+        for (k, image) in images.chunks_exact_mut(size).enumerate() {
+            let rng = &mut SplitMix64::stream(seed, (first + k) as u64, 0xD6E8_FEB8_6659_FD93);
             let flip = self.horizontal_flip && rng.below(2) == 1;
             let span = 2 * self.max_shift + 1;
             let dy = rng.below(span) as isize - self.max_shift as isize;
@@ -68,9 +71,13 @@ mod tests {
         let original: Vec<f32> = (0..3 * 20).map(|i| i as f32).collect();
         let aug = Augment { horizontal_flip: true, max_shift: 1 };
         let (mut a, mut b) = (original.clone(), original.clone());
-        aug.apply(&mut a, shape, &mut SplitMix64::new(5));
-        aug.apply(&mut b, shape, &mut SplitMix64::new(5));
+        aug.apply(&mut a, shape, 5, 0);
+        aug.apply(&mut b, shape, 5, 0);
         assert_eq!(a, b, "same seed, same augmentation");
+        // The last two images alone, at their positions, are augmented as within the whole batch.
+        let mut tail = original[20..].to_vec();
+        aug.apply(&mut tail, shape, 5, 1);
+        assert_eq!(tail, a[20..]);
         assert_ne!(a, original, "something moved");
         // Every output pixel comes from the same image.
         for (img, src) in a.chunks(20).zip(original.chunks(20)) {
@@ -78,11 +85,10 @@ mod tests {
         }
         // A flip alone mirrors each row exactly.
         let flip = Augment { horizontal_flip: true, max_shift: 0 };
-        let mut rng = SplitMix64::new(0);
         let mut flipped = original.clone();
-        loop {
+        for seed in 0.. {
             flipped.copy_from_slice(&original);
-            flip.apply(&mut flipped[..20], shape, &mut rng);
+            flip.apply(&mut flipped[..20], shape, seed, 0);
             if flipped[..20] != original[..20] {
                 break;
             }

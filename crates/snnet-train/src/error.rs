@@ -30,6 +30,14 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// A data-parallel run stopped because of one of its peers (named in `reason`).
+    #[error("data-parallel run of {peers} peers: {reason}")]
+    Peers {
+        /// Peers of the run.
+        peers: usize,
+        /// Which peer failed or did not arrive, where, and why.
+        reason: String,
+    },
     /// The loss became NaN or infinite.
     #[error("the loss became {loss} at step {step} (route {route}); lower the learning rate or enable gradient clipping")]
     Diverged {

@@ -59,8 +59,8 @@ pub fn timm_decays(key: &str, rank: usize) -> bool {
     !(rank <= 1 || last == "bias" || last == "cls_token" || last == "pos_embed")
 }
 
-/// The gradients of a step, flattened, by parameter: from one backward pass, or combined from the
-/// workers that shared the step's batch.
+/// The gradients of a step, flattened, by parameter: from one backward pass, or summed over the
+/// peers of a data-parallel step.
 pub struct Grads<B: AutodiffBackend> {
     by_param: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
 }
@@ -85,35 +85,29 @@ impl<B: AutodiffBackend> Grads<B> {
         Self { by_param: collect.by_param }
     }
 
-    /// `Σ weight · gradients` over the parts (each part a worker's share of one batch).
-    pub fn weighted_sum(parts: Vec<(Grads<B>, f64)>) -> Self {
-        let mut sum: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
-        for (part, weight) in parts {
-            for (id, g) in part.by_param {
-                let g = if weight == 1.0 { g } else { g.mul_scalar(weight) };
-                let total = match sum.remove(&id) {
-                    Some(s) => s + g,
-                    None => g,
-                };
-                sum.insert(id, total);
-            }
-        }
-        Self { by_param: sum }
+    /// Gradients given by parameter (flattened), e.g. as the peers of a data-parallel step
+    /// summed them.
+    pub fn from_flat(by_param: HashMap<ParamId, Tensor<B::InnerBackend, 1>>) -> Self {
+        Self { by_param }
     }
 
-    fn get(&self, id: &ParamId) -> Option<&Tensor<B::InnerBackend, 1>> {
+    /// The flattened gradient of parameter `id`, if it received one.
+    pub fn get(&self, id: &ParamId) -> Option<&Tensor<B::InnerBackend, 1>> {
         self.by_param.get(id)
     }
 }
 
 /// Moments and step count of one parameter, on the inner backend, flattened.
+#[derive(Clone)]
 struct Moments<B: Backend> {
     step: u64,
     m: Tensor<B, 1>,
     v: Tensor<B, 1>,
 }
 
-/// AdamW with per-parameter state kept by key.
+/// AdamW with per-parameter state kept by key (a clone shares nothing mutable: every peer of a
+/// data-parallel run steps its own copy).
+#[derive(Clone)]
 pub struct AdamW<B: AutodiffBackend> {
     config: AdamWConfig,
     state: HashMap<String, Moments<B::InnerBackend>>,
@@ -137,6 +131,16 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// The configuration.
     pub fn config(&self) -> &AdamWConfig {
         &self.config
+    }
+
+    /// The same state on `device` (for a peer on another device).
+    pub fn to_device(&self, device: &burn::tensor::Device<B::InnerBackend>) -> Self {
+        let state = self
+            .state
+            .iter()
+            .map(|(key, s)| (key.clone(), Moments { step: s.step, m: s.m.clone().to_device(device), v: s.v.clone().to_device(device) }))
+            .collect();
+        Self { config: self.config.clone(), state }
     }
 
     /// Keys of the parameters that have optimiser state.

@@ -13,6 +13,8 @@ pub trait RouteSampler {
     fn state(&self) -> u64;
     /// Continues from a saved state.
     fn restore(&mut self, state: u64);
+    /// A copy in the same state, for another peer of a data-parallel run.
+    fn fork(&self) -> Box<dyn RouteSampler + Send>;
 }
 
 /// Every route with the same probability, from a seeded generator (reproducible).
@@ -42,6 +44,10 @@ impl RouteSampler for UniformSampler {
     fn restore(&mut self, state: u64) {
         self.rng = SplitMix64::new(state);
     }
+
+    fn fork(&self) -> Box<dyn RouteSampler + Send> {
+        Box::new(self.clone())
+    }
 }
 
 /// Uniform over a fixed list of routes (e.g. only the anchors, to pretrain them in one run).
@@ -70,6 +76,10 @@ impl RouteSampler for ListSampler {
 
     fn restore(&mut self, state: u64) {
         self.rng = SplitMix64::new(state);
+    }
+
+    fn fork(&self) -> Box<dyn RouteSampler + Send> {
+        Box::new(self.clone())
     }
 }
 
@@ -174,6 +184,10 @@ impl RouteSampler for FlopsGroupedSampler {
 
     fn restore(&mut self, state: u64) {
         self.rng = SplitMix64::new(state);
+    }
+
+    fn fork(&self) -> Box<dyn RouteSampler + Send> {
+        Box::new(self.clone())
     }
 }
 

@@ -7,32 +7,22 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// `Σ wᵢ·xᵢ` over a few scalars `xᵢ` held on the device (one tensor of them) with host weights
-/// `wᵢ`; reading it transfers the `xᵢ` and sums in f64 on the host, so the value is the same as
-/// if each `xᵢ` had been read on its own.
+/// A scalar held on the device (a one-element tensor) until read.
 #[derive(Clone)]
 pub struct DeviceScalar<B: Backend> {
-    values: Tensor<B, 1>,
-    weights: Vec<f64>,
+    value: Tensor<B, 1>,
 }
 
 impl<B: Backend> DeviceScalar<B> {
     /// The value of a one-element tensor.
     pub fn new(value: Tensor<B, 1>) -> Self {
-        let n = value.dims()[0];
-        Self { values: value, weights: vec![1.0; n] }
+        debug_assert_eq!(value.dims()[0], 1, "a device scalar holds one value");
+        Self { value }
     }
 
-    /// `Σ wⱼ·sⱼ` over `parts` (e.g. the losses of the workers sharing one batch, weighted by their
-    /// shares); nothing is read. `None` for no parts.
-    pub fn weighted_sum(parts: Vec<(DeviceScalar<B>, f64)>) -> Option<Self> {
-        let mut weights = Vec::new();
-        let mut values = Vec::with_capacity(parts.len());
-        for (part, weight) in parts {
-            weights.extend(part.weights.iter().map(|w| w * weight));
-            values.push(part.values);
-        }
-        (!values.is_empty()).then(|| Self { values: Tensor::cat(values, 0), weights })
+    /// The one-element tensor, still on the device.
+    pub fn tensor(&self) -> Tensor<B, 1> {
+        self.value.clone()
     }
 
     /// Reads the value: one transfer from the device.
@@ -45,17 +35,16 @@ impl<B: Backend> DeviceScalar<B> {
         if scalars.is_empty() {
             return Vec::new();
         }
-        let all = Tensor::cat(scalars.iter().map(|s| s.values.clone()).collect(), 0);
+        let all = Tensor::cat(scalars.iter().map(|s| s.value.clone()).collect(), 0);
         let host: Vec<f32> = all.into_data().convert::<f32>().to_vec().expect("a float tensor converts to f32");
-        let mut terms = host.into_iter();
-        scalars.iter().map(|s| s.weights.iter().zip(terms.by_ref()).map(|(w, x)| w * f64::from(x)).sum()).collect()
+        host.into_iter().map(f64::from).collect()
     }
 }
 
 impl<B: Backend> std::fmt::Debug for DeviceScalar<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Formatting must not read the device: only the shape is shown.
-        write!(f, "DeviceScalar({} term(s), unread)", self.weights.len())
+        write!(f, "DeviceScalar(unread)")
     }
 }
 
@@ -72,17 +61,8 @@ mod tests {
     }
 
     #[test]
-    fn a_weighted_sum_reads_as_the_host_sum_of_its_parts() {
-        let (a, b) = (0.1_f32, 2.7_f32);
-        let sum = DeviceScalar::weighted_sum(vec![(scalar(a), 0.25), (scalar(b), 0.75)]).unwrap();
-        assert_eq!(sum.value(), 0.25 * f64::from(a) + 0.75 * f64::from(b));
-        assert!(DeviceScalar::<B>::weighted_sum(Vec::new()).is_none());
-    }
-
-    #[test]
     fn reading_many_gives_each_its_own_value() {
-        let two = DeviceScalar::weighted_sum(vec![(scalar(1.0), 0.5), (scalar(3.0), 0.5)]).unwrap();
-        let values = DeviceScalar::read_all(&[scalar(4.0), two, scalar(f32::NAN)]);
+        let values = DeviceScalar::read_all(&[scalar(4.0), scalar(2.0), scalar(f32::NAN)]);
         assert_eq!(&values[..2], &[4.0, 2.0]);
         assert!(values[2].is_nan());
         assert!(DeviceScalar::<B>::read_all(&[]).is_empty());

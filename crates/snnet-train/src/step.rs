@@ -51,7 +51,7 @@ impl Default for StepConfig {
 /// a step waits for nothing.
 #[derive(Clone, Debug)]
 pub struct StepOutcome<B: Backend> {
-    /// Mean loss over the batch (the workers' losses weighted by their shares).
+    /// Mean loss over the step's batch (over the global batch when peers share the step).
     pub loss: DeviceScalar<B>,
     /// Optimiser report (parameters updated, gradient norm).
     pub optimizer: StepReport<B>,
@@ -86,20 +86,18 @@ pub fn distillation_loss<B: Backend>(logits: Tensor<B, 2>, teacher: Tensor<B, 2>
     }
 }
 
-/// What one worker trains in a step: its part of the batch, the route, the teacher's logits for
-/// it, its share of the whole batch, and the seed of its drop-path masks.
-pub struct WorkerBatch<B: AutodiffKernels> {
+/// What a step trains: a batch (or a peer's shard of the step's global batch), the route, the
+/// teacher's logits for it, and the seed of its drop-path masks.
+pub struct RouteBatch<B: AutodiffKernels> {
     /// Images `[batch, C, H, W]`.
     pub images: Tensor<B, 4>,
     /// Class labels `[batch]`.
     pub labels: Tensor<B, 1, Int>,
     /// The teacher's logits and the distillation kind, if distilling.
     pub teacher_logits: Option<(Tensor<B, 2>, Distillation)>,
-    /// The route this worker trains.
+    /// The route trained.
     pub route: usize,
-    /// This part's share of the step's images: its loss and gradients count with this weight.
-    pub weight: f64,
-    /// Seed of the stochastic layers for this worker's forward (`None`: leave the network's as set).
+    /// Seed of the stochastic layers for this forward (`None`: leave the network's as set).
     pub noise_seed: Option<u64>,
 }
 
@@ -116,53 +114,28 @@ pub fn train_step<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     lr: f64,
     config: &StepConfig,
 ) -> Result<(StitchedNet<B, A, L>, StepOutcome<B::InnerBackend>)> {
-    let batch = WorkerBatch { images, labels, teacher_logits, route, weight: 1.0, noise_seed: None };
-    train_step_workers(net, optimizer, vec![batch], lr, config)
+    let batch = RouteBatch { images, labels, teacher_logits, route, noise_seed: None };
+    let (loss, grads) = route_gradients(&fresh_leaves(&net), batch, config)?;
+    let (net, report) = apply_gradients(net, optimizer, &grads, lr, config);
+    Ok((net, StepOutcome { loss, optimizer: report }))
 }
 
-/// One data-parallel step: every worker runs its part of the batch in its own thread (the first on
-/// the calling thread), the gradients are summed with the parts' weights — for parts of one batch
-/// on one route, the gradient of the whole batch's mean loss — and one AdamW step updates every
-/// parameter that received a gradient. The loss reported is the weighted sum too.
-pub fn train_step_workers<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
+/// One AdamW step of every parameter of `net` that has a gradient in `grads`, with the learning
+/// rates of `config` (anchors' and stitching layers' scales) and timm's decay rule.
+pub fn apply_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     net: StitchedNet<B, A, L>,
     optimizer: &mut AdamW<B>,
-    batches: Vec<WorkerBatch<B>>,
+    grads: &Grads<B>,
     lr: f64,
     config: &StepConfig,
-) -> Result<(StitchedNet<B, A, L>, StepOutcome<B::InnerBackend>)> {
-    let workers = batches.len();
-    let weights: Vec<f64> = batches.iter().map(|b| b.weight).collect();
-    let mut batches = batches.into_iter();
-    let first = batches.next().expect("a step has at least one worker");
-    let outcomes: Vec<Result<(DeviceScalar<B::InnerBackend>, Grads<B>)>> = std::thread::scope(|scope| {
-        let others: Vec<_> = batches
-            .map(|batch| {
-                let replica = replica(&net);
-                scope.spawn(move || route_gradients(&replica, batch, config))
-            })
-            .collect();
-        let mut outcomes = vec![route_gradients(&fresh_leaves(&net), first, config)];
-        outcomes.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
-        outcomes
-    });
-    let mut losses = Vec::with_capacity(workers);
-    let mut parts = Vec::with_capacity(workers);
-    for (outcome, weight) in outcomes.into_iter().zip(weights) {
-        let (part_loss, grads) = outcome?;
-        losses.push((part_loss, weight));
-        parts.push((grads, weight));
-    }
-    let loss = DeviceScalar::weighted_sum(losses).expect("a step has at least one worker");
-    let grads = Grads::weighted_sum(parts);
+) -> (StitchedNet<B, A, L>, StepReport<B::InnerBackend>) {
     let stitching = parameter_ids(&net.stitch_layers);
     let rule = |id: ParamId, key: &str, rank: usize| ParamRule {
         lr_scale: if stitching.contains(&id) { config.stitch_lr_scale } else { config.anchor_lr_scale },
         decay: timm_decays(key, rank),
     };
     let names = net.clone();
-    let (net, report) = optimizer.step(net, &grads, lr, &|k| names.official_key(k), &rule);
-    Ok((net, StepOutcome { loss, optimizer: report }))
+    optimizer.step(net, grads, lr, &|k| names.official_key(k), &rule)
 }
 
 /// The ids of every parameter of `module`: for the stitching layers, how the step tells their
@@ -179,10 +152,11 @@ fn parameter_ids<B: AutodiffKernels, M: Module<B>>(module: &M) -> HashSet<ParamI
     ids.0
 }
 
-/// Forward, loss and backward of one worker's batch; the loss and the gradients.
-fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
+/// Forward, loss and backward of `batch` on `net` (run it on [`fresh_leaves`] of the network):
+/// the mean loss over the batch and its gradients.
+pub fn route_gradients<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(
     net: &StitchedNet<B, A, L>,
-    batch: WorkerBatch<B>,
+    batch: RouteBatch<B>,
     config: &StepConfig,
 ) -> Result<(DeviceScalar<B::InnerBackend>, Grads<B>)> {
     if let Some(seed) = batch.noise_seed {
@@ -227,7 +201,7 @@ pub fn fresh_leaves<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &Stitch
     net.clone().map(&mut FreshLeaves)
 }
 
-/// A copy of `net` for another worker thread: [`fresh_leaves`], so its graph is its own, with
+/// A copy of `net` for another peer thread: [`fresh_leaves`], so its graph is its own, with
 /// anchors whose stochastic layers take their own seed.
 pub fn replica<B: AutodiffKernels, A: Anchor<B>, L: Stitch<B>>(net: &StitchedNet<B, A, L>) -> StitchedNet<B, A, L> {
     let mut copy = fresh_leaves(net);

@@ -1,10 +1,14 @@
-//! The joint-training loop of SN-Net: every step trains one sampled route on one batch (split
-//! between the worker threads, if several), with the official schedule, AdamW, optional
+//! The joint-training loop of SN-Net: every step trains a sampled route on one batch (or, with
+//! several peers, each peer its own route or the same one on its shard of the batch), with the official schedule, AdamW, optional
 //! distillation, seeded data order, augmentation and drop path, and checkpoints from which a
 //! killed run resumes exactly.
 
 use snnet_core::AutodiffKernels;
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use burn::{
     module::Module,
@@ -19,10 +23,11 @@ use crate::{
     data::{load_batch, Dataset},
     error::{TrainError, TrainResult},
     optim::{AdamW, AdamWConfig},
+    peers::{exclusive_run, reset_collective, Board, LocalPart, Peer, RoutePolicy},
     sampler::RouteSampler,
     scalar::DeviceScalar,
     schedule::CosineSchedule,
-    step::{train_step_workers, Distillation, StepConfig, WorkerBatch},
+    step::{apply_gradients, fresh_leaves, replica, route_gradients, Distillation, RouteBatch, StepConfig},
 };
 
 /// How the learning rate follows the cosine schedule.
@@ -42,12 +47,15 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Images per step (the last incomplete batch of an epoch is dropped, as timm does).
     pub batch_size: usize,
-    /// Threads that share each step: the batch is split between them, each runs the step's route
-    /// on its part, and the gradients are combined as one backward pass over the whole batch would
-    /// give them (only the drop-path masks differ from a one-thread run). On the CPU backend, whose
-    /// small-tensor work runs mostly on one core, two make a step about 1.5× faster.
-    #[serde(default = "one_worker")]
-    pub workers: usize,
+    /// Peers of a data-parallel run: each trains its shard of every step's batch (`batch_size` is
+    /// the global batch), and their gradients are summed through burn's collective, each weighted
+    /// by its share, before one AdamW step on every peer. On the CPU backend, whose small-tensor
+    /// work runs mostly on one core, two peers make a step about 1.5× faster.
+    #[serde(default = "one_peer", alias = "workers")]
+    pub peers: usize,
+    /// Which route each peer trains at a step (with one peer both policies are the same).
+    #[serde(default)]
+    pub route_policy: RoutePolicy,
     /// Base learning rate, reached after warmup.
     pub lr: f64,
     /// Learning rate at the start of warmup.
@@ -68,7 +76,7 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
-fn one_worker() -> usize {
+fn one_peer() -> usize {
     1
 }
 
@@ -77,7 +85,8 @@ impl Default for TrainConfig {
         Self {
             epochs: 1,
             batch_size: 128,
-            workers: 1,
+            peers: 1,
+            route_policy: RoutePolicy::default(),
             lr: 5e-4,
             warmup_lr: 1e-6,
             min_lr: 1e-5,
@@ -135,8 +144,8 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
-        if self.workers == 0 || self.workers > self.batch_size {
-            return bad("workers", format!("{} is not between 1 and the batch size {}", self.workers, self.batch_size));
+        if self.peers == 0 || self.peers > self.batch_size {
+            return bad("peers", format!("{} is not between 1 and the batch size {}", self.peers, self.batch_size));
         }
         if samples < self.batch_size {
             return bad("batch_size", format!("{} is more than the {samples} training samples", self.batch_size));
@@ -155,8 +164,9 @@ impl TrainConfig {
 
 /// Distillation from a teacher: its logits for a batch, and the loss that uses them.
 pub struct Teacher<'a, B: AutodiffKernels> {
-    /// Logits `[batch, classes]` of the teacher for the images (no gradient is taken).
-    pub logits: &'a dyn Fn(Tensor<B::InnerBackend, 4>) -> snnet_core::Result<Tensor<B::InnerBackend, 2>>,
+    /// Logits `[batch, classes]` of the teacher for the images (no gradient is taken; called by
+    /// every peer of a data-parallel run).
+    pub logits: &'a (dyn Fn(Tensor<B::InnerBackend, 4>) -> snnet_core::Result<Tensor<B::InnerBackend, 2>> + Sync),
     /// Hard or soft distillation, and its weight.
     pub kind: Distillation,
 }
@@ -177,11 +187,15 @@ pub struct RunOptions {
     /// transfer), and at every checkpoint and epoch end; 1 reads after every step. Between reads
     /// a step waits on nothing, and a loss that is not finite stops the run at the next read.
     pub log_every: usize,
+    /// How long the peers of a data-parallel run wait for each other at an exchange (or at the
+    /// start) before stopping with an error that names the peers that did not arrive.
+    pub peer_timeout: Duration,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { checkpoint_dir: None, checkpoint_every: None, resume: false, stop_after_steps: None, log_every: 10 }
+        let peer_timeout = Duration::from_secs(600);
+        Self { checkpoint_dir: None, checkpoint_every: None, resume: false, stop_after_steps: None, log_every: 10, peer_timeout }
     }
 }
 
@@ -236,7 +250,7 @@ pub fn epoch_order(seed: u64, epoch: usize, samples: usize) -> Vec<usize> {
     order
 }
 
-/// A seed for `step` in stream `stream` (augmentation, drop path; `+ 0x100·w` for worker `w`'s
+/// A seed for `step` in stream `stream` (augmentation, drop path; `+ 0x100·r` for peer `r`'s
 /// drop path), independent of how the run got there.
 fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
     // `seed ^ step·a ^ stream·b`: the step's stream of the (stream-salted) seed.
@@ -246,7 +260,30 @@ fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
 /// Trains `net` jointly on `dataset`: each step draws a route from `sampler` and trains it on the
 /// next batch. With a checkpoint folder, writes a checkpoint after every epoch (and every
 /// `checkpoint_every` steps) and, with `resume`, continues exactly where the last one left off.
+///
+/// With [`TrainConfig::peers`] above 1 the run is data-parallel: that many peers, threads of this
+/// process on the network's device, each train their shard of every step's batch and exchange
+/// gradients through burn's collective ([`train_on`] puts them on several devices).
 pub fn train<B: AutodiffKernels, A: Anchor<B>>(
+    net: StitchedNet<B, A>,
+    dataset: &dyn Dataset,
+    sampler: &mut dyn RouteSampler,
+    config: &TrainConfig,
+    teacher: Option<&Teacher<'_, B>>,
+    options: &RunOptions,
+    progress: impl FnMut(&TrainProgress),
+) -> TrainResult<(StitchedNet<B, A>, TrainReport)> {
+    let device = net.devices().into_iter().next().unwrap_or_default();
+    let devices = vec![device; config.peers.max(1)];
+    train_on(&devices, net, dataset, sampler, config, teacher, options, progress)
+}
+
+/// [`train`] with peer `r` on `devices[r]` (as many devices as [`TrainConfig::peers`]; a device
+/// may repeat). Peer 0 runs on the calling thread, reports progress and writes the checkpoints;
+/// every peer keeps its own copy of the weights and optimiser state, identical after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
+    devices: &[B::Device],
     net: StitchedNet<B, A>,
     dataset: &dyn Dataset,
     sampler: &mut dyn RouteSampler,
@@ -257,16 +294,20 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
 ) -> TrainResult<(StitchedNet<B, A>, TrainReport)> {
     let samples = dataset.len();
     config.validate(samples)?;
-    let steps_per_epoch = config.steps_per_epoch(samples);
-    let total_steps = steps_per_epoch * config.epochs;
-    let schedule = config.schedule(steps_per_epoch);
+    if devices.len() != config.peers {
+        let reason = format!("{} peers need as many devices, got {}", config.peers, devices.len());
+        return Err(TrainError::Setting { setting: "peers".into(), reason });
+    }
+    if teacher.is_some() && devices.iter().any(|d| *d != devices[0]) {
+        let reason = "distillation runs the teacher on one device; put every peer on it".to_string();
+        return Err(TrainError::Setting { setting: "peers".into(), reason });
+    }
     let config_json = serde_json::to_value(config).expect("a config serialises");
-    let device = net.devices().into_iter().next().unwrap_or_default();
-    let [c, h, w] = dataset.shape();
-
-    let mut net = net;
+    // `fork`: moved (if it is not there yet) as trainable leaves, which `to_device` would not keep.
+    let mut net = net.fork(&devices[0]);
     let mut optimizer = AdamW::<B>::new(config.adamw.clone());
-    let mut position = RunPosition { epoch: 0, batch_in_epoch: 0, global_step: 0, sampler_state: sampler.state() };
+    let first_sampler_state = sampler.state();
+    let mut position = RunPosition { epoch: 0, batch_in_epoch: 0, global_step: 0, sampler_state: first_sampler_state };
     if let (true, Some(dir)) = (options.resume, &options.checkpoint_dir) {
         if let Some(index) = read_index(dir)? {
             let shown = dir.join(crate::checkpoint::CHECKPOINT_FILE).display().to_string();
@@ -284,111 +325,215 @@ pub fn train<B: AutodiffKernels, A: Anchor<B>>(
             sampler.restore(position.sampler_state);
         }
     }
-    let resumed_from = position.global_step;
-
-    let started = Instant::now();
-    let mut images_done = 0usize;
-    let mut skipped = 0usize;
-    let mut epoch_losses = Vec::new();
-    let checkpoint = |net: &StitchedNet<B, A>, optimizer: &AdamW<B>, position: &RunPosition| -> TrainResult<()> {
-        match &options.checkpoint_dir {
-            Some(dir) => save_checkpoint(dir, net, optimizer, position, config_json.clone(), samples),
-            None => Ok(()),
-        }
-    };
-
-    while position.epoch < config.epochs {
-        let order = epoch_order(config.seed, position.epoch, samples);
-        let mut losses = UnreadLosses::default();
-        while position.batch_in_epoch < steps_per_epoch {
-            if options.stop_after_steps.is_some_and(|s| position.global_step >= s) {
-                losses.read()?;
-                return Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)));
-            }
-            let step = position.global_step;
-            // Whether this step ends the epoch, or else writes a periodic checkpoint: both read
-            // the losses first (the epoch's mean; no checkpoint of a run that diverged).
-            let end_of_epoch = position.batch_in_epoch + 1 == steps_per_epoch;
-            let periodic_checkpoint = !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && (step + 1) % n == 0);
-            let lr = config.lr_at(&schedule, position.epoch, step);
-            let start = position.batch_in_epoch * config.batch_size;
-            let mut batch = load_batch(dataset, &order[start..start + config.batch_size]);
-            if let Some((index, err)) = batch.skipped.first() {
-                eprintln!("skipping {} unreadable training sample(s), e.g. {index}: {err}", batch.skipped.len());
-                skipped += batch.skipped.len();
-            }
-            let mut workers = Vec::with_capacity(config.workers);
-            let step_images = batch.len();
-            if !batch.is_empty() {
-                if let Some(augment) = &config.augment {
-                    augment.apply(&mut batch.images, [c, h, w], &mut SplitMix64::new(step_seed(config.seed, step, 1)));
-                }
-                let n = batch.len();
-                let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [n, c, h, w]), &device);
-                let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-                let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), &device);
-                let route = sampler.next_route();
-                let teacher_logits = match teacher {
-                    Some(t) => Some((Tensor::<B, 2>::from_inner((t.logits)(images.clone().inner())?), t.kind)),
-                    None => None,
-                };
-                // The batch in `workers` contiguous parts (the first ones one larger when it does not divide).
-                let parts = config.workers.min(n);
-                let mut from = 0;
-                for part in 0..parts {
-                    let len = n / parts + usize::from(part < n % parts);
-                    workers.push(WorkerBatch {
-                        images: images.clone().narrow(0, from, len),
-                        labels: labels.clone().narrow(0, from, len),
-                        teacher_logits: teacher_logits.as_ref().map(|(t, kind)| (t.clone().narrow(0, from, len), *kind)),
-                        route,
-                        weight: len as f64 / n as f64,
-                        noise_seed: Some(step_seed(config.seed, step, 2 + 0x100 * part as u64)),
-                    });
-                    from += len;
-                }
-            }
-            if !workers.is_empty() {
-                let route = workers[0].route;
-                let step_started = Instant::now();
-                let (trained, outcome) = train_step_workers(net, &mut optimizer, workers, lr, &config.step)?;
-                net = trained;
-                losses.push(step, route, outcome.loss);
-                let loss = match losses.len() >= options.log_every.max(1) || end_of_epoch || periodic_checkpoint {
-                    true => losses.read()?,
-                    false => None,
-                };
-                let step_seconds = step_started.elapsed().as_secs_f64();
-                images_done += step_images;
-                let elapsed = started.elapsed().as_secs_f64();
-                progress(&TrainProgress {
-                    epoch: position.epoch,
-                    epochs: config.epochs,
-                    step: step + 1,
-                    total_steps,
-                    route,
-                    loss,
-                    epoch_loss: loss.and(losses.epoch_mean()),
-                    lr,
-                    images_per_s: images_done as f64 / elapsed.max(1e-9),
-                    step_seconds,
-                });
-            }
-            position.batch_in_epoch += 1;
-            position.global_step += 1;
-            position.sampler_state = sampler.state();
-            if periodic_checkpoint {
-                losses.read()?; // what an empty step (every sample unreadable) left unread
-                checkpoint(&net, &optimizer, &position)?;
-            }
-        }
-        losses.read()?;
-        epoch_losses.push(losses.epoch_mean().unwrap_or(f64::NAN));
-        position.epoch += 1;
-        position.batch_in_epoch = 0;
-        checkpoint(&net, &optimizer, &position)?;
+    let run = Run { dataset, config, teacher, options, config_json, samples, resumed_from: position.global_step };
+    if config.peers == 1 {
+        return run.peer(0, None, net, optimizer, sampler, position, &mut progress);
     }
-    Ok((net, report(position.global_step, resumed_from, epoch_losses, images_done, started, skipped)))
+
+    let _only_run = exclusive_run();
+    reset_collective::<B>();
+    let board = Board::new(config.peers, options.peer_timeout, reset_collective::<B>);
+    // Every peer's copy, sampler and optimiser, made before any of them starts.
+    let mut others = Vec::with_capacity(config.peers - 1);
+    for (rank, device) in devices.iter().enumerate().skip(1) {
+        let mut own_sampler = sampler.fork();
+        if config.route_policy == RoutePolicy::PerPeer {
+            // Peer r's sampler from the route seed + r, advanced past the steps already done.
+            own_sampler.restore(first_sampler_state.wrapping_add(rank as u64));
+            for _ in 0..position.global_step {
+                own_sampler.next_route();
+            }
+        }
+        others.push((rank, replica(&net.clone().fork(device)), optimizer.to_device(device), own_sampler));
+    }
+    let (first, rest) = std::thread::scope(|scope| {
+        let watchdog = scope.spawn(|| board.watch());
+        let handles: Vec<_> = others
+            .into_iter()
+            .map(|(rank, net, optimizer, mut own_sampler)| {
+                let (run, board, position) = (&run, board.clone(), position.clone());
+                scope.spawn(move || {
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run.peer(rank, Some(&board), net, optimizer, own_sampler.as_mut(), position, &mut |_| {})
+                    }));
+                    let outcome = outcome.unwrap_or_else(|panic| {
+                        let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                        Err(TrainError::Peers {
+                            peers: run.config.peers,
+                            reason: format!("peer {rank} panicked: {}", what.unwrap_or_default()),
+                        })
+                    });
+                    if let Err(e) = &outcome {
+                        board.fail(rank, &e.to_string());
+                    }
+                    outcome.map(|_| ())
+                })
+            })
+            .collect();
+        let first = run.peer(0, Some(&board), net, optimizer, sampler, position, &mut progress);
+        if let Err(e) = &first {
+            board.fail(0, &e.to_string());
+        }
+        let rest: Vec<TrainResult<()>> = handles.into_iter().map(|h| h.join().expect("a peer's panics are caught")).collect();
+        board.finish();
+        watchdog.join().expect("the watchdog does not panic");
+        (first, rest)
+    });
+    reset_collective::<B>();
+    let trained = first?;
+    rest.into_iter().collect::<TrainResult<Vec<()>>>()?;
+    Ok(trained)
+}
+
+/// What every peer of a run shares.
+struct Run<'a, B: AutodiffKernels> {
+    dataset: &'a dyn Dataset,
+    config: &'a TrainConfig,
+    teacher: Option<&'a Teacher<'a, B>>,
+    options: &'a RunOptions,
+    config_json: serde_json::Value,
+    samples: usize,
+    resumed_from: usize,
+}
+
+impl<B: AutodiffKernels> Run<'_, B> {
+    /// The training loop of peer `rank` (alone when `board` is `None`): its shard of every step's
+    /// batch, its route, the exchange with the other peers, the optimiser step; peer 0 also reports
+    /// progress and writes the checkpoints.
+    #[allow(clippy::too_many_arguments)]
+    fn peer<A: Anchor<B>>(
+        &self,
+        rank: usize,
+        board: Option<&Arc<Board>>,
+        mut net: StitchedNet<B, A>,
+        mut optimizer: AdamW<B>,
+        sampler: &mut dyn RouteSampler,
+        mut position: RunPosition,
+        progress: &mut dyn FnMut(&TrainProgress),
+    ) -> TrainResult<(StitchedNet<B, A>, TrainReport)> {
+        let (config, options, dataset) = (self.config, self.options, self.dataset);
+        let steps_per_epoch = config.steps_per_epoch(self.samples);
+        let total_steps = steps_per_epoch * config.epochs;
+        let schedule = config.schedule(steps_per_epoch);
+        let device = net.devices().into_iter().next().unwrap_or_default();
+        let [c, h, w] = dataset.shape();
+        let peer = match board {
+            Some(board) => Some(Peer::<B>::join(rank, config.peers, board.clone(), device.clone(), &net)?),
+            None => None,
+        };
+        // This peer's shard of each step's batch: contiguous, the first ones one larger when the
+        // peers do not divide the batch.
+        let shard_len = config.batch_size / config.peers + usize::from(rank < config.batch_size % config.peers);
+        let shard_from = rank * (config.batch_size / config.peers) + rank.min(config.batch_size % config.peers);
+
+        let started = Instant::now();
+        let mut images_done = 0usize;
+        let mut skipped = 0usize;
+        let mut epoch_losses = Vec::new();
+        let checkpoint = |net: &StitchedNet<B, A>, optimizer: &AdamW<B>, position: &RunPosition| -> TrainResult<()> {
+            match (&options.checkpoint_dir, rank) {
+                (Some(dir), 0) => save_checkpoint(dir, net, optimizer, position, self.config_json.clone(), self.samples),
+                _ => Ok(()),
+            }
+        };
+        let finish = |net, report| {
+            if let Some(peer) = peer.as_ref() {
+                peer.leave();
+            }
+            Ok((net, report))
+        };
+
+        while position.epoch < config.epochs {
+            let order = epoch_order(config.seed, position.epoch, self.samples);
+            let mut losses = UnreadLosses::default();
+            while position.batch_in_epoch < steps_per_epoch {
+                if options.stop_after_steps.is_some_and(|s| position.global_step >= s) {
+                    losses.read()?;
+                    let report = report(position.global_step, self.resumed_from, epoch_losses, images_done, started, skipped);
+                    return finish(net, report);
+                }
+                let step = position.global_step;
+                // Whether this step ends the epoch, or else writes a periodic checkpoint: both read
+                // the losses first (the epoch's mean; no checkpoint of a run that diverged).
+                let end_of_epoch = position.batch_in_epoch + 1 == steps_per_epoch;
+                let periodic_checkpoint = !end_of_epoch && options.checkpoint_every.is_some_and(|n| n > 0 && (step + 1) % n == 0);
+                let lr = config.lr_at(&schedule, position.epoch, step);
+                let route = sampler.next_route();
+                let start = position.batch_in_epoch * config.batch_size + shard_from;
+                let mut batch = load_batch(dataset, &order[start..start + shard_len]);
+                if let Some((index, err)) = batch.skipped.first() {
+                    eprintln!("skipping {} unreadable training sample(s), e.g. {index}: {err}", batch.skipped.len());
+                }
+                let step_started = Instant::now();
+                let n = batch.len();
+                let result = match n {
+                    0 => None,
+                    _ => {
+                        if let Some(augment) = &config.augment {
+                            augment.apply(&mut batch.images, [c, h, w], step_seed(config.seed, step, 1), shard_from);
+                        }
+                        let images = Tensor::<B, 4>::from_data(TensorData::new(batch.images, [n, c, h, w]), &device);
+                        let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), &device);
+                        let teacher_logits = match self.teacher {
+                            Some(t) => Some((Tensor::<B, 2>::from_inner((t.logits)(images.clone().inner())?), t.kind)),
+                            None => None,
+                        };
+                        let noise_seed = Some(step_seed(config.seed, step, 2 + 0x100 * rank as u64));
+                        let batch = RouteBatch { images, labels, teacher_logits, route, noise_seed };
+                        Some(route_gradients(&fresh_leaves(&net), batch, &config.step)?)
+                    }
+                };
+                let (step_images, step_skipped, result) = match &peer {
+                    Some(peer) => {
+                        let part = LocalPart { images: n, skipped: batch.skipped.len(), result };
+                        let all = peer.exchange(step, part)?;
+                        (all.images, all.skipped, all.result)
+                    }
+                    None => (n, batch.skipped.len(), result),
+                };
+                skipped += step_skipped;
+                if let Some((loss, grads)) = result {
+                    let (trained, _) = apply_gradients(net, &mut optimizer, &grads, lr, &config.step);
+                    net = trained;
+                    losses.push(step, route, loss);
+                    let loss = match losses.len() >= options.log_every.max(1) || end_of_epoch || periodic_checkpoint {
+                        true => losses.read()?,
+                        false => None,
+                    };
+                    let step_seconds = step_started.elapsed().as_secs_f64();
+                    images_done += step_images;
+                    let elapsed = started.elapsed().as_secs_f64();
+                    progress(&TrainProgress {
+                        epoch: position.epoch,
+                        epochs: config.epochs,
+                        step: step + 1,
+                        total_steps,
+                        route,
+                        loss,
+                        epoch_loss: loss.and(losses.epoch_mean()),
+                        lr,
+                        images_per_s: images_done as f64 / elapsed.max(1e-9),
+                        step_seconds,
+                    });
+                }
+                position.batch_in_epoch += 1;
+                position.global_step += 1;
+                position.sampler_state = sampler.state();
+                if periodic_checkpoint {
+                    losses.read()?; // what an empty step (every sample unreadable) left unread
+                    checkpoint(&net, &optimizer, &position)?;
+                }
+            }
+            losses.read()?;
+            epoch_losses.push(losses.epoch_mean().unwrap_or(f64::NAN));
+            position.epoch += 1;
+            position.batch_in_epoch = 0;
+            checkpoint(&net, &optimizer, &position)?;
+        }
+        let report = report(position.global_step, self.resumed_from, epoch_losses, images_done, started, skipped);
+        finish(net, report)
+    }
 }
 
 /// The losses of an epoch's steps: those not read yet stay on the device until [`read`](Self::read)

@@ -372,9 +372,74 @@ mod training {
         }
     }
 
+    /// What each peer of a one-step exchange ended with: weights, loss, gradient norm, parameters
+    /// updated.
+    type PeerStep = (BTreeMap<String, Vec<f32>>, f64, f64, usize);
+
+    /// One step by two in-process peers through burn's collective: peer `r` trains `routes[r]` on
+    /// images `shards[r]` of `images`.
+    fn two_peer_step(
+        start: &snnet_core::StitchedNet<B, snnet_anchors::AnyAnchor<B>>,
+        images: &Tensor<B, 4>,
+        labels: &Tensor<B, 1, Int>,
+        routes: [usize; 2],
+        shards: [(usize, usize); 2],
+    ) -> Vec<PeerStep> {
+        use snnet_train::{apply_gradients, fresh_leaves, peers, replica, route_gradients, RouteBatch};
+        let _only_run = peers::exclusive_run();
+        peers::reset_collective::<B>();
+        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>);
+        let config = StepConfig::default();
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (board, net) = (board.clone(), if rank == 0 { fresh_leaves(start) } else { replica(start) });
+                    let config = &config;
+                    scope.spawn(move || {
+                        let peer = peers::Peer::<B>::join(rank, 2, board, Default::default(), &net).unwrap();
+                        let (from, len) = shards[rank];
+                        let batch = RouteBatch {
+                            images: images.clone().narrow(0, from, len),
+                            labels: labels.clone().narrow(0, from, len),
+                            teacher_logits: None,
+                            route: routes[rank],
+                            noise_seed: None,
+                        };
+                        let part = route_gradients(&fresh_leaves(&net), batch, config).unwrap();
+                        let local = peers::LocalPart { images: len, skipped: 0, result: Some(part) };
+                        let all = peer.exchange(0, local).unwrap();
+                        assert_eq!(all.images, shards[0].1 + shards[1].1);
+                        let (loss, grads) = all.result.unwrap();
+                        let (net, report) = apply_gradients(net, &mut adamw(), &grads, 1e-2, config);
+                        peer.leave();
+                        (params(&net), loss.value(), report.grad_norm.value(), report.updated)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        peers::reset_collective::<B>();
+        results
+    }
+
+    fn adamw() -> AdamW<B> {
+        AdamW::<B>::new(AdamWConfig { clip_grad_norm: Some(1.0), ..Default::default() })
+    }
+
+    /// `(a, b)` agree within `tol` relative to `a`'s magnitude (at least 1).
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * a.abs().max(1.0)
+    }
+
+    fn assert_same_weights(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) {
+        for (key, va) in a {
+            let diff = va.iter().zip(&b[key]).fold(0f32, |m, (x, y)| m.max((x - y).abs() / x.abs().max(1.0)));
+            assert!(diff < 1e-4, "{key}: relative difference {diff}");
+        }
+    }
+
     #[test]
-    fn two_workers_sharing_a_batch_make_the_step_one_worker_makes() {
-        use snnet_train::{train_step_workers, WorkerBatch};
+    fn two_peers_sharing_a_route_make_the_step_one_device_makes_on_the_whole_batch() {
         let device = Default::default();
         B::seed(&device, 5);
         let start = family().build::<B>(&device).unwrap();
@@ -382,29 +447,136 @@ mod training {
         let labels = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3, 4], &device);
         let stitched = (0..start.num_routes()).find(|&i| !start.route(i).unwrap().is_anchor()).unwrap();
         let config = StepConfig::default();
-        let adamw = || AdamW::<B>::new(AdamWConfig { clip_grad_norm: Some(1.0), ..Default::default() });
         let (one, one_outcome) =
             train_step(start.clone(), &mut adamw(), images.clone(), labels.clone(), None, stitched, 1e-2, &config).unwrap();
-        // 3 + 2 images, weighted by their share of the batch.
-        let part = |from: usize, len: usize| WorkerBatch {
-            images: images.clone().narrow(0, from, len),
-            labels: labels.clone().narrow(0, from, len),
-            teacher_logits: None,
-            route: stitched,
-            weight: len as f64 / 5.0,
-            noise_seed: None,
-        };
-        let (two, two_outcome) = train_step_workers(start, &mut adamw(), vec![part(0, 3), part(3, 2)], 1e-2, &config).unwrap();
-        let (one_loss, two_loss) = (one_outcome.loss.value(), two_outcome.loss.value());
-        assert!((one_loss - two_loss).abs() < 1e-5, "{one_loss} vs {two_loss}");
-        let (one_norm, two_norm) = (one_outcome.optimizer.grad_norm.value(), two_outcome.optimizer.grad_norm.value());
-        assert!((one_norm - two_norm).abs() < 1e-4 * one_norm);
-        assert_eq!(one_outcome.optimizer.updated, two_outcome.optimizer.updated);
-        let (a, b) = (params(&one), params(&two));
-        for (key, va) in &a {
-            let diff = va.iter().zip(&b[key]).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(diff < 1e-4, "{key}: max difference {diff}");
+        let (one, one_loss, one_norm) = (params(&one), one_outcome.loss.value(), one_outcome.optimizer.grad_norm.value());
+        // 3 + 2 images: each peer's gradient counts with its share of the batch.
+        let peers = two_peer_step(&start, &images, &labels, [stitched; 2], [(0, 3), (3, 2)]);
+        for (weights, loss, norm, updated) in &peers {
+            assert!(close(one_loss, *loss, 1e-5), "loss {one_loss} vs {loss}");
+            assert!(close(one_norm, *norm, 1e-4), "gradient norm {one_norm} vs {norm}");
+            assert_eq!(*updated, one_outcome.optimizer.updated);
+            assert_same_weights(&one, weights);
         }
+        assert_eq!(peers[0].0, peers[1].0, "the peers' copies are identical");
+    }
+
+    #[test]
+    fn two_peers_on_their_own_routes_step_with_the_mean_of_their_gradients_computed_apart() {
+        use snnet_train::{apply_gradients, fresh_leaves, optim::Grads, route_gradients, RouteBatch};
+        let device = Default::default();
+        B::seed(&device, 7);
+        let start = family().build::<B>(&device).unwrap();
+        let images = Tensor::<B, 4>::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let labels = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3, 4, 0], &device);
+        let stitched = (0..start.num_routes()).find(|&i| !start.route(i).unwrap().is_anchor()).unwrap();
+        let routes = [0, stitched];
+        let shards = [(0, 4), (4, 2)];
+        let peers = two_peer_step(&start, &images, &labels, routes, shards);
+
+        // Apart: each route's gradients on its shard, weighted 4/6 and 2/6, summed by parameter.
+        let config = StepConfig::default();
+        let mut sum: std::collections::HashMap<burn::module::ParamId, Tensor<Flex, 1>> = Default::default();
+        let mut loss = 0.0;
+        let ids = {
+            use burn::module::{Module, ModuleVisitor, Param};
+            struct Ids(Vec<burn::module::ParamId>);
+            impl ModuleVisitor<B> for Ids {
+                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                    self.0.push(param.id);
+                }
+            }
+            let mut ids = Ids(Vec::new());
+            start.visit(&mut ids);
+            ids.0
+        };
+        for (route, (from, len)) in routes.into_iter().zip(shards) {
+            let batch = RouteBatch {
+                images: images.clone().narrow(0, from, len),
+                labels: labels.clone().narrow(0, from, len),
+                teacher_logits: None,
+                route,
+                noise_seed: None,
+            };
+            let (part_loss, grads) = route_gradients(&fresh_leaves(&start), batch, &config).unwrap();
+            let share = len as f64 / 6.0;
+            loss += share * part_loss.value();
+            for id in &ids {
+                if let Some(g) = grads.get(id) {
+                    let g = g.clone().mul_scalar(share);
+                    let total = match sum.remove(id) {
+                        Some(s) => s + g,
+                        None => g,
+                    };
+                    sum.insert(*id, total);
+                }
+            }
+        }
+        let (apart, report) = apply_gradients(start.clone(), &mut adamw(), &Grads::from_flat(sum), 1e-2, &config);
+        let apart = params(&apart);
+        for (weights, peer_loss, norm, updated) in &peers {
+            assert!(close(loss, *peer_loss, 1e-5), "loss {loss} vs {peer_loss}");
+            assert!(close(report.grad_norm.value(), *norm, 1e-4));
+            assert_eq!(*updated, report.updated, "the parameters of both routes are updated");
+            assert_same_weights(&apart, weights);
+        }
+        let (one_route, _) = apply_gradients(
+            start.clone(),
+            &mut adamw(),
+            &route_gradients(
+                &fresh_leaves(&start),
+                RouteBatch { images: images.clone(), labels: labels.clone(), teacher_logits: None, route: 0, noise_seed: None },
+                &config,
+            )
+            .unwrap()
+            .1,
+            1e-2,
+            &config,
+        );
+        assert_ne!(params(&one_route), peers[0].0, "two routes step differently from one");
+    }
+
+    #[test]
+    fn a_peer_that_never_joins_or_fails_stops_the_others_with_an_error_that_names_it() {
+        use snnet_train::peers;
+        let device = Default::default();
+        let net = family().build::<B>(&device).unwrap();
+        let _only_run = peers::exclusive_run();
+
+        // Peer 1 never joins: peer 0 gives up after the bound.
+        peers::reset_collective::<B>();
+        let board = peers::Board::new(2, std::time::Duration::from_millis(500), peers::reset_collective::<B>);
+        let started = std::time::Instant::now();
+        let error = std::thread::scope(|scope| {
+            let watchdog = scope.spawn(|| board.watch());
+            let joined = peers::Peer::<B>::join(0, 2, board.clone(), device, &net);
+            board.finish();
+            watchdog.join().unwrap();
+            joined.err().expect("peer 0 cannot run alone")
+        });
+        let waited = started.elapsed().as_secs_f64();
+        assert!((0.5..10.0).contains(&waited), "gave up after {waited} s");
+        assert!(error.to_string().contains("peer 1 did not reach the start of the run within 0.5 s"), "{error}");
+
+        // Peer 1 joins, then fails before the first exchange: peer 0's exchange says why.
+        peers::reset_collective::<B>();
+        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>);
+        let error = std::thread::scope(|scope| {
+            let watchdog = scope.spawn(|| board.watch());
+            let other = scope.spawn(|| {
+                let peer = peers::Peer::<B>::join(1, 2, board.clone(), device, &net).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                board.fail(peer.rank(), "its data folder vanished");
+            });
+            let peer = peers::Peer::<B>::join(0, 2, board.clone(), device, &net).unwrap();
+            let error = peer.exchange(0, peers::LocalPart { images: 0, skipped: 0, result: None }).err().expect("peer 1 failed");
+            other.join().unwrap();
+            board.finish();
+            watchdog.join().unwrap();
+            error
+        });
+        assert!(error.to_string().contains("peer 1 stopped: its data folder vanished"), "{error}");
+        peers::reset_collective::<B>();
     }
 
     /// burn 0.21 can lose a parameter's gradient when another thread finishes a backward pass
@@ -609,27 +781,58 @@ mod joint_training {
     }
 
     #[test]
-    fn a_two_worker_run_is_reproducible_and_resumes_exactly() {
+    fn two_peer_runs_of_either_route_policy_are_reproducible_and_resume_exactly() {
+        use snnet_train::RoutePolicy;
         let start = net();
-        let config = TrainConfig { workers: 2, ..config() };
-        let options = RunOptions { checkpoint_dir: Some(dir("whole-2w")), checkpoint_every: Some(4), ..Default::default() };
-        let (whole, _) = run(start.clone(), &options, &config, &mut Vec::new()).unwrap();
-        let (again, _) = run(start.clone(), &RunOptions::default(), &config, &mut Vec::new()).unwrap();
-        assert_eq!(params(&whole), params(&again), "threads do not change the result");
-        let killed_dir = dir("killed-2w");
-        let killed = RunOptions {
-            checkpoint_dir: Some(killed_dir.clone()),
-            checkpoint_every: Some(4),
-            stop_after_steps: Some(10),
-            ..Default::default()
-        };
-        let _ = run(start.clone(), &killed, &config, &mut Vec::new()).unwrap();
-        let resumed = RunOptions { checkpoint_dir: Some(killed_dir), checkpoint_every: Some(4), resume: true, ..Default::default() };
-        let (resumed, report) = run(start.clone(), &resumed, &config, &mut Vec::new()).unwrap();
-        assert_eq!(report.resumed_from, 8);
-        assert_eq!(params(&resumed), params(&whole));
-        let err = run(start, &RunOptions::default(), &TrainConfig { workers: 5, ..config }, &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("workers"), "{err}");
+        let mut finals = Vec::new();
+        for policy in [RoutePolicy::PerPeer, RoutePolicy::Shared] {
+            let tag = format!("{policy:?}");
+            let config = TrainConfig { peers: 2, route_policy: policy, ..config() };
+            let options =
+                RunOptions { checkpoint_dir: Some(dir(&format!("whole-2p-{tag}"))), checkpoint_every: Some(4), ..Default::default() };
+            let mut routes = Vec::new();
+            let (whole, _) = run(start.clone(), &options, &config, &mut routes).unwrap();
+            assert_eq!(routes.len(), 12, "peer 0 reports every step");
+            let (again, _) = run(start.clone(), &RunOptions::default(), &config, &mut Vec::new()).unwrap();
+            assert_eq!(params(&whole), params(&again), "{tag}: threads do not change the result");
+            let killed_dir = dir(&format!("killed-2p-{tag}"));
+            let killed = RunOptions {
+                checkpoint_dir: Some(killed_dir.clone()),
+                checkpoint_every: Some(4),
+                stop_after_steps: Some(10),
+                ..Default::default()
+            };
+            let _ = run(start.clone(), &killed, &config, &mut Vec::new()).unwrap();
+            let resumed =
+                RunOptions { checkpoint_dir: Some(killed_dir.clone()), checkpoint_every: Some(4), resume: true, ..Default::default() };
+            let (resumed_net, report) = run(net(), &resumed, &config, &mut Vec::new()).unwrap();
+            assert_eq!(report.resumed_from, 8);
+            assert_eq!(params(&resumed_net), params(&whole), "{tag}: resumed weights are the uninterrupted run's");
+            // Another peer count would train other shards (and, per peer, other routes): refused.
+            let other = TrainConfig { peers: 1, ..config.clone() };
+            let err = run(net(), &resumed, &other, &mut Vec::new()).unwrap_err();
+            assert!(err.to_string().contains("peers"), "{err}");
+            finals.push(params(&whole));
+        }
+        assert_ne!(finals[0], finals[1], "a route per peer trains other routes than one route per step");
+        let err = run(start, &RunOptions::default(), &TrainConfig { peers: 5, ..config() }, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("peers"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_whose_shard_could_not_be_read_still_takes_part_in_the_step() {
+        // Four peers of one image each; sample 5 is broken, so at its step one peer has nothing.
+        let broken = super::Synthetic { len: 26, broken: Some(5) };
+        let config = TrainConfig { peers: 4, route_policy: snnet_train::RoutePolicy::Shared, augment: None, ..config() };
+        let mut sampler = UniformSampler::new(net().num_routes(), 11);
+        let (_, report) = train(net(), &broken, &mut sampler, &config, None, &RunOptions::default(), |_| {}).unwrap();
+        let mut alone = UniformSampler::new(net().num_routes(), 11);
+        let one = TrainConfig { peers: 1, ..config.clone() };
+        let (_, expected) = train(net(), &broken, &mut alone, &one, None, &RunOptions::default(), |_| {}).unwrap();
+        assert_eq!(report.steps, expected.steps);
+        assert!(expected.skipped_samples > 0, "the broken sample is in a full batch");
+        assert_eq!(report.skipped_samples, expected.skipped_samples, "every peer's skipped samples are counted");
+        assert!(report.epoch_losses.iter().all(|l| l.is_finite()));
     }
 
     #[test]

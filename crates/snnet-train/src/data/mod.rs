@@ -33,7 +33,7 @@ pub struct Sample {
 }
 
 /// Indexable images with labels.
-pub trait Dataset {
+pub trait Dataset: Sync {
     /// Number of samples.
     fn len(&self) -> usize;
     /// Whether there are no samples.
