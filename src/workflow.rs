@@ -145,7 +145,9 @@ pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     // The losses as last read (the loop reads them every `options.log_every` steps).
     let (mut loss, mut epoch_loss) = (f64::NAN, f64::NAN);
     let device = burn::module::Module::devices(&net).into_iter().next().unwrap_or_default();
-    let devices = crate::backend::peer_devices(&device, config.peers);
+    // This process's peers: all of them, or its share of a run over several processes.
+    let local_peers = config.peers / options.cluster.as_ref().map_or(1, |c| c.nodes.max(1));
+    let devices = crate::backend::peer_devices(&device, local_peers.max(1));
     let result = snnet_train::train_on(&devices, net, dataset, sampler, config, teacher, options, |p| {
         if let (Some(l), Some(mean)) = (p.loss, p.epoch_loss) {
             (loss, epoch_loss) = (l, mean);

@@ -98,6 +98,14 @@ pub struct NetworkArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run burn-collective's orchestrator for a training run over several machines: the processes
+    /// started with `train --num-nodes N --orchestrator HOST:PORT` meet here. Runs until
+    /// interrupted.
+    Orchestrator {
+        /// Port to listen on (every interface).
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
     /// List every route with its FLOPs and parameters.
     Space {
         /// One JSON object per line with the official fields.
@@ -323,6 +331,21 @@ pub struct TrainArgs {
     /// that names the missing peer.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub peer_timeout: f64,
+    /// Processes (machines) of a multi-machine run, each with `--devices` peers; needs
+    /// `--node-id`, `--orchestrator` and `--node-address` too.
+    #[arg(long, value_name = "N")]
+    pub num_nodes: Option<usize>,
+    /// This process's index among the `--num-nodes` processes, from 0 (node 0 writes the
+    /// checkpoints and the weight file).
+    #[arg(long, value_name = "I")]
+    pub node_id: Option<usize>,
+    /// The orchestrator of a multi-machine run (`snnet orchestrator --port P` on one machine).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub orchestrator: Option<String>,
+    /// This process's address for the other processes' tensor transfers (the port is opened on
+    /// every interface).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
     /// Base learning rate (after warmup).
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,

@@ -36,6 +36,10 @@ macro_rules! out {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), BoxError> {
+    if let Command::Orchestrator { port } = cli.command {
+        eprintln!("orchestrator listening on port {port} (every interface); stop it with Ctrl-C");
+        return Ok(snnet::train::run_orchestrator(port)?);
+    }
     let desc = description(&cli.network)?;
     let precision: Precision = cli.network.dtype.parse()?;
     let device = cli.network.device.as_str();
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> Result<(), BoxError> {
             let task = Eval { desc, net: &cli.network, data: &data, routes, batch, workers, limit, output: &output, plots: &plot };
             run_on_with(device, precision, task)?
         }
+        Command::Orchestrator { .. } => unreachable!("handled before the network is built"),
         Command::Train(args) => run_on_with(device, precision, crate::train::Train { desc, net: &cli.network, args: &args })?,
         Command::Import { from, output } => run_on_with(device, precision, Import { desc, net: &cli.network, from, output })?,
         Command::Bench { routes, batch, warmup, repeats, min_seconds, json, output } => {

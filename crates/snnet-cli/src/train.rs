@@ -4,7 +4,7 @@
 use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use snnet::{
     train::{
-        data::Split, AdamWConfig, Augment, Distillation, FlopsGroupedSampler, ListSampler, RoutePolicy, RouteSampler, RunOptions,
+        data::Split, AdamWConfig, Augment, Cluster, Distillation, FlopsGroupedSampler, ListSampler, RoutePolicy, RouteSampler, RunOptions,
         StepConfig, Stepping, Teacher, TrainConfig,
     },
     workflow::{median_after, open_dataset, train_with_progress},
@@ -28,13 +28,40 @@ pub struct Train<'a> {
 }
 
 impl Train<'_> {
+    /// This process's place in a multi-machine run: all four flags, or none.
+    fn cluster(&self) -> Result<Option<Cluster>, BoxError> {
+        let a = self.args;
+        match (a.num_nodes, a.node_id, &a.orchestrator, &a.node_address) {
+            (None, None, None, None) => Ok(None),
+            (Some(nodes), Some(node), Some(orchestrator), Some(node_address)) => {
+                Ok(Some(Cluster { node, nodes, orchestrator: orchestrator.clone(), node_address: node_address.clone() }))
+            }
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--num-nodes", a.num_nodes.is_none()),
+                    ("--node-id", a.node_id.is_none()),
+                    ("--orchestrator", a.orchestrator.is_none()),
+                    ("--node-address", a.node_address.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, absent)| absent.then_some(flag))
+                .collect();
+                Err(format!(
+                    "a multi-machine run needs --num-nodes, --node-id, --orchestrator and --node-address; missing {}",
+                    missing.join(", ")
+                )
+                .into())
+            }
+        }
+    }
+
     /// The run's settings from the flags.
     fn config(&self) -> TrainConfig {
         let a = self.args;
         TrainConfig {
             epochs: a.epochs,
             batch_size: a.batch,
-            peers: a.devices,
+            peers: a.devices * a.num_nodes.unwrap_or(1),
             route_policy: if a.route_policy == "shared" { RoutePolicy::Shared } else { RoutePolicy::PerPeer },
             lr: a.lr,
             warmup_lr: a.warmup_lr,
@@ -104,7 +131,14 @@ impl Train<'_> {
             stop_after_steps: self.args.max_steps,
             log_every: self.args.log_every as usize,
             peer_timeout: std::time::Duration::from_secs_f64(self.args.peer_timeout.max(0.001)),
+            cluster: self.cluster()?,
         };
+        if options.cluster.is_some() {
+            eprintln!(
+                "warning: burn-collective 0.21 completes only the first exchange between processes and then waits \
+                 (docs/design.md, \"Data parallel\"); this run will stop with an error after --peer-timeout"
+            );
+        }
         eprintln!(
             "training {} routes on {} images: {} epoch(s) of {} steps, batch {} over {} peer(s){}",
             self.args.routes.as_ref().map_or(net.num_routes(), Vec::len),

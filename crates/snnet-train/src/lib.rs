@@ -42,7 +42,7 @@ pub use data::{FashionMnist, ImageFolder, Preprocess, Split};
 pub use error::{TrainError, TrainResult};
 pub use eval::{append_result, done_routes, evaluate_routes, evaluate_routes_parallel, RouteResult};
 pub use optim::{AdamW, AdamWConfig};
-pub use peers::RoutePolicy;
+pub use peers::{run_orchestrator, Cluster, RoutePolicy};
 pub use sampler::{FlopsGap, FlopsGroupedSampler, ListSampler, RouteSampler, UniformSampler};
 pub use scalar::DeviceScalar;
 pub use schedule::CosineSchedule;

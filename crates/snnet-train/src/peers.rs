@@ -44,6 +44,70 @@ pub enum RoutePolicy {
     Shared,
 }
 
+/// This process's place in a data-parallel run over several processes (machines), each running
+/// the same number of peers, joined through burn-collective's global orchestrator.
+///
+/// Known limit of burn-collective 0.21: the processes meet and complete their first exchange, but
+/// every later one waits forever (its `SyncService::sync` never empties its list of synced nodes,
+/// so the second sync never sees exactly the nodes it expects; ring, tree and centralised
+/// strategies alike). The peers' watchdog turns that into an error after
+/// [`RunOptions::peer_timeout`](crate::RunOptions::peer_timeout) naming the other processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index, `0..nodes` (node 0's first peer writes the checkpoints).
+    pub node: usize,
+    /// Processes in the run.
+    pub nodes: usize,
+    /// The orchestrator, `HOST:PORT` (started with [`run_orchestrator`] or `snnet orchestrator`).
+    pub orchestrator: String,
+    /// This process's tensor data service, `HOST:PORT`, reachable by the other processes (the
+    /// service listens on the port on every interface).
+    pub node_address: String,
+}
+
+impl Cluster {
+    /// The collective's settings for `local_peers` peers of this process, or the setting that is
+    /// wrong.
+    fn collective(&self, local_peers: usize) -> TrainResult<CollectiveConfig> {
+        if self.nodes < 2 || self.node >= self.nodes {
+            let reason =
+                format!("node {} of {} nodes: the nodes are numbered 0..{} and there are at least 2", self.node, self.nodes, self.nodes);
+            return Err(TrainError::Setting { setting: "node".into(), reason });
+        }
+        let (orchestrator, _) = ws_address("orchestrator", &self.orchestrator)?;
+        let (node_address, port) = ws_address("node_address", &self.node_address)?;
+        let bad = |reason: String| TrainError::Setting { setting: "orchestrator".into(), reason };
+        Ok(CollectiveConfig::default()
+            .with_num_devices(local_peers)
+            .with_num_nodes(self.nodes as u32)
+            .with_global_address(orchestrator.parse().map_err(bad)?)
+            .with_node_address(node_address.parse().map_err(bad)?)
+            .with_data_service_port(port))
+    }
+}
+
+/// `HOST:PORT` (or `ws://HOST:PORT`) as the websocket address burn-collective connects to, and the
+/// port; anything else is an error naming `setting`.
+fn ws_address(setting: &str, text: &str) -> TrainResult<(String, u16)> {
+    let bare = text.strip_prefix("ws://").unwrap_or(text);
+    let parsed = bare.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+    match parsed {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') && port > 0 => Ok((format!("ws://{host}:{port}"), port)),
+        _ => Err(TrainError::Setting { setting: setting.into(), reason: format!("`{text}` is not HOST:PORT (e.g. 10.0.0.1:3000)") }),
+    }
+}
+
+/// Runs burn-collective's global orchestrator on `port` (every interface) until the process is
+/// interrupted: the meeting point of the processes of multi-machine runs.
+pub fn run_orchestrator(port: u16) -> TrainResult<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Peers { peers: 0, reason: format!("cannot start the orchestrator's runtime: {e}") })?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
+}
+
 /// The peers' gradient exchange of one step: one peer's part, before the exchange.
 pub struct LocalPart<B: AutodiffKernels> {
     /// Images of this peer's shard that were read (0 if none could be).
@@ -99,14 +163,17 @@ pub struct Board {
     wake: Condvar,
     timeout: Duration,
     reset: fn(),
+    /// With several processes: the orchestrator, named when no local peer is missing.
+    orchestrator: Option<String>,
 }
 
 impl Board {
-    /// A board for `peers` peers whose exchanges must complete within `timeout`; `reset` resets the
-    /// collective (making every waiting call return).
-    pub fn new(peers: usize, timeout: Duration, reset: fn()) -> Arc<Self> {
+    /// A board for the `peers` peers of this process whose exchanges must complete within
+    /// `timeout`; `reset` resets the collective (making every waiting local call return);
+    /// `orchestrator`: the orchestrator's address when other processes take part.
+    pub fn new(peers: usize, timeout: Duration, reset: fn(), orchestrator: Option<String>) -> Arc<Self> {
         let state = BoardState { waiting: vec![None; peers], ..BoardState::default() };
-        Arc::new(Self { state: Mutex::new(state), wake: Condvar::new(), timeout, reset })
+        Arc::new(Self { state: Mutex::new(state), wake: Condvar::new(), timeout, reset, orchestrator })
     }
 
     fn lock(&self) -> MutexGuard<'_, BoardState> {
@@ -157,8 +224,10 @@ impl Board {
             if let Some((stage, _)) = overdue {
                 let absent: Vec<String> =
                     (0..state.waiting.len()).filter(|&r| state.waiting[r].is_none_or(|(s, _)| s != stage)).map(|r| r.to_string()).collect();
-                let who = match absent.len() {
-                    1 => format!("peer {}", absent[0]),
+                let who = match (absent.len(), &self.orchestrator) {
+                    (0, Some(orchestrator)) => format!("the other processes (orchestrator {orchestrator})"),
+                    (0, None) => "the collective".to_string(),
+                    (1, _) => format!("peer {}", absent[0]),
                     _ => format!("peers {}", absent.join(", ")),
                 };
                 let bound = self.timeout.as_secs_f64();
@@ -172,10 +241,15 @@ impl Board {
     }
 }
 
-/// One peer's membership of the collective: its rank, the run's peer count and the board.
+/// One peer's membership of the collective: its ranks, the run's peer count and the board.
 pub struct Peer<B: AutodiffKernels> {
+    /// Rank among this process's peers (its line on the board).
+    local: usize,
+    /// Rank among all peers of the run (0 writes the checkpoints).
     rank: usize,
     peers: usize,
+    /// Processes in the run (1: this one alone); the exchanged buffers are at least this long.
+    nodes: usize,
     board: Arc<Board>,
     /// Parameters in the order every peer visits them (the exchange's layout), with their sizes.
     layout: Vec<(ParamId, usize)>,
@@ -197,50 +271,62 @@ pub fn reset_collective<B: AutodiffKernels>() {
 }
 
 impl<B: AutodiffKernels> Peer<B> {
-    /// Joins the collective as peer `rank` of `peers` on `device`, the parameters laid out as
-    /// `module` visits them; waits (within the board's bound) until every peer has joined.
+    /// Joins the collective as peer `local` of the `local_peers` of this process (of `cluster`, if
+    /// several processes take part) on `device`, the parameters laid out as `module` visits them;
+    /// waits (within the board's bound) until every peer has joined.
     pub fn join<M: Module<B>>(
-        rank: usize,
-        peers: usize,
+        local: usize,
+        local_peers: usize,
+        cluster: Option<&Cluster>,
         board: Arc<Board>,
         device: burn::tensor::Device<B::InnerBackend>,
         module: &M,
     ) -> TrainResult<Self> {
-        let layout = parameter_layout(module);
-        let peer = Self { rank, peers, board, layout, device };
-        let config = CollectiveConfig::default().with_num_devices(peers);
-        // A reset does not release a pending registration (burn-collective 0.21 keeps its
-        // callback), so the registration waits on a thread of its own while this one watches the
-        // board; after a failure that thread stays blocked until the collective's next full
-        // registration answers it.
-        let (answer, registered) = std::sync::mpsc::channel();
-        let (id, device) = (PeerId(rank as u32), peer.device.clone());
-        std::thread::spawn(move || {
-            let _ = answer.send(burn_collective::register::<B::InnerBackend>(id, device, config));
-        });
-        peer.board.enter(rank, Stage::Joining);
-        let joined = loop {
-            match registered.recv_timeout(Duration::from_millis(20)) {
-                Ok(joined) => break joined.map_err(|e| peer.collective_error(Stage::Joining, e)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(reason) = peer.board.failure() {
-                        break Err(TrainError::Peers { peers, reason });
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    let reason = format!("peer {rank} could not join: the collective's registration ended without an answer");
-                    break Err(TrainError::Peers { peers, reason });
-                }
-            }
+        let (config, node, nodes) = match cluster {
+            Some(cluster) => (cluster.collective(local_peers)?, cluster.node, cluster.nodes),
+            None => (CollectiveConfig::default().with_num_devices(local_peers), 0, 1),
         };
-        peer.board.leave(rank);
-        joined?;
+        let rank = node * local_peers + local;
+        let layout = parameter_layout(module);
+        let peer = Self { local, rank, peers: local_peers * nodes, nodes, board, layout, device };
+        let (id, device) = (PeerId(rank as u32), peer.device.clone());
+        peer.call(Stage::Joining, move || burn_collective::register::<B::InnerBackend>(id, device, config))?;
         Ok(peer)
     }
 
-    /// This peer's rank (0 writes checkpoints and reports progress).
+    /// This peer's rank among all peers of the run (0 writes checkpoints and reports progress).
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// Checks that every peer runs with the same `settings` (name, value) and the same weights,
+    /// before training: the first difference is named, on every peer.
+    pub fn agree(&self, settings: &[(String, String)], weights: &[(String, Vec<f32>)]) -> TrainResult<()> {
+        let mut fields: Vec<(String, u32)> =
+            settings.iter().map(|(name, value)| (format!("setting `{name}`"), fnv32(value.as_bytes()))).collect();
+        for (key, values) in weights {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            fields.push((format!("weights of `{key}`"), fnv32(&bytes)));
+        }
+        let differ = |what: String| TrainError::Peers { peers: self.peers, reason: format!("the peers do not run alike: {what}") };
+        // Every peer adds its own count, then its hashes (16-bit halves, exact in f32 sums): a sum
+        // that is not `peers` times this peer's value differs somewhere, and every peer sees where.
+        let count = self.all_reduce(Stage::Joining, self.host_tensor(&[fields.len() as f32]))?;
+        let count = count.into_data().convert::<f32>().to_vec::<f32>().expect("a float tensor converts to f32")[0];
+        if count != (self.peers * fields.len()) as f32 {
+            return Err(differ(format!(
+                "their settings and weights have other lengths (another network or snnet version; {} here)",
+                fields.len()
+            )));
+        }
+        let halves: Vec<f32> = fields.iter().flat_map(|(_, h)| [(h >> 16) as f32, (h & 0xFFFF) as f32]).collect();
+        let sums = self.all_reduce(Stage::Joining, self.host_tensor(&halves))?;
+        let sums = sums.into_data().convert::<f32>().to_vec::<f32>().expect("a float tensor converts to f32");
+        let first = sums.iter().zip(&halves).position(|(sum, mine)| *sum != mine * self.peers as f32);
+        match first {
+            Some(i) => Err(differ(format!("{} differs between them", fields[i / 2].0))),
+            None => Ok(()),
+        }
     }
 
     /// Sums the peers' parts of step `step`: the image counts, the losses and the gradients, each
@@ -300,12 +386,49 @@ impl<B: AutodiffKernels> Peer<B> {
         Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &self.device)
     }
 
+    /// The element-wise sum over all peers of `tensor` (1-D, the same length on every peer). Padded
+    /// to at least one element per process: burn-collective's global ring refuses shorter tensors.
     fn all_reduce(&self, stage: Stage, tensor: Tensor<B::InnerBackend, 1>) -> TrainResult<Tensor<B::InnerBackend, 1>> {
-        self.board.enter(self.rank, stage);
-        let primitive = tensor.into_primitive().tensor();
-        let summed = burn_collective::all_reduce::<B::InnerBackend>(PeerId(self.rank as u32), primitive, ReduceOperation::Sum);
-        self.board.leave(self.rank);
-        summed.map(|p| Tensor::from_primitive(TensorPrimitive::Float(p))).map_err(|e| self.collective_error(stage, e))
+        let len = tensor.dims()[0];
+        let tensor = match len < self.nodes {
+            true => Tensor::cat(vec![tensor, Tensor::zeros([self.nodes - len], &self.device)], 0),
+            false => tensor,
+        };
+        let (id, primitive) = (PeerId(self.rank as u32), tensor.into_primitive().tensor());
+        let summed = self.call(stage, move || burn_collective::all_reduce::<B::InnerBackend>(id, primitive, ReduceOperation::Sum))?;
+        Ok(Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed)).narrow(0, 0, len))
+    }
+
+    /// Runs a collective call on a thread of its own while this one watches the board: a reset
+    /// does not release every waiting call (not a pending registration, nor a local server blocked
+    /// in an exchange with other processes), so a peer stops waiting when the board records a
+    /// failure, leaving that thread blocked until the collective answers or the process ends.
+    fn call<T: Send + 'static>(
+        &self,
+        stage: Stage,
+        op: impl FnOnce() -> Result<T, burn_collective::CollectiveError> + Send + 'static,
+    ) -> TrainResult<T> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = answer.send(op());
+        });
+        self.board.enter(self.local, stage);
+        let outcome = loop {
+            match answered.recv_timeout(Duration::from_millis(20)) {
+                Ok(outcome) => break outcome.map_err(|e| self.collective_error(stage, e)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(reason) = self.board.failure() {
+                        break Err(TrainError::Peers { peers: self.peers, reason });
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let reason = format!("peer {}: the collective ended {stage} without an answer", self.rank);
+                    break Err(TrainError::Peers { peers: self.peers, reason });
+                }
+            }
+        };
+        self.board.leave(self.local);
+        outcome
     }
 
     /// The error of a collective call: the failure that released it, if one did.
@@ -313,6 +436,11 @@ impl<B: AutodiffKernels> Peer<B> {
         let reason = self.board.failure().unwrap_or_else(|| format!("the collective failed at {stage}: {error:?}"));
         TrainError::Peers { peers: self.peers, reason }
     }
+}
+
+/// FNV-1a, 32 bits: a fingerprint of a setting or a weight tensor.
+fn fnv32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811C_9DC5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// Every float parameter of `module` with its number of elements, in visiting order (the same on

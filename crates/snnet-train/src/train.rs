@@ -23,7 +23,7 @@ use crate::{
     data::{load_batch, Dataset},
     error::{TrainError, TrainResult},
     optim::{AdamW, AdamWConfig},
-    peers::{exclusive_run, reset_collective, Board, LocalPart, Peer, RoutePolicy},
+    peers::{exclusive_run, reset_collective, Board, Cluster, LocalPart, Peer, RoutePolicy},
     sampler::RouteSampler,
     scalar::DeviceScalar,
     schedule::CosineSchedule,
@@ -190,12 +190,23 @@ pub struct RunOptions {
     /// How long the peers of a data-parallel run wait for each other at an exchange (or at the
     /// start) before stopping with an error that names the peers that did not arrive.
     pub peer_timeout: Duration,
+    /// This process's place in a run over several processes (machines); `None`: all peers are
+    /// threads of this process.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         let peer_timeout = Duration::from_secs(600);
-        Self { checkpoint_dir: None, checkpoint_every: None, resume: false, stop_after_steps: None, log_every: 10, peer_timeout }
+        Self {
+            checkpoint_dir: None,
+            checkpoint_every: None,
+            resume: false,
+            stop_after_steps: None,
+            log_every: 10,
+            peer_timeout,
+            cluster: None,
+        }
     }
 }
 
@@ -294,8 +305,18 @@ pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
 ) -> TrainResult<(StitchedNet<B, A>, TrainReport)> {
     let samples = dataset.len();
     config.validate(samples)?;
-    if devices.len() != config.peers {
-        let reason = format!("{} peers need as many devices, got {}", config.peers, devices.len());
+    let nodes = options.cluster.as_ref().map_or(1, |c| c.nodes);
+    let node = options.cluster.as_ref().map_or(0, |c| c.node);
+    if devices.len() * nodes != config.peers {
+        let reason = match nodes {
+            1 => format!("{} peers need as many devices, got {}", config.peers, devices.len()),
+            _ => format!(
+                "{} peers over {nodes} processes need {} devices in each, got {}",
+                config.peers,
+                config.peers / nodes,
+                devices.len()
+            ),
+        };
         return Err(TrainError::Setting { setting: "peers".into(), reason });
     }
     if teacher.is_some() && devices.iter().any(|d| *d != devices[0]) {
@@ -325,36 +346,56 @@ pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
             sampler.restore(position.sampler_state);
         }
     }
-    let run = Run { dataset, config, teacher, options, config_json, samples, resumed_from: position.global_step };
+    let local_peers = devices.len();
+    let run = Run {
+        dataset,
+        config,
+        teacher,
+        options,
+        config_json,
+        samples,
+        resumed_from: position.global_step,
+        first_sampler_state,
+        node,
+        local_peers,
+    };
     if config.peers == 1 {
         return run.peer(0, None, net, optimizer, sampler, position, &mut progress);
     }
 
     let _only_run = exclusive_run();
     reset_collective::<B>();
-    let board = Board::new(config.peers, options.peer_timeout, reset_collective::<B>);
-    // Every peer's copy, sampler and optimiser, made before any of them starts.
-    let mut others = Vec::with_capacity(config.peers - 1);
-    for (rank, device) in devices.iter().enumerate().skip(1) {
+    let orchestrator = options.cluster.as_ref().map(|c| c.orchestrator.clone());
+    let board = Board::new(local_peers, options.peer_timeout, reset_collective::<B>, orchestrator);
+    // Peer r's sampler under per-peer routes: from the route seed + r, advanced past the steps done.
+    let own_routes = |sampler: &mut dyn RouteSampler, rank: usize| {
+        sampler.restore(first_sampler_state.wrapping_add(rank as u64));
+        for _ in 0..position.global_step {
+            sampler.next_route();
+        }
+    };
+    if config.route_policy == RoutePolicy::PerPeer && node > 0 {
+        own_routes(sampler, node * local_peers);
+    }
+    // Every other local peer's copy, sampler and optimiser, made before any of them starts.
+    let mut others = Vec::with_capacity(local_peers - 1);
+    for (local, device) in devices.iter().enumerate().skip(1) {
         let mut own_sampler = sampler.fork();
         if config.route_policy == RoutePolicy::PerPeer {
-            // Peer r's sampler from the route seed + r, advanced past the steps already done.
-            own_sampler.restore(first_sampler_state.wrapping_add(rank as u64));
-            for _ in 0..position.global_step {
-                own_sampler.next_route();
-            }
+            own_routes(own_sampler.as_mut(), node * local_peers + local);
         }
-        others.push((rank, replica(&net.clone().fork(device)), optimizer.to_device(device), own_sampler));
+        others.push((local, replica(&net.clone().fork(device)), optimizer.to_device(device), own_sampler));
     }
     let (first, rest) = std::thread::scope(|scope| {
         let watchdog = scope.spawn(|| board.watch());
         let handles: Vec<_> = others
             .into_iter()
-            .map(|(rank, net, optimizer, mut own_sampler)| {
+            .map(|(local, net, optimizer, mut own_sampler)| {
                 let (run, board, position) = (&run, board.clone(), position.clone());
+                let rank = node * local_peers + local;
                 scope.spawn(move || {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run.peer(rank, Some(&board), net, optimizer, own_sampler.as_mut(), position, &mut |_| {})
+                        run.peer(local, Some(&board), net, optimizer, own_sampler.as_mut(), position, &mut |_| {})
                     }));
                     let outcome = outcome.unwrap_or_else(|panic| {
                         let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -372,7 +413,7 @@ pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
             .collect();
         let first = run.peer(0, Some(&board), net, optimizer, sampler, position, &mut progress);
         if let Err(e) = &first {
-            board.fail(0, &e.to_string());
+            board.fail(node * local_peers, &e.to_string());
         }
         let rest: Vec<TrainResult<()>> = handles.into_iter().map(|h| h.join().expect("a peer's panics are caught")).collect();
         board.finish();
@@ -394,16 +435,33 @@ struct Run<'a, B: AutodiffKernels> {
     config_json: serde_json::Value,
     samples: usize,
     resumed_from: usize,
+    /// The route sampler's state before the run (the peers' samplers derive from it).
+    first_sampler_state: u64,
+    /// This process's index among the run's processes, and its number of peers.
+    node: usize,
+    local_peers: usize,
 }
 
 impl<B: AutodiffKernels> Run<'_, B> {
-    /// The training loop of peer `rank` (alone when `board` is `None`): its shard of every step's
-    /// batch, its route, the exchange with the other peers, the optimiser step; peer 0 also reports
-    /// progress and writes the checkpoints.
+    /// What every peer must agree on before training: each setting, the number of samples and
+    /// the route sampler's seed.
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut settings: Vec<(String, String)> = match &self.config_json {
+            serde_json::Value::Object(fields) => fields.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            other => vec![("settings".into(), other.to_string())],
+        };
+        settings.push(("training samples".into(), self.samples.to_string()));
+        settings.push(("route sampler state".into(), self.first_sampler_state.to_string()));
+        settings
+    }
+
+    /// The training loop of this process's peer `local` (alone when `board` is `None`): its shard
+    /// of every step's batch, its route, the exchange with the other peers, the optimiser step.
+    /// The first peer of each process reports progress; the run's peer 0 writes the checkpoints.
     #[allow(clippy::too_many_arguments)]
     fn peer<A: Anchor<B>>(
         &self,
-        rank: usize,
+        local: usize,
         board: Option<&Arc<Board>>,
         mut net: StitchedNet<B, A>,
         mut optimizer: AdamW<B>,
@@ -417,8 +475,14 @@ impl<B: AutodiffKernels> Run<'_, B> {
         let schedule = config.schedule(steps_per_epoch);
         let device = net.devices().into_iter().next().unwrap_or_default();
         let [c, h, w] = dataset.shape();
+        let rank = self.node * self.local_peers + local;
         let peer = match board {
-            Some(board) => Some(Peer::<B>::join(rank, config.peers, board.clone(), device.clone(), &net)?),
+            Some(board) => {
+                let peer = Peer::<B>::join(local, self.local_peers, options.cluster.as_ref(), board.clone(), device.clone(), &net)?;
+                let weights: Vec<(String, Vec<f32>)> = net.named_tensors().into_iter().map(|(k, t)| (k, t.data)).collect();
+                peer.agree(&self.settings(), &weights)?;
+                Some(peer)
+            }
             None => None,
         };
         // This peer's shard of each step's batch: contiguous, the first ones one larger when the

@@ -388,7 +388,7 @@ mod training {
         use snnet_train::{apply_gradients, fresh_leaves, peers, replica, route_gradients, RouteBatch};
         let _only_run = peers::exclusive_run();
         peers::reset_collective::<B>();
-        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>);
+        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>, None);
         let config = StepConfig::default();
         let results = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..2)
@@ -396,7 +396,7 @@ mod training {
                     let (board, net) = (board.clone(), if rank == 0 { fresh_leaves(start) } else { replica(start) });
                     let config = &config;
                     scope.spawn(move || {
-                        let peer = peers::Peer::<B>::join(rank, 2, board, Default::default(), &net).unwrap();
+                        let peer = peers::Peer::<B>::join(rank, 2, None, board, Default::default(), &net).unwrap();
                         let (from, len) = shards[rank];
                         let batch = RouteBatch {
                             images: images.clone().narrow(0, from, len),
@@ -545,11 +545,11 @@ mod training {
 
         // Peer 1 never joins: peer 0 gives up after the bound.
         peers::reset_collective::<B>();
-        let board = peers::Board::new(2, std::time::Duration::from_millis(500), peers::reset_collective::<B>);
+        let board = peers::Board::new(2, std::time::Duration::from_millis(500), peers::reset_collective::<B>, None);
         let started = std::time::Instant::now();
         let error = std::thread::scope(|scope| {
             let watchdog = scope.spawn(|| board.watch());
-            let joined = peers::Peer::<B>::join(0, 2, board.clone(), device, &net);
+            let joined = peers::Peer::<B>::join(0, 2, None, board.clone(), device, &net);
             board.finish();
             watchdog.join().unwrap();
             joined.err().expect("peer 0 cannot run alone")
@@ -560,15 +560,15 @@ mod training {
 
         // Peer 1 joins, then fails before the first exchange: peer 0's exchange says why.
         peers::reset_collective::<B>();
-        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>);
+        let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>, None);
         let error = std::thread::scope(|scope| {
             let watchdog = scope.spawn(|| board.watch());
             let other = scope.spawn(|| {
-                let peer = peers::Peer::<B>::join(1, 2, board.clone(), device, &net).unwrap();
+                let peer = peers::Peer::<B>::join(1, 2, None, board.clone(), device, &net).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 board.fail(peer.rank(), "its data folder vanished");
             });
-            let peer = peers::Peer::<B>::join(0, 2, board.clone(), device, &net).unwrap();
+            let peer = peers::Peer::<B>::join(0, 2, None, board.clone(), device, &net).unwrap();
             let error = peer.exchange(0, peers::LocalPart { images: 0, skipped: 0, result: None }).err().expect("peer 1 failed");
             other.join().unwrap();
             board.finish();
@@ -576,6 +576,53 @@ mod training {
             error
         });
         assert!(error.to_string().contains("peer 1 stopped: its data folder vanished"), "{error}");
+        peers::reset_collective::<B>();
+    }
+
+    #[test]
+    fn peers_that_do_not_run_alike_are_refused_at_the_start_naming_the_first_difference() {
+        use snnet_train::peers;
+        let device = Default::default();
+        let net = family().build::<B>(&device).unwrap();
+        let other_weights = family().build::<B>(&device).unwrap();
+        let _only_run = peers::exclusive_run();
+        let weights = |net: &snnet_core::StitchedNet<B, snnet_anchors::AnyAnchor<B>>| -> Vec<(String, Vec<f32>)> {
+            net.named_tensors().into_iter().map(|(k, t)| (k, t.data)).collect()
+        };
+        let settings = |seed: &str| vec![("batch_size".to_string(), "4".to_string()), ("seed".to_string(), seed.to_string())];
+        // Each case: what peer 1 runs with, and what both peers must be told.
+        let cases: [(Vec<(String, String)>, Vec<(String, Vec<f32>)>, &str); 3] = [
+            (settings("0"), weights(&net), ""),
+            (settings("7"), weights(&net), "setting `seed` differs between them"),
+            (settings("0"), weights(&other_weights), "weights of `"),
+        ];
+        for (peer1_settings, peer1_weights, expected) in cases {
+            peers::reset_collective::<B>();
+            let board = peers::Board::new(2, std::time::Duration::from_secs(60), peers::reset_collective::<B>, None);
+            let outcomes: Vec<Result<(), String>> = std::thread::scope(|scope| {
+                let runs = [(settings("0"), weights(&net)), (peer1_settings, peer1_weights)];
+                let handles: Vec<_> = runs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, (mine, my_weights))| {
+                        let (board, net) = (board.clone(), &net);
+                        scope.spawn(move || {
+                            let peer = peers::Peer::<B>::join(rank, 2, None, board, Default::default(), net).unwrap();
+                            let agreed = peer.agree(&mine, &my_weights).map_err(|e| e.to_string());
+                            peer.leave();
+                            agreed
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for outcome in outcomes {
+                match expected {
+                    "" => assert!(outcome.is_ok(), "{outcome:?}"),
+                    _ => assert!(outcome.as_ref().is_err_and(|e| e.contains(expected)), "expected {expected:?}: {outcome:?}"),
+                }
+            }
+        }
         peers::reset_collective::<B>();
     }
 
