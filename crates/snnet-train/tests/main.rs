@@ -867,6 +867,31 @@ mod joint_training {
     }
 
     #[test]
+    fn a_run_of_two_peers_on_one_route_per_step_trains_as_one_device_does() {
+        // Without drop path (each peer draws its own masks), 12 steps of two peers on a shared
+        // route end where one device ends, up to rounding.
+        let mut start = net();
+        for anchor in &mut start.anchors {
+            anchor.set_drop_path_rate(0.0).unwrap();
+        }
+        let one = TrainConfig { peers: 1, ..config() };
+        let two = TrainConfig { peers: 2, route_policy: snnet_train::RoutePolicy::Shared, ..config() };
+        let (mut routes_one, mut routes_two) = (Vec::new(), Vec::new());
+        let (alone, report_one) = run(start.clone(), &RunOptions::default(), &one, &mut routes_one).unwrap();
+        let (shared, report_two) = run(start.clone(), &RunOptions::default(), &two, &mut routes_two).unwrap();
+        assert_eq!(routes_one, routes_two, "the same route at every step");
+        for (a, b) in report_one.epoch_losses.iter().zip(&report_two.epoch_losses) {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "epoch loss {a} vs {b}");
+        }
+        let (a, b) = (params(&alone), params(&shared));
+        assert_ne!(a, params(&start));
+        for (key, va) in &a {
+            let diff = va.iter().zip(&b[key]).fold(0f32, |m, (x, y)| m.max((x - y).abs() / x.abs().max(1.0)));
+            assert!(diff <= 1e-4, "{key}: relative difference {diff} after 12 steps");
+        }
+    }
+
+    #[test]
     fn a_peer_whose_shard_could_not_be_read_still_takes_part_in_the_step() {
         // Four peers of one image each; sample 5 is broken, so at its step one peer has nothing.
         let broken = super::Synthetic { len: 26, broken: Some(5) };
