@@ -702,6 +702,73 @@ fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
 /// The wgpu backend through the command line (built with `--features wgpu`; CI runs it on
 /// lavapipe as part of the backend suite): `infer --route all --device wgpu` gives the CPU
 /// backend's logits and the official PyTorch logits for every family, from official checkpoints.
+/// Trains the mini ViT family on `device` from the same starting weights: `--devices peers` with one
+/// shared route per step, 3 steps, no augmentation or drop path.
+#[cfg(feature = "wgpu")]
+fn train_mini_on(device: &str, peers: usize, start: &Path, data: &Path) -> snnet::weights::TensorMap {
+    let output = tmp(&format!("peers-{device}-{peers}.safetensors"));
+    let (config, start, data) = (mini_config(), start.to_str().unwrap().to_string(), data.to_str().unwrap().to_string());
+    let peers = peers.to_string();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        &start,
+        "--device",
+        device,
+        "train",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--lr",
+        "1e-2",
+        "--no-augment",
+        "--drop-path",
+        "0",
+        "--route-policy",
+        "shared",
+        "--devices",
+        &peers,
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let (ok, _, err) = snnet_within(900, &[], &args);
+    assert!(ok, "train on {device} with {peers} peer(s): {err}");
+    read_tensors(&output).unwrap().0
+}
+
+#[test]
+#[cfg(feature = "wgpu")]
+fn backend_suite_two_data_parallel_peers_on_wgpu_train_as_one() {
+    // The peers' exchange through burn-collective on a GPU backend (lavapipe here): two peers on
+    // one route per step end where one peer ends, up to the device's rounding.
+    let data = tiny_image_folder("wgpu-peers-data");
+    let start = tmp("wgpu-peers-start.safetensors");
+    let config = mini_config();
+    let (ok, _, err) = snnet(&[
+        "--config",
+        config.to_str().unwrap(),
+        "init",
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        "6",
+        "--output",
+        start.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (one, two) = (train_mini_on("wgpu", 1, &start, &data), train_mini_on("wgpu", 2, &start, &data));
+    let (before, _) = read_tensors(&start).unwrap();
+    assert_ne!(one, before, "training moved the weights");
+    for (key, t) in &one {
+        let e = t.data.iter().zip(&two[key].data).fold(0f32, |m, (x, y)| m.max((x - y).abs() / x.abs().max(1.0)));
+        assert!(e <= 5e-3, "{key}: relative difference {e} between two peers and one");
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn backend_suite_infer_on_wgpu_gives_the_cpus_logits_for_every_family() {
