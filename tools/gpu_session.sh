@@ -61,7 +61,13 @@ else
     echo "== vulkan skipped: no libvulkan"
 fi
 
-# 5. The table.
+# 5. Training on CUDA (issue 18): the main job's network and recipe (a random route per step, batch
+# 128, one peer), snnet against PyTorch on the same data, median step after 5 warm-up steps.
+step train_snnet_cuda 150 bash -c '"$0" --device cuda --config assets/fashion-mnist/family.json train --data assets/fashion-mnist \
+    --batch 128 --max-steps 45 --drop-path 0.1 --no-augment --output "$1/train-w.safetensors" 2>&1 | grep "\"impl\":\"snnet\""' "$BIN/snnet" "$OUT"
+step train_torch_cuda 120 python3 tools/train_torch.py --device cuda --batch 128 --warmup 5 --steps 40 --data assets/fashion-mnist
+
+# 6. The table.
 cat "$OUT"/parity_*.jsonl >"$OUT/parity.jsonl" 2>/dev/null
 cat "$OUT"/snnet_*.jsonl >"$OUT/snnet.jsonl" 2>/dev/null
 cat "$OUT"/torch_*.jsonl >"$OUT/torch.jsonl" 2>/dev/null
@@ -73,4 +79,16 @@ for path in sys.argv[1:]:
     step = os.path.basename(path)[: -len(".jsonl")]
     for r in (json.loads(l) for l in open(path) if l.strip()):
         print(f"| {r['device']} | {step} | {r['dtype']} | {r['cfg_id']} | {r['rel_l2']:.2e} | {r['max_abs_over_max_logit']:.2e} |")
+EOF
+python3 - "$OUT/train_snnet_cuda.jsonl" "$OUT/train_torch_cuda.jsonl" <<'EOF'
+import json, sys
+def median(path):
+    try:
+        return json.loads(open(path).read().strip().splitlines()[-1])["step_ms_median"]
+    except Exception:
+        return None
+ours, theirs = median(sys.argv[1]), median(sys.argv[2])
+print("\n| training step on CUDA (Fashion-MNIST demo SN-Net, batch 128) | snnet ms | PyTorch ms | ratio |\n|---|---|---|---|")
+ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
+print(f"| median of 40 steps | {ours} | {theirs} | {ratio} |")
 EOF
