@@ -3,7 +3,8 @@
 # training in PyTorch (tools/train_torch.py), in one run on this machine: single routes (the three
 # anchors and two stitched routes, each trained at every step) and the SN-Net recipe (a random
 # route per step). Batch 128, 2 threads each, 5 warm-up steps, then the median step time.
-# WORKERS=2 splits each snnet step's batch between two threads (`snnet train --workers 2`).
+# WORKERS=2 splits each snnet step's batch between two data-parallel peers (`snnet train --devices 2`)
+# on one shared route per step, the step PyTorch's side takes.
 #
 #   pip install -r tools/requirements.txt   # once
 #   cargo build --release -p snnet-cli
@@ -19,7 +20,7 @@ export RAYON_NUM_THREADS=2
 printf "%-10s %12s %12s %8s\n" workload "snnet ms" "torch ms" ratio
 for route in 0 1 2 10 24 all; do
   if [ "$route" = all ]; then rs=(); tr=(); else rs=(--routes "$route"); tr=(--route "$route"); fi
-  "$BIN" --config "$DATA/family.json" train --data "$DATA" --batch 128 --workers "$WORKERS" --max-steps $((STEPS + 5)) \
+  "$BIN" --config "$DATA/family.json" train --data "$DATA" --batch 128 --devices "$WORKERS" --route-policy shared --max-steps $((STEPS + 5)) \
     --drop-path 0.1 --no-augment "${rs[@]}" --output "$OUT/w.safetensors" 2> "$OUT/snnet.err"
   ours=$(grep '"impl":"snnet"' "$OUT/snnet.err" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["step_ms_median"])')
   theirs=$(python3 tools/train_torch.py --threads 2 --batch 128 --warmup 5 --steps "$STEPS" --data "$DATA" "${tr[@]}" 2>/dev/null \
