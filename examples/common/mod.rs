@@ -34,11 +34,10 @@ pub struct DemoRun {
     /// backends); threads sharing the routes in evaluation. Default: 2 on flex, 1 on a GPU.
     #[arg(long, visible_alias = "workers", value_name = "N")]
     pub devices: Option<usize>,
-    /// Which route each training peer trains at a step: `shared` (one route per step for all: the
-    /// demos' recipe, whose step costs what one route costs) or `per-peer` (each its own: the
-    /// official multi-GPU recipe and `snnet train`'s default; a step then waits for the costlier
-    /// of two routes, about 1.4× longer here, docs/benchmarks.md).
-    #[arg(long, default_value = "shared", value_parser = ["per-peer", "shared"])]
+    /// Which route each training peer trains at a step: `per-peer` (each its own, drawn from the
+    /// seed + its rank: the official multi-GPU recipe, as `snnet train`) or `shared` (one route per
+    /// step for all peers, as one device trains).
+    #[arg(long, default_value = "per-peer", value_parser = ["per-peer", "shared"])]
     pub route_policy: String,
     /// Peak learning rate of the stitching layers (cosine to 1e-6 after a short warmup); the
     /// anchors train at `--anchor-lr-scale` times it.
