@@ -97,6 +97,50 @@ pub fn least_squares_gives_the_cpus_layers<D: Kernels>(device: &D::Device, toler
     }
 }
 
+/// Matrix products at the fixtures' small widths, with either side a transposed view (as a
+/// backward pass multiplies: `grad · Wᵀ`, `xᵀ · grad`), equal the CPU's. Found on lavapipe: one of
+/// cubecl's matmul kernels is wrong for inner dimension 8 with a transposed right-hand side, and
+/// autotune picks it when it measures fastest (docs/design.md, "Every backend, tested").
+pub fn products_in_every_layout_give_the_cpus<D: Kernels>(device: &D::Device, tolerance: f32) {
+    let _device = shared_device();
+    let mut wrong = Vec::new();
+    for (m, k, n) in [(64, 8, 16), (1024, 4, 16), (1024, 8, 16), (1024, 8, 32), (1024, 16, 8), (1024, 64, 64)] {
+        let lhs = HostImages::new(1, [1, m, k], 31);
+        let rhs = HostImages::new(1, [1, k, n], 37);
+        for (lhs_transposed, rhs_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+            let want = host(product::<Flex>(&Default::default(), &lhs, &rhs, lhs_transposed, rhs_transposed));
+            let got = host(product::<D>(device, &lhs, &rhs, lhs_transposed, rhs_transposed));
+            let error = relative_error(&got, &want);
+            if error > tolerance {
+                let view = |transposed: bool| if transposed { " (a transposed view)" } else { "" };
+                wrong.push(format!("{m}×{k}{} · {k}×{n}{}: {error:.1e}", view(lhs_transposed), view(rhs_transposed)));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "products off by more than {tolerance:.0e}: {wrong:#?}");
+}
+
+/// `lhs · rhs` on `B`, each side given as its values in the product's layout (`[m, k]`, `[k, n]`)
+/// or, when transposed, read as a transposed view of the other layout.
+fn product<B: Kernels>(
+    device: &B::Device,
+    lhs: &HostImages,
+    rhs: &HostImages,
+    lhs_transposed: bool,
+    rhs_transposed: bool,
+) -> burn::tensor::Tensor<B, 2> {
+    let side = |values: &HostImages, transposed: bool| {
+        let t = values.on::<B>(device);
+        let [_, _, rows, cols] = t.dims();
+        if transposed {
+            t.reshape([cols, rows]).transpose()
+        } else {
+            t.reshape([rows, cols])
+        }
+    };
+    side(lhs, lhs_transposed).matmul(side(rhs, rhs_transposed))
+}
+
 /// One AdamW step on a stitched route (drop path on; clipping off, then on at a norm it cuts) moves
 /// every weight on `D` as on the CPU; the loss and the gradient norm agree too.
 pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance: f32) {

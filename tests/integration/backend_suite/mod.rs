@@ -58,6 +58,11 @@ macro_rules! backend_suite {
             }
 
             #[test]
+            fn matrix_products_in_every_layout_give_the_cpus() {
+                checks::products_in_every_layout_give_the_cpus::<D>(&device(), TOLERANCE.logits);
+            }
+
+            #[test]
             fn a_training_step_moves_the_weights_as_on_the_cpu() {
                 checks::a_training_step_moves_the_weights_as_on_the_cpu::<D>(&device(), TOLERANCE.training);
             }
