@@ -23,7 +23,7 @@ use snnet::{
     demo,
     train::{
         data::{Dataset, FashionMnist, Split},
-        FlopsGap, FlopsGroupedSampler, ListSampler, Prefix, RouteSampler, RunOptions,
+        FlopsGap, Prefix, RunOptions,
     },
     workflow::{accuracy_frontier, accuracy_points, evaluate_into, route_table, train_with_progress, write_accuracy_comparison, BoxError},
     Description, RouteMetrics, SpaceSettings,
@@ -49,6 +49,10 @@ struct Options {
     /// Epochs of joint fine-tuning, for each network.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
+    /// Learning-rate scale of the anchors' parameters (the official Swin recipe: 0.1, with the
+    /// stitching layers at the full rate).
+    #[arg(long, default_value_t = 0.1)]
+    anchor_lr_scale: f64,
     /// Rank of SN-Netv2's LoRA stitching layers (ViT-32's width is 32).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -173,20 +177,9 @@ impl Options {
 
         // 2. Joint fine-tuning: uniform over the trained routes (v1), FLOPs-grouped (v2).
         let (net, _) = desc.build::<B>(device)?.load(&ls_file)?;
-        let trained = net.space().trained_routes();
-        let mut sampler: Box<dyn RouteSampler> = if variant.space.kind == snnet::SpaceKind::TwoWay {
-            let flops: Vec<(usize, f64)> = trained.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
-            let sampler = FlopsGroupedSampler::new(&flops, self.flops_gap, None, 0)?;
-            println!(
-                "FLOPs-grouped sampling: {} groups of sizes {:?}",
-                sampler.groups().len(),
-                sampler.groups().iter().map(Vec::len).collect::<Vec<_>>()
-            );
-            Box::new(sampler)
-        } else {
-            Box::new(ListSampler::new(trained, 0))
-        };
-        let config = self.run.train_config(self.epochs, self.run.anchor_lr_scale);
+        let grouped = (variant.space.kind == snnet::SpaceKind::TwoWay).then_some(self.flops_gap);
+        let mut sampler = common::route_sampler(&net, net.space().trained_routes(), grouped)?;
+        let config = self.run.train_config(self.epochs, self.anchor_lr_scale);
         let (net, report, _) = train_with_progress(net, train, sampler.as_mut(), &config, None, &RunOptions::default())?;
         println!("{}: {} steps, {:.0} images/s, epoch losses {:?}", variant.name, report.steps, report.images_per_s, report.epoch_losses);
         let net = net.valid();

@@ -8,7 +8,7 @@ use snnet::{
     demo,
     train::{
         data::{load_batch, Dataset},
-        RoutePolicy, SplitMix64, StepConfig, TrainConfig,
+        FlopsGap, FlopsGroupedSampler, ListSampler, RoutePolicy, RouteSampler, SplitMix64, StepConfig, TrainConfig,
     },
     workflow::{progress_bar, BoxError},
     Anchor, Kernels, LsReport, Stitch, StitchedNet,
@@ -40,13 +40,9 @@ pub struct DemoRun {
     #[arg(long, default_value = "per-peer", value_parser = ["per-peer", "shared"])]
     pub route_policy: String,
     /// Peak learning rate of the stitching layers (cosine to 1e-6 after a short warmup); the
-    /// anchors train at `--anchor-lr-scale` times it.
+    /// anchors train at `--anchor-lr-scale` times it (each example's own default).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Learning-rate scale of the anchors' parameters (the official Swin recipe: 0.1, with the
-    /// stitching layers at the full rate).
-    #[arg(long, default_value_t = 0.1)]
-    pub anchor_lr_scale: f64,
 }
 
 impl DemoRun {
@@ -91,4 +87,22 @@ impl DemoRun {
             ..Default::default()
         }
     }
+}
+
+/// The route sampler of joint training over `routes`: uniform (SN-Net), or FLOPs-grouped at `gap`
+/// (SN-Netv2; the group sizes are printed), seeded with 0 as every demo run.
+pub fn route_sampler<B: Kernels, A: Anchor<B>, L: Stitch<B>>(
+    net: &StitchedNet<B, A, L>,
+    routes: Vec<usize>,
+    grouped: Option<FlopsGap>,
+) -> Result<Box<dyn RouteSampler>, BoxError> {
+    let Some(gap) = grouped else { return Ok(Box::new(ListSampler::new(routes, 0))) };
+    let flops: Vec<(usize, f64)> = routes.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
+    let sampler = FlopsGroupedSampler::new(&flops, gap, None, 0)?;
+    println!(
+        "FLOPs-grouped sampling: {} groups of sizes {:?}",
+        sampler.groups().len(),
+        sampler.groups().iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    Ok(Box::new(sampler))
 }
