@@ -97,8 +97,7 @@ pub fn route_sampler<B: Kernels, A: Anchor<B>, L: Stitch<B>>(
     grouped: Option<FlopsGap>,
 ) -> Result<Box<dyn RouteSampler>, BoxError> {
     let Some(gap) = grouped else { return Ok(Box::new(ListSampler::new(routes, 0))) };
-    let flops: Vec<(usize, f64)> = routes.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
-    let sampler = FlopsGroupedSampler::new(&flops, gap, None, 0)?;
+    let sampler = FlopsGroupedSampler::over_routes(net, &routes, gap, None, 0)?;
     println!(
         "FLOPs-grouped sampling: {} groups of sizes {:?}",
         sampler.groups().len(),

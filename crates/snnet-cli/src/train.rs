@@ -106,8 +106,7 @@ impl Train<'_> {
         let routes = self.args.routes.clone().unwrap_or_else(|| net.space().trained_routes());
         let mut sampler: Box<dyn RouteSampler> = match self.args.sampler.as_str() {
             "flops-grouped" => {
-                let flops: Vec<(usize, f64)> = routes.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
-                let sampler = FlopsGroupedSampler::new(&flops, self.args.flops_gap, self.args.flops_sampling_k, seed)?;
+                let sampler = FlopsGroupedSampler::over_routes(&net, &routes, self.args.flops_gap, self.args.flops_sampling_k, seed)?;
                 eprintln!(
                     "FLOPs-grouped sampling: {} groups ({})",
                     sampler.groups().len(),

@@ -2,6 +2,8 @@
 //! step ([`UniformSampler`], or [`ListSampler`] over chosen routes); SN-Netv2 draws a FLOPs group
 //! first, then a route in it ([`FlopsGroupedSampler`]).
 
+use snnet_core::{Anchor, Kernels, Stitch, StitchedNet};
+
 use crate::error::{TrainError, TrainResult};
 use crate::rng::SplitMix64;
 
@@ -149,6 +151,19 @@ impl FlopsGroupedSampler {
             *last = 1.0;
         }
         Ok(Self { groups, cumulative, rng: SplitMix64::new(seed) })
+    }
+
+    /// [`FlopsGroupedSampler::new`] over `routes` of `net`, each with its FLOPs from the
+    /// network's route costs. A route id the network does not have is an error naming it.
+    pub fn over_routes<B: Kernels, A: Anchor<B>, L: Stitch<B>>(
+        net: &StitchedNet<B, A, L>,
+        routes: &[usize],
+        gap: FlopsGap,
+        ramp_k: Option<f64>,
+        seed: u64,
+    ) -> TrainResult<Self> {
+        let flops = routes.iter().map(|&id| net.route(id).map(|_| (id, net.costs()[id].flops as f64))).collect::<Result<Vec<_>, _>>()?;
+        Self::new(&flops, gap, ramp_k, seed)
     }
 
     /// The groups, by increasing FLOPs, each sorted by route id.

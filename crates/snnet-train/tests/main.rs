@@ -731,6 +731,20 @@ mod joint_training {
             .unwrap()
     }
 
+    #[test]
+    fn flops_groups_over_a_networks_routes_take_its_costs_and_name_an_unknown_route() {
+        use snnet_train::{FlopsGap, FlopsGroupedSampler};
+        let net = net();
+        let routes: Vec<usize> = (0..net.num_routes()).collect();
+        let pairs: Vec<(usize, f64)> = routes.iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
+        let gap = FlopsGap::Relative(0.2);
+        let over = FlopsGroupedSampler::over_routes(&net, &routes, gap, None, 3).unwrap();
+        assert_eq!(over.groups(), FlopsGroupedSampler::new(&pairs, gap, None, 3).unwrap().groups());
+        let unknown = net.num_routes();
+        let err = FlopsGroupedSampler::over_routes(&net, &[0, unknown], gap, None, 3).unwrap_err().to_string();
+        assert!(err.contains(&unknown.to_string()), "{err}");
+    }
+
     /// The warmup is 15 % of 3 epochs, 0.44999999999999996: a value JSON must read back exactly for
     /// a checkpoint's settings to equal the run's.
     fn config() -> TrainConfig {
@@ -768,8 +782,10 @@ mod joint_training {
         routes: &mut Vec<usize>,
     ) -> Result<(Net, snnet_train::TrainReport), TrainError> {
         let mut sampler: Box<dyn RouteSampler> = if net.space().settings.kind == snnet_core::SpaceKind::TwoWay {
-            let flops: Vec<(usize, f64)> = net.space().trained_routes().iter().map(|&id| (id, net.costs()[id].flops as f64)).collect();
-            Box::new(snnet_train::FlopsGroupedSampler::new(&flops, snnet_train::FlopsGap::Relative(0.2), Some(2.0), 11).unwrap())
+            let routes = net.space().trained_routes();
+            Box::new(
+                snnet_train::FlopsGroupedSampler::over_routes(&net, &routes, snnet_train::FlopsGap::Relative(0.2), Some(2.0), 11).unwrap(),
+            )
         } else {
             Box::new(UniformSampler::new(net.num_routes(), 11))
         };
