@@ -213,8 +213,10 @@ pub fn default_workers(name: &str) -> usize {
 }
 
 /// The devices of `peers` data-parallel peers on the backend of `device`: its devices
-/// `0..peers` on GPU backends (`cuda` 0, 1, …), `device` itself for every peer on the CPU backend,
-/// which has one device (the peers are threads sharing it).
+/// `0..peers` on GPU backends with numbered devices (`cuda` 0, 1, …), `device` itself for every
+/// peer where there is no number: the CPU backend, which has one device (the peers are threads
+/// sharing it), and wgpu's default device, where training refuses the shared device
+/// (`snnet_train::train_on`: burn-fusion 0.21 is not safe for it).
 pub fn peer_devices<D: burn::tensor::backend::DeviceOps>(device: &D, peers: usize) -> Vec<D> {
     use burn::tensor::backend::DeviceId;
     if peers <= 1 {

@@ -152,10 +152,14 @@ pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
         if let (Some(l), Some(mean)) = (p.loss, p.epoch_loss) {
             (loss, epoch_loss) = (l, mean);
         }
+        // Until the first read (every `log_every` steps) there is no loss to show.
+        let shown = |x: f64| if x.is_nan() { "–".to_string() } else { format!("{x:.4}") };
         let message = format!(
-            "epoch {}/{} loss {loss:.4} (epoch mean {epoch_loss:.4}) lr {:.2e} {:.0} img/s",
+            "epoch {}/{} loss {} (epoch mean {}) lr {:.2e} {:.1} img/s",
             p.epoch + 1,
             p.epochs,
+            shown(loss),
+            shown(epoch_loss),
             p.lr,
             p.images_per_s
         );

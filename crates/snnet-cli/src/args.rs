@@ -318,8 +318,8 @@ pub struct TrainArgs {
     pub batch: usize,
     /// Data-parallel peers: each trains its shard of every step's `--batch` images, and their
     /// gradients are summed through burn's collective before one optimiser step on every peer. A
-    /// number N puts N peers on the `--device` backend (GPU backends: its devices 0..N-1; the CPU:
-    /// threads sharing it). At most the batch size.
+    /// number N puts N peers on the `--device` backend (cuda: its devices 0..N-1; the CPU: threads
+    /// sharing it; wgpu's one default device cannot be shared by peers). At most the batch size.
     #[arg(long, visible_alias = "workers", default_value_t = 1, value_name = "N")]
     pub devices: usize,
     /// Which route each peer trains at a step: `per-peer` (each its own, drawn from the seed + its

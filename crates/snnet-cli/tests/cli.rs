@@ -699,13 +699,10 @@ fn official_swin_and_levit_checkpoints_import_and_infer_every_route() {
     }
 }
 
-/// The wgpu backend through the command line (built with `--features wgpu`; CI runs it on
-/// lavapipe as part of the backend suite): `infer --route all --device wgpu` gives the CPU
-/// backend's logits and the official PyTorch logits for every family, from official checkpoints.
-/// Trains the mini ViT family on `device` from the same starting weights: `--devices peers` with one
-/// shared route per step, 3 steps, no augmentation or drop path.
+/// Trains the mini ViT family on `device` from `start`: `--devices peers` with one shared route
+/// per step, 3 steps, no augmentation or drop path. The weights written, or the error printed.
 #[cfg(feature = "wgpu")]
-fn train_mini_on(device: &str, peers: usize, start: &Path, data: &Path) -> snnet::weights::TensorMap {
+fn train_mini_on(device: &str, peers: usize, start: &Path, data: &Path) -> Result<snnet::weights::TensorMap, String> {
     let output = tmp(&format!("peers-{device}-{peers}.safetensors"));
     let (config, start, data) = (mini_config(), start.to_str().unwrap().to_string(), data.to_str().unwrap().to_string());
     let peers = peers.to_string();
@@ -735,16 +732,18 @@ fn train_mini_on(device: &str, peers: usize, start: &Path, data: &Path) -> snnet
         "--output",
         output.to_str().unwrap(),
     ];
-    let (ok, _, err) = snnet_within(900, &[], &args);
-    assert!(ok, "train on {device} with {peers} peer(s): {err}");
-    read_tensors(&output).unwrap().0
+    match snnet_within(900, &[], &args) {
+        (true, _, _) => Ok(read_tensors(&output).unwrap().0),
+        (false, _, err) => Err(err),
+    }
 }
 
 #[test]
 #[cfg(feature = "wgpu")]
-fn backend_suite_two_data_parallel_peers_on_wgpu_train_as_one() {
-    // The peers' exchange through burn-collective on a GPU backend (lavapipe here): two peers on
-    // one route per step end where one peer ends, up to the device's rounding.
+fn backend_suite_training_on_wgpu_moves_the_weights_and_refuses_peers_sharing_its_device() {
+    // One peer trains on the GPU backend (lavapipe here). Two peers would share wgpu's one default
+    // device, which burn-fusion 0.21 does not survive reliably (burn#4947: a CI run crashed on the
+    // device's thread): refused before training, naming the cause.
     let data = tiny_image_folder("wgpu-peers-data");
     let start = tmp("wgpu-peers-start.safetensors");
     let config = mini_config();
@@ -760,15 +759,17 @@ fn backend_suite_two_data_parallel_peers_on_wgpu_train_as_one() {
         start.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let (one, two) = (train_mini_on("wgpu", 1, &start, &data), train_mini_on("wgpu", 2, &start, &data));
+    let trained = train_mini_on("wgpu", 1, &start, &data).expect("one peer trains on wgpu");
     let (before, _) = read_tensors(&start).unwrap();
-    assert_ne!(one, before, "training moved the weights");
-    for (key, t) in &one {
-        let e = t.data.iter().zip(&two[key].data).fold(0f32, |m, (x, y)| m.max((x - y).abs() / x.abs().max(1.0)));
-        assert!(e <= 5e-3, "{key}: relative difference {e} between two peers and one");
-    }
+    assert_ne!(trained, before, "training moved the weights");
+    assert!(trained.values().all(|t| t.data.iter().all(|x| x.is_finite())), "finite weights");
+    let err = train_mini_on("wgpu", 2, &start, &data).expect_err("two peers on one wgpu device are refused");
+    assert!(err.contains("peers 0 and 1 share the device") && err.contains("burn#4947"), "{err}");
 }
 
+/// The wgpu backend through the command line (built with `--features wgpu`; CI runs it on
+/// lavapipe as part of the backend suite): `infer --route all --device wgpu` gives the CPU
+/// backend's logits and the official PyTorch logits for every family, from official checkpoints.
 #[cfg(feature = "wgpu")]
 #[test]
 fn backend_suite_infer_on_wgpu_gives_the_cpus_logits_for_every_family() {

@@ -320,9 +320,10 @@ pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
         return Err(TrainError::Setting { setting: "peers".into(), reason });
     }
     if teacher.is_some() && devices.iter().any(|d| *d != devices[0]) {
-        let reason = "distillation runs the teacher on one device; put every peer on it".to_string();
+        let reason = "distillation runs the teacher on one device; put every peer on it (the CPU backend's peers can share it)".to_string();
         return Err(TrainError::Setting { setting: "peers".into(), reason });
     }
+    shared_devices_are_safe::<B>(devices)?;
     let config_json = serde_json::to_value(config).expect("a config serialises");
     // `fork`: moved (if it is not there yet) as trainable leaves, which `to_device` would not keep.
     let mut net = net.fork(&devices[0]);
@@ -424,6 +425,30 @@ pub fn train_on<B: AutodiffKernels, A: Anchor<B>>(
     let trained = first?;
     rest.into_iter().collect::<TrainResult<Vec<()>>>()?;
     Ok(trained)
+}
+
+/// Refuses peers that share a device of a fused backend (burn's `fusion` decorator, which the GPU
+/// backends use). On one device burn-collective's all-reduce gives every peer the *same* tensor
+/// (moving a tensor to its own device returns it), so the peers' threads use and drop one tensor
+/// at once; burn-fusion 0.21's streams are not safe for that (burn#4947, fixed upstream after
+/// 0.21.0): two peers on lavapipe's one device crashed a CI run that way, with a panic on the
+/// device's thread. The CPU backend, which has no fusion, runs its peers as threads on its one
+/// device.
+fn shared_devices_are_safe<B: AutodiffKernels>(devices: &[B::Device]) -> TrainResult<()> {
+    let backend = B::name(&devices[0]);
+    if !backend.contains("fusion") {
+        return Ok(());
+    }
+    for (second, device) in devices.iter().enumerate() {
+        if let Some(first) = devices[..second].iter().position(|d| d == device) {
+            let reason = format!(
+                "peers {first} and {second} share the device {device:?} of {backend}: burn 0.21's fusion is not safe for one tensor \
+                 used by several threads (burn#4947); give each peer a device of its own, or train with one peer"
+            );
+            return Err(TrainError::Setting { setting: "peers".into(), reason });
+        }
+    }
+    Ok(())
 }
 
 /// What every peer of a run shares.
