@@ -142,27 +142,23 @@ pub fn train_with_progress<B: AutodiffKernels, A: Anchor<B>>(
     );
     // Without a terminal (logs, CI) the bar is hidden: print a line every 5 % of the run instead.
     let every = (total / 20).max(1);
-    // The losses as last read (the loop reads them every `options.log_every` steps).
-    let (mut loss, mut epoch_loss) = (f64::NAN, f64::NAN);
+    // The step's and the epoch's mean loss as last read (the loop reads them every
+    // `options.log_every` steps); none before the first read.
+    let mut last_read: Option<(f64, f64)> = None;
     let device = burn::module::Module::devices(&net).into_iter().next().unwrap_or_default();
     // This process's peers: all of them, or its share of a run over several processes.
     let local_peers = config.peers / options.cluster.as_ref().map_or(1, |c| c.nodes.max(1));
     let devices = crate::backend::peer_devices(&device, local_peers.max(1));
     let result = snnet_train::train_on(&devices, net, dataset, sampler, config, teacher, options, |p| {
         if let (Some(l), Some(mean)) = (p.loss, p.epoch_loss) {
-            (loss, epoch_loss) = (l, mean);
+            last_read = Some((l, mean));
         }
-        // Until the first read (every `log_every` steps) there is no loss to show.
-        let shown = |x: f64| if x.is_nan() { "–".to_string() } else { format!("{x:.4}") };
-        let message = format!(
-            "epoch {}/{} loss {} (epoch mean {}) lr {:.2e} {:.1} img/s",
-            p.epoch + 1,
-            p.epochs,
-            shown(loss),
-            shown(epoch_loss),
-            p.lr,
-            p.images_per_s
-        );
+        let (loss, epoch_loss) = match last_read {
+            Some((loss, mean)) => (format!("{loss:.4}"), format!("{mean:.4}")),
+            None => ("–".to_string(), "–".to_string()),
+        };
+        let message =
+            format!("epoch {}/{} loss {loss} (epoch mean {epoch_loss}) lr {:.2e} {:.1} img/s", p.epoch + 1, p.epochs, p.lr, p.images_per_s);
         if pb.is_hidden() && (p.step % every == 0 || p.step == p.total_steps) {
             eprintln!("step {}/{}: {message}", p.step, p.total_steps);
         }
