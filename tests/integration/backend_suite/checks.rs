@@ -73,17 +73,22 @@ pub fn least_squares_gives_the_cpus_layers<D: Kernels>(device: &D::Device, toler
     for family in families() {
         let (mut cpu, file) = family.on_cpu(0.0);
         let mut net = family.load::<D>(device, 0.0, &file);
-        let calibration = HostImages::new(8, family.input(), 5);
-        cpu.init_least_squares(calibration.on::<Flex>(&Default::default()), 4, |_| {}).unwrap();
+        // LeViT's stage-2 features are nearly collinear: with 8 images its normal equations had a
+        // condition number of 9.6e3, which magnified the backends' f32 rounding of the features to
+        // 1.4e-4 in the fitted layers on lavapipe; 32 images bring it to 3.9e3 (printed below).
+        let calibration = HostImages::new(32, family.input(), 5);
+        let report = cpu.init_least_squares(calibration.on::<Flex>(&Default::default()), 4, |_| {}).unwrap();
         net.init_least_squares(calibration.on::<D>(device), 4, |_| {}).unwrap();
         let want = cpu.named_tensors();
         let got = net.named_tensors();
-        let mut fitted = 0;
+        let (mut fitted, mut worst) = (0, 0f32);
         for ((key, g), (_, w)) in got.iter().zip(&want).filter(|((key, _), _)| key.starts_with("stitch_layers.")) {
             let error = relative_error(&g.data, &w.data);
             assert!(error <= tolerance.least_squares, "{} {key}: relative error {error:.3e}", family.name);
-            fitted += 1;
+            (fitted, worst) = (fitted + 1, worst.max(error));
         }
+        let condition = report.layers.iter().map(|layer| layer.max_condition).fold(0.0, f64::max);
+        eprintln!("{}: fitted layers within {worst:.1e} (worst condition number {condition:.1e})", family.name);
         assert!(fitted > 0, "{}: no stitching layer", family.name);
 
         // Saved on the device, loaded on the CPU: the same values, the same logits.
