@@ -347,16 +347,16 @@ pub struct ResBlock<B: Backend> {
 impl<B: Kernels> ResBlock<B> {
     /// `relu(branch(x) + shortcut(x))`, drop path on the branch drawn from `seed`.
     pub fn forward(&self, x: Tensor<B, 4>, seed: u64) -> Tensor<B, 4> {
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
-        let y = batch_norm(&self.bn2, self.conv2.forward(y));
+        let y = relu(batch_norm(&self.bn1, B::convolve(x.clone(), &self.conv1)));
+        let y = batch_norm(&self.bn2, B::convolve(y, &self.conv2));
         let y = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => batch_norm(bn3, conv3.forward(relu(y))),
+            (Some(conv3), Some(bn3)) => batch_norm(bn3, B::convolve(relu(y), conv3)),
             _ => y,
         };
         let mut shortcut = x;
         for part in &self.downsample {
             shortcut = match part {
-                DownsamplePart::Conv(conv) => conv.forward(shortcut),
+                DownsamplePart::Conv(conv) => B::convolve(shortcut, conv),
                 DownsamplePart::Norm(bn) => batch_norm(bn, shortcut),
             };
         }
@@ -435,7 +435,7 @@ impl<B: Kernels> Anchor<B> for ResNet<B> {
     }
 
     fn embed(&self, images: Tensor<B, 4>) -> Features<B> {
-        let x = relu(batch_norm(&self.bn1, self.conv1.forward(images)));
+        let x = relu(batch_norm(&self.bn1, B::convolve(images, &self.conv1)));
         Features::Map(max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false))
     }
 

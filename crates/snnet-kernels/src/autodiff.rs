@@ -46,11 +46,12 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 
     /// `x·Φ(x) + (x − x̄)·xφ(x)` with `Φ(x)` and `xφ(x)` from `B` as constants and `x̄` the detached
     /// `x`: the second term is zero, so the value is exact GELU, and the gradient is
-    /// `Φ(x) + x·φ(x)`, exact GELU's derivative.
+    /// `Φ(x) + x·φ(x)`, exact GELU's derivative. Without `B`'s parts, one node with that gradient
+    /// ([`record_gelu`]).
     fn exact_gelu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         match B::gelu_parts(x.clone().inner()) {
             Some((cdf, slope)) => x.clone() * Tensor::from_inner(cdf) + (x.clone() - x.detach()) * Tensor::from_inner(slope),
-            None => reference::exact_gelu(x),
+            None => record_gelu(x),
         }
     }
 }
@@ -68,6 +69,39 @@ fn inner_tensor<B: Kernels, const D: usize>(p: B::FloatTensorPrimitive) -> Tenso
 /// The autodiff tensor of primitive `p`.
 fn outer_tensor<B: Kernels, C: CheckpointStrategy, const D: usize>(p: AutodiffTensor<B>) -> Tensor<Autodiff<B, C>, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// `B`'s exact GELU of `x` recorded as one node that keeps `x` and whose backward is exact GELU's
+/// derivative, `Φ(x) + x·φ(x)` ([`reference::gelu_slope`]). burn records its GELU with the
+/// derivative of GELU's tanh approximation (up to ~1e-3 off), which the GPU backends use.
+pub(crate) fn record_gelu<B: Kernels, C: CheckpointStrategy, const D: usize>(x: Tensor<Autodiff<B, C>, D>) -> Tensor<Autodiff<B, C>, D> {
+    let out = reference::exact_gelu(x.clone().inner()).into_primitive().tensor();
+    let x = primitive(x);
+    let out = match GeluBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let kept = prep.checkpoint(&x);
+            prep.finish(kept, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    outer_tensor(out)
+}
+
+/// The backward of [`record_gelu`]: `∂y · (Φ(x) + x·φ(x))` from the kept input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: Kernels> Backward<B, 1> for GeluBackward {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(ops.state);
+        let grad = grads.consume::<B>(&ops.node);
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::float_mul(grad, reference::gelu_slope::<B>(x)));
+        }
+    }
 }
 
 /// Records `out`, `B`'s product of `x`, `weight` and perhaps `bias`, as one node.

@@ -60,6 +60,12 @@ pub trait Kernels: Backend {
         reference::patch_tokens(images, conv, cls, pos)
     }
 
+    /// `conv` applied to `x` `[b, c, h, w]`: burn's convolution ([`reference::convolve`]: a strided
+    /// 1×1 convolution runs on the strided input).
+    fn convolve(x: Tensor<Self, 4>, conv: &Conv2d<Self>) -> Tensor<Self, 4> {
+        reference::convolve(x, conv)
+    }
+
     /// Exact (erf) GELU, timm's `nn.GELU()`.
     fn exact_gelu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         reference::exact_gelu(x)
@@ -112,7 +118,8 @@ pub trait Kernels: Backend {
     /// For the autodiff backend over this one: `(Φ(x), x·φ(x))`, the normal CDF and `x` times the
     /// normal density, from which it builds GELU as `x·Φ(x)` with the gradient `Φ(x) + x·φ(x)`
     /// (two constants and four elementwise operations recorded instead of GELU's own). `None` (the
-    /// default): burn's GELU is recorded.
+    /// default): GELU is recorded as one node with exact GELU's derivative
+    /// ([`reference::gelu_slope`]).
     fn gelu_parts<const D: usize>(x: Tensor<Self, D>) -> Option<(Tensor<Self, D>, Tensor<Self, D>)> {
         let _ = x;
         None

@@ -3,8 +3,8 @@
 //! tests hold the overrides to.
 
 use burn::{
-    nn::conv::Conv2d,
-    tensor::{activation, backend::Backend, module, Tensor},
+    nn::{conv::Conv2d, PaddingConfig2d},
+    tensor::{activation, backend::Backend, module, ops::ConvOptions, Slice, Tensor},
 };
 
 use crate::Kernels;
@@ -33,6 +33,35 @@ pub fn affine_bias_grad<B: Backend>(grad: Tensor<B, 2>) -> Tensor<B, 1> {
 /// Exact (erf) GELU: burn's.
 pub fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     activation::gelu(x)
+}
+
+/// Exact GELU's derivative at `x`, `Φ(x) + x·φ(x)` (`Φ` and `φ` the standard normal CDF and
+/// density), in burn's operations on a tensor primitive of any rank: what the autodiff backend's
+/// GELU node multiplies the gradient by. (burn's own GELU backward is the derivative of GELU's
+/// tanh approximation, up to ~1e-3 off.)
+pub fn gelu_slope<B: Backend>(x: B::FloatTensorPrimitive) -> B::FloatTensorPrimitive {
+    use core::f64::consts::{PI, SQRT_2};
+    let erf = B::float_erf(B::float_div_scalar(x.clone(), SQRT_2.into()));
+    let cdf = B::float_div_scalar(B::float_add_scalar(erf, 1.0.into()), 2.0.into());
+    let square = B::float_mul(x.clone(), x.clone());
+    let density = B::float_mul_scalar(B::float_exp(B::float_mul_scalar(square, (-0.5).into())), (1.0 / (2.0 * PI).sqrt()).into());
+    B::float_add(cdf, B::float_mul(x, density))
+}
+
+/// `conv` applied to `x` `[b, c, h, w]`: burn's convolution, except a 1×1 convolution with a stride
+/// and no padding (ResNet's downsampling shortcut), which reads every stride-th row and column
+/// and multiplies them with stride 1 — the same products. cubecl's input gradient of the strided
+/// 1×1 form is wrong (relative error 1.0 on lavapipe, burn 0.21: a transposed convolution whose
+/// kernel is smaller than its stride), so this keeps every GPU backend's training right.
+pub fn convolve<B: Backend>(x: Tensor<B, 4>, conv: &Conv2d<B>) -> Tensor<B, 4> {
+    let unpadded = matches!(conv.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    if conv.kernel_size != [1, 1] || conv.stride == [1, 1] || !unpadded {
+        return conv.forward(x);
+    }
+    let [rows, cols] = conv.stride.map(|s| Slice::new(0, None, s as isize));
+    let x = x.slice([Slice::full(), Slice::full(), rows, cols]);
+    let options = ConvOptions::new([1, 1], [0, 0], conv.dilation, conv.groups);
+    module::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
 }
 
 /// `softmax(x · scale)` over the last dimension: burn's.

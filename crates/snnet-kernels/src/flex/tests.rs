@@ -101,11 +101,23 @@ fn cpu_kernels_split_across_threads() {
 
 #[test]
 fn autodiff_gelu_has_exact_values_and_gradients() {
+    assert_exact_gelu(Autodiff::<Flex>::exact_gelu);
+}
+
+/// The GELU node that backends without GELU parts record (the GPU backends): burn's own GELU
+/// backward is its tanh approximation's derivative, up to ~1e-3 off.
+#[test]
+fn recorded_gelu_has_exact_values_and_gradients() {
+    assert_exact_gelu(crate::autodiff::record_gelu);
+}
+
+/// `gelu` against burn-flex's GELU in f64 (exact, with its exact derivative), values and slopes.
+fn assert_exact_gelu(gelu: impl Fn(Tensor<Autodiff<Flex>, 1>) -> Tensor<Autodiff<Flex>, 1>) {
     let device = Default::default();
     let xs: Vec<f64> = (-800..=800).map(|i| i as f64 * 0.01).chain([-30.0, 30.0]).collect();
     let x = Tensor::<Autodiff<Flex>, 1>::from_data(TensorData::new(xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), [xs.len()]), &device)
         .require_grad();
-    let y = Autodiff::<Flex>::exact_gelu(x.clone());
+    let y = gelu(x.clone());
     let grads = y.clone().sum().backward();
     let values = y.into_data().to_vec::<f32>().unwrap();
     let slopes = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
@@ -312,4 +324,37 @@ fn the_default_gradient_hooks_equal_the_kernels() {
     let want = reference::self_attention_backward(grad, qkv, probs, heads);
     let diff = (got - want).abs().max().into_scalar();
     assert!(diff < 1e-5, "∂qkv: {diff}");
+}
+
+/// A strided 1×1 convolution run on the strided input (ResNet's shortcut, [`crate::reference::convolve`])
+/// gives burn's strided convolution's values and gradients, odd sizes and unequal strides included;
+/// other convolutions are burn's.
+#[test]
+fn strided_pointwise_convolution_equals_burns() {
+    use burn::nn::{conv::Conv2dConfig, PaddingConfig2d};
+    let device = Default::default();
+    for (size, stride, kernel, padding) in [(8, [2, 2], 1, 0), (7, [2, 2], 1, 0), (5, [3, 2], 1, 0), (6, [2, 2], 3, 1), (4, [1, 1], 1, 0)] {
+        let conv = Conv2dConfig::new([3, 5], [kernel, kernel])
+            .with_stride(stride)
+            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+            .init::<Autodiff<Flex>>(&device);
+        let x = Tensor::<Autodiff<Flex>, 4>::random([2, 3, size, size], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weights = |y: Tensor<Autodiff<Flex>, 4>| y.clone() * y.detach().sin();
+        let ours = crate::reference::convolve(x.clone(), &conv);
+        let theirs = conv.forward(x.clone());
+        let what = format!("size {size}, stride {stride:?}, kernel {kernel}");
+        assert_eq!(ours.dims(), theirs.dims(), "{what}");
+        let ours_grads = weights(ours.clone()).sum().backward();
+        let theirs_grads = weights(theirs.clone()).sum().backward();
+        let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>, part: &str| {
+            let diff = (a - b).abs().max().into_scalar();
+            assert!(diff <= 1e-5, "{what}: {part} differs by {diff}");
+        };
+        close(ours.inner(), theirs.inner(), "the output");
+        close(x.grad(&ours_grads).unwrap(), x.grad(&theirs_grads).unwrap(), "the input gradient");
+        close(conv.weight.val().grad(&ours_grads).unwrap(), conv.weight.val().grad(&theirs_grads).unwrap(), "the weight gradient");
+        let bias = conv.bias.as_ref().unwrap().val();
+        let diff = (bias.grad(&ours_grads).unwrap() - bias.grad(&theirs_grads).unwrap()).abs().max().into_scalar();
+        assert!(diff <= 1e-5, "{what}: the bias gradient differs by {diff}");
+    }
 }
