@@ -146,12 +146,147 @@ fn product<B: Kernels>(
     side(lhs, lhs_transposed).matmul(side(rhs, rhs_transposed))
 }
 
+/// Convolutions of the kinds the CNN families run, through the seam ([`Kernels::convolve`]) and under
+/// autodiff: ResNet's 7×7 stem with stride 2, its 3×3 with stride 1 and 2, its 1×1 with stride 1
+/// and 2 (the shortcut), LeViT's 3×3 with stride 2. Values and the input, weight and bias
+/// gradients equal the CPU's (gradients, sums over many positions, within the training bound).
+/// Found on lavapipe: burn's own strided 1×1 convolution has a wrong input gradient on cubecl
+/// (relative error 1.0), which the seam avoids.
+pub fn convolutions_and_their_gradients_give_the_cpus<D: Kernels>(device: &D::Device, tolerance: Tolerance) {
+    let _device = shared_device();
+    let mut wrong = Vec::new();
+    for (size, cin, cout, kernel, stride, padding) in [
+        (32, 3, 8, 7, 2, 3),
+        (8, 8, 8, 3, 1, 1),
+        (8, 8, 16, 3, 2, 1),
+        (4, 16, 32, 1, 1, 0),
+        (4, 16, 32, 1, 2, 0),
+        (3, 16, 32, 1, 2, 0),
+        (14, 4, 8, 3, 2, 1),
+    ] {
+        let images = HostImages::new(4, [cin, size, size], 41);
+        let weights = HostImages::new(cout, [cin, kernel, kernel], 43);
+        let cpu = convolved::<Flex>(&Default::default(), &images, &weights, kernel, stride, padding);
+        let got = convolved::<D>(device, &images, &weights, kernel, stride, padding);
+        for (i, (part, (got, want))) in
+            ["output", "input gradient", "weight gradient", "bias gradient"].iter().zip(got.iter().zip(&cpu)).enumerate()
+        {
+            let (error, bound) = (relative_error(got, want), if i == 0 { tolerance.logits } else { tolerance.training });
+            if error > bound {
+                wrong.push(format!("{cin}→{cout} {kernel}×{kernel}, stride {stride}, on {size}×{size}: {part} off by {error:.1e}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "convolutions off by more than {:.0e} (outputs), {:.0e} (gradients): {wrong:#?}",
+        tolerance.logits,
+        tolerance.training
+    );
+}
+
+/// `B::convolve` of `images` with `weights` (a bias of 0.1 per channel) under autodiff: the output and
+/// the gradients of `Σ y·sin(y)` (a loss whose gradient varies by position) for the input, the
+/// weight and the bias, on the host.
+fn convolved<B: Kernels>(
+    device: &B::Device,
+    images: &HostImages,
+    weights: &HostImages,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> [Vec<f32>; 4] {
+    use burn::{
+        module::Param,
+        nn::{conv::Conv2dConfig, PaddingConfig2d},
+        tensor::Tensor,
+    };
+    let x = images.on::<Autodiff<B>>(device).require_grad();
+    let w = weights.on::<Autodiff<B>>(device);
+    let [cout, cin, _, _] = w.dims();
+    let mut conv = Conv2dConfig::new([cin, cout], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .init::<Autodiff<B>>(device);
+    conv.weight = Param::from_tensor(w);
+    conv.bias = Some(Param::from_tensor(Tensor::full([cout], 0.1, device)));
+    let y = <Autodiff<B> as Kernels>::convolve(x.clone(), &conv);
+    let grads = (y.clone() * y.clone().detach().sin()).sum().backward();
+    [
+        host(y.inner()),
+        host(x.grad(&grads).unwrap()),
+        host(conv.weight.val().grad(&grads).unwrap()),
+        host(conv.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+    ]
+}
+
+/// BatchNorm as ResNet and LeViT train with it ([`snnet::anchors::norm::batch_norm`] under autodiff:
+/// the batch's statistics, the running ones moved by the momentum): its output, the input, scale
+/// and shift gradients and the new running statistics equal the CPU's, on 2-D maps and on token
+/// rows. (Those families' own training step is too ill-conditioned to compare, see
+/// [`a_training_step_moves_the_weights_as_on_the_cpu`]; this and the convolution check cover their
+/// layers on the device.)
+pub fn batch_norm_trains_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance: Tolerance) {
+    let _device = shared_device();
+    let mut wrong = Vec::new();
+    for (shape, as_rows, what) in [([8, 16, 6, 6], false, "maps [8, 16, 6, 6]"), ([1, 24, 49, 4], true, "token rows [196, 24], as LeViT's")]
+    {
+        let want = normalised::<Flex>(&Default::default(), shape, as_rows);
+        let got = normalised::<D>(device, shape, as_rows);
+        let parts = ["output", "input gradient", "scale gradient", "shift gradient", "running mean", "running variance"];
+        for (part, (got, want)) in parts.iter().zip(got.iter().zip(&want)) {
+            let bound = if part.ends_with("gradient") { tolerance.training } else { tolerance.logits };
+            let error = relative_error(got, want);
+            if error > bound {
+                wrong.push(format!("{what}: {part} off by {error:.1e}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "BatchNorm off by more than {:.0e} (values), {:.0e} (gradients): {wrong:#?}",
+        tolerance.logits,
+        tolerance.training
+    );
+}
+
+/// A training-mode BatchNorm on `B` of images of `shape` `[b, c, h, w]` — or, `as_rows`, of their
+/// values as rows `[b·h·w, c]` (BatchNorm1d over tokens): its output, the gradients of `Σ y·sin(y)`
+/// for the input, the scale and the shift, and its running statistics after the step, on the host.
+fn normalised<B: Kernels>(device: &B::Device, shape: [usize; 4], as_rows: bool) -> [Vec<f32>; 6] {
+    use burn::{module::Param, nn::BatchNormConfig};
+    use snnet::anchors::norm::batch_norm;
+    let [b, c, h, w] = shape;
+    let images = HostImages::new(b, [c, h, w], 47);
+    let scale = HostImages::new(1, [1, 1, c], 53);
+    let mut bn = BatchNormConfig::new(c).with_momentum(0.1).init::<Autodiff<B>>(device);
+    bn.gamma = Param::from_tensor(scale.on::<Autodiff<B>>(device).reshape([c]) * 0.5 + 1.0);
+    bn.beta = Param::from_tensor(scale.on::<Autodiff<B>>(device).reshape([c]) * 0.1);
+    let x = images.on::<Autodiff<B>>(device).require_grad();
+    let y = if as_rows {
+        let rows = x.clone().swap_dims(0, 1).reshape([c, b * h * w]).swap_dims(0, 1);
+        batch_norm(&bn, rows).swap_dims(0, 1).reshape([c, b, h, w]).swap_dims(0, 1)
+    } else {
+        batch_norm(&bn, x.clone())
+    };
+    let grads = (y.clone() * y.clone().detach().sin()).sum().backward();
+    [
+        host(y.inner()),
+        host(x.grad(&grads).unwrap()),
+        host(bn.gamma.val().grad(&grads).unwrap()),
+        host(bn.beta.val().grad(&grads).unwrap()),
+        host(bn.running_mean.value().inner()),
+        host(bn.running_var.value().inner()),
+    ]
+}
+
 /// One AdamW step on a stitched route (drop path on; clipping off, then on at a norm it cuts) moves
-/// every weight on `D` as on the CPU; the loss and the gradient norm agree too.
-pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance: f32) {
+/// every weight on `D` as on the CPU; the loss and the gradient norm agree too. Families named in
+/// `left_out` are skipped (with the reason at the call).
+pub fn a_training_step_moves_the_weights_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance: f32, left_out: &[&str]) {
     let _device = shared_device();
     let mut over = Vec::new();
-    for family in families() {
+    for family in families().into_iter().filter(|family| !left_out.contains(&family.name)) {
         let (_, file) = family.on_cpu(0.1);
         for clip in [None, Some(0.05)] {
             let (cpu, cpu_before) = step_once::<Flex>(&family, &Default::default(), &file, clip);

@@ -24,11 +24,11 @@ mod families;
 /// of the CPU's values (per route for logits, per tensor for weights).
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {
-    /// Logits of every route (f32).
+    /// Logits of every route (f32); the outputs of single layers (products, convolutions, BatchNorm).
     pub logits: f32,
     /// Stitching layers after least squares.
     pub least_squares: f32,
-    /// Weights after one training step, the loss and the gradient norm.
+    /// Weights after one training step, the loss and the gradient norm; single layers' gradients.
     pub training: f32,
 }
 
@@ -36,7 +36,7 @@ pub struct Tolerance {
 /// the backend whose host transfers are counted (without fusion, whose streams do not run under
 /// burn-router's runner; the counts come from the generic code above the kernels either way).
 macro_rules! backend_suite {
-    ($name:ident, $backend:ty, $counted:ty, $uncounted:expr, $tolerance:expr) => {
+    ($name:ident, $backend:ty, $counted:ty, $uncounted:expr, $untrained:expr, $tolerance:expr) => {
         mod $name {
             use super::{checks, Tolerance};
 
@@ -63,8 +63,18 @@ macro_rules! backend_suite {
             }
 
             #[test]
+            fn batch_norm_trains_as_on_the_cpu() {
+                checks::batch_norm_trains_as_on_the_cpu::<D>(&device(), TOLERANCE);
+            }
+
+            #[test]
+            fn convolutions_and_their_gradients_give_the_cpus() {
+                checks::convolutions_and_their_gradients_give_the_cpus::<D>(&device(), TOLERANCE);
+            }
+
+            #[test]
             fn a_training_step_moves_the_weights_as_on_the_cpu() {
-                checks::a_training_step_moves_the_weights_as_on_the_cpu::<D>(&device(), TOLERANCE.training);
+                checks::a_training_step_moves_the_weights_as_on_the_cpu::<D>(&device(), TOLERANCE.training, $untrained);
             }
 
             #[test]
@@ -75,7 +85,7 @@ macro_rules! backend_suite {
     };
 }
 
-backend_suite!(flex, burn::backend::Flex, burn::backend::Flex, &[], Tolerance { logits: 1e-5, least_squares: 1e-4, training: 1e-4 });
+backend_suite!(flex, burn::backend::Flex, burn::backend::Flex, &[], &[], Tolerance { logits: 1e-5, least_squares: 1e-4, training: 1e-4 });
 
 #[cfg(feature = "wgpu")]
 backend_suite!(
@@ -85,13 +95,35 @@ backend_suite!(
     // Without fusion, cubecl's matmul autotune finds no valid kernel on lavapipe for one of this
     // family's shapes (m 16, n 1, k 1: every candidate `InvalidSamples` or skipped), and panics.
     &["resnet→swin"],
+    // The training step: ResNet and LeViT are too ill-conditioned to compare (as on CUDA:
+    // `ILL_CONDITIONED_STEPS`). Swin is 8 wide: its input gradients `∂y·Wᵀ` have inner dimension 8,
+    // for which autotune may pick cubecl's wrong matmul kernel (see `matrix_products…`; 0.23, 0.064
+    // and 0.20 off in three runs). ResNet→Swin's last Swin stage has one-token windows, whose
+    // attention gradient is a matrix product cubecl finds no kernel for on lavapipe (m 16, n 1, k 1).
+    &["resnet", "levit", "swin", "resnet→swin"],
     Tolerance { logits: 1e-5, least_squares: 1e-4, training: 1e-4 });
+
+/// Families whose training step cannot be compared across backends: BatchNorm over a batch of 4
+/// noise images (ResNet's 1×1 last stage, LeViT's head) divides by nearly zero spreads, so the CPU's
+/// own step moves by 9e-2 (ResNet) and 9e-3 (LeViT) of the weights when the images move by 1e-6 of
+/// their range —
+/// any backend's rounding does as much. Their layers are checked one by one instead (convolutions,
+/// BatchNorm).
+#[cfg(feature = "cuda")]
+const ILL_CONDITIONED_STEPS: &[&str] = &["resnet", "levit"];
 
 // CUDA multiplies f32 matrices in TF32 (10-bit mantissa): logits agree to about 1e-3 (measured
 // on an H200, docs/benchmarks.md). burn exports no CUDA backend without fusion to count on: the
 // counts, which come from the generic code, are taken on the CPU there (wgpu shows they agree).
 #[cfg(feature = "cuda")]
-backend_suite!(cuda, burn::backend::Cuda<f32>, burn::backend::Flex, &[], Tolerance { logits: 2e-3, least_squares: 1e-2, training: 2e-3 });
+backend_suite!(
+    cuda,
+    burn::backend::Cuda<f32>,
+    burn::backend::Flex,
+    &[],
+    ILL_CONDITIONED_STEPS,
+    Tolerance { logits: 2e-3, least_squares: 1e-2, training: 2e-3 }
+);
 
 /// Half precision where the device runs it, and route switching without new device memory: only
 /// on cubecl backends (the CPU backend runs neither f16 nor a memory pool).
