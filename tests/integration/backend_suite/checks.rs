@@ -168,21 +168,29 @@ pub fn convolutions_and_their_gradients_give_the_cpus<D: Kernels>(device: &D::De
         let weights = HostImages::new(cout, [cin, kernel, kernel], 43);
         let cpu = convolved::<Flex>(&Default::default(), &images, &weights, kernel, stride, padding);
         let got = convolved::<D>(device, &images, &weights, kernel, stride, padding);
-        for (i, (part, (got, want))) in
-            ["output", "input gradient", "weight gradient", "bias gradient"].iter().zip(got.iter().zip(&cpu)).enumerate()
-        {
-            let (error, bound) = (relative_error(got, want), if i == 0 { tolerance.logits } else { tolerance.training });
-            if error > bound {
-                wrong.push(format!("{cin}→{cout} {kernel}×{kernel}, stride {stride}, on {size}×{size}: {part} off by {error:.1e}"));
-            }
+        let what = format!("{cin}→{cout} {kernel}×{kernel}, stride {stride}, on {size}×{size}");
+        compare_parts(&what, &["output", "input gradient", "weight gradient", "bias gradient"], &got, &cpu, tolerance, &mut wrong);
+    }
+    assert_none_wrong("convolutions", &wrong, tolerance);
+}
+
+/// Each of a layer's `parts` on the device (`got`) against the CPU's (`want`): gradients within
+/// the training bound (sums over many positions), the rest within the logits bound; what is off
+/// goes to `wrong`, named by `what` and the part.
+fn compare_parts(what: &str, parts: &[&str], got: &[Vec<f32>], want: &[Vec<f32>], tolerance: Tolerance, wrong: &mut Vec<String>) {
+    for (part, (got, want)) in parts.iter().zip(got.iter().zip(want)) {
+        let bound = if part.ends_with("gradient") { tolerance.training } else { tolerance.logits };
+        let error = relative_error(got, want);
+        if error > bound {
+            wrong.push(format!("{what}: {part} off by {error:.1e}"));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "convolutions off by more than {:.0e} (outputs), {:.0e} (gradients): {wrong:#?}",
-        tolerance.logits,
-        tolerance.training
-    );
+}
+
+/// Panics listing `wrong`, the parts of `layers` off by more than their bounds, unless it is empty.
+fn assert_none_wrong(layers: &str, wrong: &[String], tolerance: Tolerance) {
+    let (values, gradients) = (tolerance.logits, tolerance.training);
+    assert!(wrong.is_empty(), "{layers} off by more than {values:.0e} (values), {gradients:.0e} (gradients): {wrong:#?}");
 }
 
 /// `B::convolve` of `images` with `weights` (a bias of 0.1 per channel) under autodiff: the output and
@@ -234,20 +242,9 @@ pub fn batch_norm_trains_as_on_the_cpu<D: Kernels>(device: &D::Device, tolerance
         let want = normalised::<Flex>(&Default::default(), shape, as_rows);
         let got = normalised::<D>(device, shape, as_rows);
         let parts = ["output", "input gradient", "scale gradient", "shift gradient", "running mean", "running variance"];
-        for (part, (got, want)) in parts.iter().zip(got.iter().zip(&want)) {
-            let bound = if part.ends_with("gradient") { tolerance.training } else { tolerance.logits };
-            let error = relative_error(got, want);
-            if error > bound {
-                wrong.push(format!("{what}: {part} off by {error:.1e}"));
-            }
-        }
+        compare_parts(what, &parts, &got, &want, tolerance, &mut wrong);
     }
-    assert!(
-        wrong.is_empty(),
-        "BatchNorm off by more than {:.0e} (values), {:.0e} (gradients): {wrong:#?}",
-        tolerance.logits,
-        tolerance.training
-    );
+    assert_none_wrong("BatchNorm", &wrong, tolerance);
 }
 
 /// A training-mode BatchNorm on `B` of images of `shape` `[b, c, h, w]` — or, `as_rows`, of their
