@@ -121,7 +121,7 @@ backend_suite!(
     burn::backend::Cuda<f32>,
     burn::backend::Flex,
     &[],
-    ILL_CONDITIONED_STEPS,
+    super::ILL_CONDITIONED_STEPS,
     Tolerance { logits: 2e-3, least_squares: 1e-2, training: 2e-3 }
 );
 
