@@ -339,13 +339,13 @@ fn strided_pointwise_convolution_equals_burns() {
             .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
             .init::<Autodiff<Flex>>(&device);
         let x = Tensor::<Autodiff<Flex>, 4>::random([2, 3, size, size], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let weights = |y: Tensor<Autodiff<Flex>, 4>| y.clone() * y.detach().sin();
+        let position_weighted = |y: Tensor<Autodiff<Flex>, 4>| y.clone() * y.detach().sin();
         let ours = crate::reference::convolve(x.clone(), &conv);
         let theirs = conv.forward(x.clone());
         let what = format!("size {size}, stride {stride:?}, kernel {kernel}");
         assert_eq!(ours.dims(), theirs.dims(), "{what}");
-        let ours_grads = weights(ours.clone()).sum().backward();
-        let theirs_grads = weights(theirs.clone()).sum().backward();
+        let ours_grads = position_weighted(ours.clone()).sum().backward();
+        let theirs_grads = position_weighted(theirs.clone()).sum().backward();
         let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>, part: &str| {
             let diff = (a - b).abs().max().into_scalar();
             assert!(diff <= 1e-5, "{what}: {part} differs by {diff}");
